@@ -1,0 +1,3 @@
+module github.com/lbpair/lbpair
+
+go 1.26.0
