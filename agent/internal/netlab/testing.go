@@ -1,0 +1,36 @@
+package netlab
+
+import (
+	"errors"
+	"testing"
+)
+
+// NewT makes a lab for a test and removes it when the test ends, pass or fail. When the
+// test does not run as root it skips, saying why; any other failure to build the lab fails
+// the test.
+func NewT(t testing.TB) *Lab {
+	t.Helper()
+	l, err := New()
+	if errors.Is(err, ErrNotRoot) {
+		t.Skipf("skipping: %v; run the tests as root (CI does)", err)
+	}
+	if err != nil {
+		t.Fatalf("building the network lab: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("removing the network lab: %v", err)
+		}
+	})
+	return l
+}
+
+// MustAddHost adds a host to a lab or fails the test.
+func MustAddHost(t testing.TB, l *Lab, name string, cidrs ...string) *Host {
+	t.Helper()
+	h, err := l.AddHost(name, cidrs...)
+	if err != nil {
+		t.Fatalf("adding lab host %s: %v", name, err)
+	}
+	return h
+}
