@@ -1,0 +1,68 @@
+// Package agent is the node daemon of lbpair: it runs the VRRP election for a
+// LoadBalancerPair, holds the virtual IPs while it is master, and proxies TCP
+// from the virtual IPs to the backends. It runs either standalone from a file
+// (no Kubernetes needed) or in a cluster as a pod of the pair's DaemonSet.
+package agent
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+// Options are the agent's command-line settings.
+type Options struct {
+	// ConfigFile selects standalone mode: a LoadBalancerPair manifest plus
+	// this node's settings, read from a file instead of the apiserver.
+	ConfigFile string
+	// NodeName is the node this agent runs on; it names the agent's entry in
+	// the pair's status and selects its settings in a standalone file.
+	NodeName string
+	// Namespace and Pair name the LoadBalancerPair in cluster mode.
+	Namespace string
+	Pair      string
+	// Kubeconfig is an optional path; in-cluster config is used when empty.
+	Kubeconfig string
+	// HealthAddr is where /healthz, /readyz and /metrics are served.
+	HealthAddr string
+}
+
+// ParseOptions reads the agent's flags. Defaults for the node, namespace and
+// pair come from the environment the DaemonSet sets through the downward API.
+func ParseOptions(args []string, output io.Writer) (Options, error) {
+	var o Options
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.StringVar(&o.ConfigFile, "config", "", "standalone mode: path of a file holding a LoadBalancerPair manifest and this node's settings")
+	fs.StringVar(&o.NodeName, "node-name", os.Getenv("NODE_NAME"), "name of this node (default $NODE_NAME)")
+	fs.StringVar(&o.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "cluster mode: namespace of the LoadBalancerPair (default $POD_NAMESPACE)")
+	fs.StringVar(&o.Pair, "pair", os.Getenv("LBPAIR_NAME"), "cluster mode: name of the LoadBalancerPair (default $LBPAIR_NAME)")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "cluster mode: kubeconfig path; in-cluster config when empty")
+	fs.StringVar(&o.HealthAddr, "health-addr", ":9440", "address serving /healthz, /readyz and /metrics")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if o.NodeName == "" {
+		return o, errors.New("--node-name is required (or set NODE_NAME)")
+	}
+	if o.ConfigFile == "" && (o.Namespace == "" || o.Pair == "") {
+		return o, errors.New("give --config FILE for standalone mode, or --namespace and --pair for cluster mode")
+	}
+	return o, nil
+}
+
+// Main runs the agent until ctx is cancelled (SIGTERM), then stops
+// gracefully: it gives up the virtual IPs and drains connections.
+func Main(ctx context.Context, args []string) error {
+	o, err := ParseOptions(args, os.Stderr)
+	if err != nil {
+		return err
+	}
+	return run(ctx, o)
+}
