@@ -159,7 +159,7 @@ type LoadBalancerPairSpec struct {
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('1h')",message="drainTimeout must be from 0s to 1h"
-	DrainTimeout metav1.Duration `json:"drainTimeout,omitempty"`
+	DrainTimeout *metav1.Duration `json:"drainTimeout,omitempty"`
 
 	// nodeSelector selects the nodes that run the pair's agents; all nodes when empty.
 	// Usually two or three nodes labelled for the purpose.
@@ -234,7 +234,7 @@ type AnnouncementsSpec struct {
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('1h')",message="announcements.delay must be from 0s to 1h"
-	Delay metav1.Duration `json:"delay,omitempty"`
+	Delay *metav1.Duration `json:"delay,omitempty"`
 
 	// refreshInterval repeats a burst for as long as the agent holds the virtual IPs, as
 	// keepalived's garp_master_refresh; 0s (the default) sends none.
@@ -414,7 +414,7 @@ type PassiveHealthCheck struct {
 	// +kubebuilder:default=1
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=1000
-	MaxFails int32 `json:"maxFails,omitempty"`
+	MaxFails *int32 `json:"maxFails,omitempty"`
 
 	// failTimeout is both the window in which failures count and how long the backend then
 	// stays down.
