@@ -161,6 +161,16 @@ type LoadBalancerPairSpec struct {
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('1h')",message="drainTimeout must be from 0s to 1h"
 	DrainTimeout *metav1.Duration `json:"drainTimeout,omitempty"`
 
+	// agentPort is the port on each node where the agent serves /healthz, /readyz and
+	// /metrics. Agents use the host network, so pairs sharing nodes need distinct ports.
+	// When unset the manager derives one from the virtual router ID: 9400+VRID for IPv4
+	// pairs and 9700+VRID for IPv6 pairs (VRIDs are unique per family), and reports it
+	// in status.agentPort.
+	// +optional
+	// +kubebuilder:validation:Minimum=1024
+	// +kubebuilder:validation:Maximum=65535
+	AgentPort *int32 `json:"agentPort,omitempty"`
+
 	// nodeSelector selects the nodes that run the pair's agents; all nodes when empty.
 	// Usually two or three nodes labelled for the purpose.
 	// +optional
@@ -504,6 +514,10 @@ type LoadBalancerPairStatus struct {
 	// one the manager allocated.
 	// +optional
 	VirtualRouterID int32 `json:"virtualRouterID,omitempty"`
+
+	// agentPort is the node port of the agents' health and metrics endpoint.
+	// +optional
+	AgentPort int32 `json:"agentPort,omitempty"`
 
 	// holder is the node whose agent holds the virtual IPs, as its agents report; empty
 	// when none does.

@@ -260,6 +260,11 @@ func (in *LoadBalancerPairSpec) DeepCopyInto(out *LoadBalancerPairSpec) {
 		*out = new(v1.Duration)
 		**out = **in
 	}
+	if in.AgentPort != nil {
+		in, out := &in.AgentPort, &out.AgentPort
+		*out = new(int32)
+		**out = **in
+	}
 	if in.NodeSelector != nil {
 		in, out := &in.NodeSelector, &out.NodeSelector
 		*out = make(map[string]string, len(*in))

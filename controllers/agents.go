@@ -1,0 +1,134 @@
+package controllers
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
+)
+
+// AgentStaleAfter is how long an agent's entry may go without a refresh
+// before the manager treats the agent as gone. Agents refresh every 30s.
+const AgentStaleAfter = 2 * time.Minute
+
+// agentSummary is what the manager derives from the agents' own entries in
+// status.agents.
+type agentSummary struct {
+	// Holder is the master the pair's status names; with several masters
+	// (split brain) the one of highest priority, then lowest node name.
+	Holder      string
+	HolderSince *metav1.Time
+	HolderEntry *lbv1.AgentStatus
+	Masters     []string
+	// Live counts agents that refreshed their entry recently and are in
+	// Backup or Master.
+	Live int
+	// Faulty names live agents in Fault.
+	Faulty []string
+	// Stale names entries not refreshed within AgentStaleAfter.
+	Stale []string
+	// DownPorts names the holder's ports that have no healthy backend, and
+	// PartialPorts those with some backends down.
+	DownPorts, PartialPorts []string
+}
+
+// summarizeAgents reads the per-node entries. previous is the pair's
+// current holder, so that holderSince does not move while the holder stays.
+func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *metav1.Time, now time.Time) agentSummary {
+	var s agentSummary
+	var masters []*lbv1.AgentStatus
+	for i := range agents {
+		a := &agents[i]
+		if now.Sub(a.LastUpdateTime.Time) > AgentStaleAfter {
+			s.Stale = append(s.Stale, a.Node)
+			continue
+		}
+		switch a.State {
+		case lbv1.StateMaster:
+			s.Live++
+			masters = append(masters, a)
+		case lbv1.StateBackup:
+			s.Live++
+		case lbv1.StateFault:
+			s.Faulty = append(s.Faulty, a.Node)
+		}
+	}
+	sort.Slice(masters, func(i, j int) bool {
+		if masters[i].Priority != masters[j].Priority {
+			return masters[i].Priority > masters[j].Priority
+		}
+		return masters[i].Node < masters[j].Node
+	})
+	for _, m := range masters {
+		s.Masters = append(s.Masters, m.Node)
+	}
+	if len(masters) == 0 {
+		return s
+	}
+	h := masters[0]
+	s.Holder, s.HolderEntry = h.Node, h
+	since := h.Since
+	s.HolderSince = &since
+	if previous == h.Node && previousSince != nil {
+		s.HolderSince = previousSince
+	}
+	for _, p := range h.Ports {
+		switch {
+		case p.HealthyBackends == 0:
+			s.DownPorts = append(s.DownPorts, p.Name)
+		case p.HealthyBackends < p.Backends:
+			s.PartialPorts = append(s.PartialPorts, p.Name)
+		}
+	}
+	return s
+}
+
+// agentConditions turns a summary into the Ready, Degraded and SplitBrain
+// conditions. desired is how many nodes should run an agent.
+func agentConditions(s agentSummary, desired int32, generation int64) []metav1.Condition {
+	cond := func(t string, ok bool, reason, msg string) metav1.Condition {
+		status := metav1.ConditionFalse
+		if ok {
+			status = metav1.ConditionTrue
+		}
+		return metav1.Condition{Type: t, Status: status, Reason: reason, Message: msg, ObservedGeneration: generation}
+	}
+	var out []metav1.Condition
+	switch {
+	case s.Holder == "":
+		out = append(out, cond(lbv1.ConditionReady, false, "NoMaster", "no agent holds the virtual IPs"))
+	case len(s.DownPorts) > 0:
+		out = append(out, cond(lbv1.ConditionReady, false, "NoHealthyBackends",
+			fmt.Sprintf("%s holds the virtual IPs but ports %s have no healthy backend", s.Holder, strings.Join(s.DownPorts, ", "))))
+	default:
+		out = append(out, cond(lbv1.ConditionReady, true, "Serving", fmt.Sprintf("%s holds the virtual IPs and serves", s.Holder)))
+	}
+
+	var problems []string
+	if int32(s.Live) < desired {
+		problems = append(problems, fmt.Sprintf("%d of %d agents are up", s.Live, desired))
+	}
+	if len(s.Faulty) > 0 {
+		problems = append(problems, "in fault: "+strings.Join(s.Faulty, ", "))
+	}
+	if len(s.PartialPorts) > 0 {
+		problems = append(problems, "backends down on ports: "+strings.Join(s.PartialPorts, ", "))
+	}
+	if len(problems) > 0 {
+		out = append(out, cond(lbv1.ConditionDegraded, true, "Degraded", strings.Join(problems, "; ")))
+	} else {
+		out = append(out, cond(lbv1.ConditionDegraded, false, "AllHealthy", "every agent is up and every backend is healthy"))
+	}
+
+	if len(s.Masters) > 1 {
+		out = append(out, cond(lbv1.ConditionSplitBrain, true, "SeveralMasters",
+			fmt.Sprintf("agents on %s all claim the virtual IPs: they do not hear each other's adverts", strings.Join(s.Masters, ", "))))
+	} else {
+		out = append(out, cond(lbv1.ConditionSplitBrain, false, "OneMaster", "at most one agent claims the virtual IPs"))
+	}
+	return out
+}

@@ -1,0 +1,120 @@
+package controllers
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
+)
+
+func TestSummarizeAgents(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	t0 := metav1.NewTime(now.Add(-time.Hour))
+	t1 := metav1.NewTime(now.Add(-time.Minute))
+	fresh := metav1.NewTime(now.Add(-10 * time.Second))
+	old := metav1.NewTime(now.Add(-AgentStaleAfter - time.Second))
+	agent := func(node string, state lbv1.VRRPState, prio int32, since, updated metav1.Time, ports ...lbv1.PortStatus) lbv1.AgentStatus {
+		return lbv1.AgentStatus{Node: node, State: state, Priority: prio, Since: since, LastUpdateTime: updated, Ports: ports}
+	}
+	healthy := lbv1.PortStatus{Name: "http", HealthyBackends: 2, Backends: 2}
+	partial := lbv1.PortStatus{Name: "http", HealthyBackends: 1, Backends: 2}
+	down := lbv1.PortStatus{Name: "http", HealthyBackends: 0, Backends: 2}
+
+	type result struct {
+		Holder      string
+		HolderSince *metav1.Time
+		Masters     []string
+		Live        int
+		Faulty      []string
+		Stale       []string
+		Down        []string
+		Partial     []string
+		Conditions  map[string]string
+	}
+	tests := []struct {
+		name          string
+		agents        []lbv1.AgentStatus
+		previous      string
+		previousSince *metav1.Time
+		desired       int32
+		want          result
+	}{
+		{
+			name:    "one master one backup",
+			agents:  []lbv1.AgentStatus{agent("lb1", lbv1.StateMaster, 100, t1, fresh, healthy), agent("lb2", lbv1.StateBackup, 90, t0, fresh)},
+			desired: 2,
+			want: result{Holder: "lb1", HolderSince: &t1, Masters: []string{"lb1"}, Live: 2,
+				Conditions: map[string]string{"Ready": "True/Serving", "Degraded": "False/AllHealthy", "SplitBrain": "False/OneMaster"}},
+		},
+		{
+			name:          "holderSince is kept while the holder stays",
+			agents:        []lbv1.AgentStatus{agent("lb1", lbv1.StateMaster, 100, t1, fresh, healthy), agent("lb2", lbv1.StateBackup, 90, t0, fresh)},
+			previous:      "lb1",
+			previousSince: &t0,
+			desired:       2,
+			want: result{Holder: "lb1", HolderSince: &t0, Masters: []string{"lb1"}, Live: 2,
+				Conditions: map[string]string{"Ready": "True/Serving", "Degraded": "False/AllHealthy", "SplitBrain": "False/OneMaster"}},
+		},
+		{
+			name:    "no master",
+			agents:  []lbv1.AgentStatus{agent("lb1", lbv1.StateBackup, 100, t1, fresh), agent("lb2", lbv1.StateFault, 0, t0, fresh)},
+			desired: 2,
+			want: result{Live: 1, Faulty: []string{"lb2"},
+				Conditions: map[string]string{"Ready": "False/NoMaster", "Degraded": "True/Degraded", "SplitBrain": "False/OneMaster"}},
+		},
+		{
+			name:    "split brain names both, holder is the higher priority",
+			agents:  []lbv1.AgentStatus{agent("lb1", lbv1.StateMaster, 90, t1, fresh, healthy), agent("lb2", lbv1.StateMaster, 100, t0, fresh, healthy)},
+			desired: 2,
+			want: result{Holder: "lb2", HolderSince: &t0, Masters: []string{"lb2", "lb1"}, Live: 2,
+				Conditions: map[string]string{"Ready": "True/Serving", "Degraded": "False/AllHealthy", "SplitBrain": "True/SeveralMasters"}},
+		},
+		{
+			name:    "stale master is not the holder",
+			agents:  []lbv1.AgentStatus{agent("lb1", lbv1.StateMaster, 100, t1, old, healthy), agent("lb2", lbv1.StateBackup, 90, t0, fresh)},
+			desired: 2,
+			want: result{Live: 1, Stale: []string{"lb1"},
+				Conditions: map[string]string{"Ready": "False/NoMaster", "Degraded": "True/Degraded", "SplitBrain": "False/OneMaster"}},
+		},
+		{
+			name:    "master without healthy backends is not ready",
+			agents:  []lbv1.AgentStatus{agent("lb1", lbv1.StateMaster, 100, t1, fresh, down), agent("lb2", lbv1.StateBackup, 90, t0, fresh)},
+			desired: 2,
+			want: result{Holder: "lb1", HolderSince: &t1, Masters: []string{"lb1"}, Live: 2, Down: []string{"http"},
+				Conditions: map[string]string{"Ready": "False/NoHealthyBackends", "Degraded": "False/AllHealthy", "SplitBrain": "False/OneMaster"}},
+		},
+		{
+			name:    "some backends down degrade",
+			agents:  []lbv1.AgentStatus{agent("lb1", lbv1.StateMaster, 100, t1, fresh, partial), agent("lb2", lbv1.StateBackup, 90, t0, fresh)},
+			desired: 2,
+			want: result{Holder: "lb1", HolderSince: &t1, Masters: []string{"lb1"}, Live: 2, Partial: []string{"http"},
+				Conditions: map[string]string{"Ready": "True/Serving", "Degraded": "True/Degraded", "SplitBrain": "False/OneMaster"}},
+		},
+		{
+			name:    "fewer agents than nodes degrade",
+			agents:  []lbv1.AgentStatus{agent("lb1", lbv1.StateMaster, 100, t1, fresh, healthy)},
+			desired: 2,
+			want: result{Holder: "lb1", HolderSince: &t1, Masters: []string{"lb1"}, Live: 1,
+				Conditions: map[string]string{"Ready": "True/Serving", "Degraded": "True/Degraded", "SplitBrain": "False/OneMaster"}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := summarizeAgents(tt.agents, tt.previous, tt.previousSince, now)
+			got := result{Holder: s.Holder, HolderSince: s.HolderSince, Masters: s.Masters, Live: s.Live,
+				Faulty: s.Faulty, Stale: s.Stale, Down: s.DownPorts, Partial: s.PartialPorts, Conditions: map[string]string{}}
+			for _, c := range agentConditions(s, tt.desired, 1) {
+				got.Conditions[c.Type] = string(c.Status) + "/" + c.Reason
+				if c.Message == "" || c.ObservedGeneration != 1 {
+					t.Errorf("condition %s lacks a message or generation: %+v", c.Type, c)
+				}
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("summary (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -1,0 +1,203 @@
+package controllers
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
+)
+
+// Labels on the agents' DaemonSet and pods. PairLabel is what agents use to
+// find their peers' pods.
+const (
+	PairLabel      = "lbpair.io/pair"
+	nameLabel      = "app.kubernetes.io/name"
+	instanceLabel  = "app.kubernetes.io/instance"
+	managedByLabel = "app.kubernetes.io/managed-by"
+	agentName      = "lbpair-agent"
+	managerName    = "lbpair"
+)
+
+// AgentServiceAccount is the ServiceAccount the manager creates in each
+// namespace with pairs, bound to the lbpair-agent ClusterRoles.
+const AgentServiceAccount = "lbpair-agent"
+
+// drainMargin is added to drainTimeout for the pod's termination grace, so
+// the agent's own deadline, not SIGKILL, ends the drain.
+const drainMargin = 10
+
+// AgentSettings are the manager-wide settings of the agents it deploys.
+type AgentSettings struct {
+	Image           string
+	ImagePullPolicy corev1.PullPolicy
+	Resources       corev1.ResourceRequirements
+}
+
+// DefaultAgentResources are the agents' resources unless the manager is
+// told otherwise: a proxy with a few thousand connections fits well within.
+func DefaultAgentResources() corev1.ResourceRequirements {
+	return corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("50m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("512Mi")},
+	}
+}
+
+// daemonSetName names a pair's DaemonSet, shortened with a hash when the
+// pair's name is too long for a label value.
+func daemonSetName(pair string) string {
+	name := "lbpair-" + pair
+	if len(name) <= 63 {
+		return name
+	}
+	sum := sha256.Sum256([]byte(pair))
+	return name[:52] + "-" + hex.EncodeToString(sum[:])[:10]
+}
+
+func podLabels(pair *lbv1.LoadBalancerPair) map[string]string {
+	return map[string]string{
+		nameLabel:     agentName,
+		instanceLabel: truncateLabel(pair.Name),
+		PairLabel:     truncateLabel(pair.Name),
+	}
+}
+
+func truncateLabel(v string) string {
+	if len(v) <= 63 {
+		return v
+	}
+	sum := sha256.Sum256([]byte(v))
+	return v[:52] + "-" + hex.EncodeToString(sum[:])[:10]
+}
+
+// desiredDaemonSet is the agents' DaemonSet for a pair, as an apply
+// configuration: the manager owns exactly these fields.
+func desiredDaemonSet(pair *lbv1.LoadBalancerPair, port int32, s AgentSettings) *appsv1ac.DaemonSetApplyConfiguration {
+	labels := podLabels(pair)
+	dsLabels := map[string]string{managedByLabel: managerName}
+	for k, v := range labels {
+		dsLabels[k] = v
+	}
+	grace := int64(drainMargin)
+	if pair.Spec.DrainTimeout != nil {
+		grace += int64(pair.Spec.DrainTimeout.Seconds())
+	} else {
+		grace += 30
+	}
+	fieldEnv := func(name, path string) *corev1ac.EnvVarApplyConfiguration {
+		return corev1ac.EnvVar().WithName(name).WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath(path)))
+	}
+	probe := func(path string, period, failures int32) *corev1ac.ProbeApplyConfiguration {
+		return corev1ac.Probe().
+			WithHTTPGet(corev1ac.HTTPGetAction().WithPath(path).WithPort(intstr.FromString("health"))).
+			WithPeriodSeconds(period).WithFailureThreshold(failures).WithTimeoutSeconds(2)
+	}
+	container := corev1ac.Container().
+		WithName("agent").
+		WithImage(s.Image).
+		WithArgs("agent", "--pair="+pair.Name, "--health-addr=:"+strconv.Itoa(int(port))).
+		WithEnv(
+			fieldEnv("NODE_NAME", "spec.nodeName"),
+			fieldEnv("POD_NAME", "metadata.name"),
+			fieldEnv("POD_NAMESPACE", "metadata.namespace"),
+			fieldEnv("POD_IP", "status.podIP"),
+		).
+		WithPorts(corev1ac.ContainerPort().WithName("health").WithContainerPort(port).WithHostPort(port).WithProtocol(corev1.ProtocolTCP)).
+		WithReadinessProbe(probe("/readyz", 5, 3)).
+		WithLivenessProbe(probe("/healthz", 10, 3).WithInitialDelaySeconds(10)).
+		WithResources(resources(s.Resources)).
+		WithSecurityContext(corev1ac.SecurityContext().
+			// The agent adds addresses (NET_ADMIN), sends VRRP and ARP
+			// (NET_RAW) and may listen below 1024 (NET_BIND_SERVICE);
+			// nothing else.
+			WithRunAsUser(0).
+			WithRunAsNonRoot(false).
+			WithAllowPrivilegeEscalation(false).
+			WithReadOnlyRootFilesystem(true).
+			WithCapabilities(corev1ac.Capabilities().
+				WithDrop("ALL").
+				WithAdd("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE")))
+	if s.ImagePullPolicy != "" {
+		container.WithImagePullPolicy(s.ImagePullPolicy)
+	}
+	podSpec := corev1ac.PodSpec().
+		WithHostNetwork(true).
+		WithDNSPolicy(corev1.DNSClusterFirstWithHostNet).
+		WithServiceAccountName(AgentServiceAccount).
+		WithTerminationGracePeriodSeconds(grace).
+		WithContainers(container)
+	if len(pair.Spec.NodeSelector) > 0 {
+		podSpec.WithNodeSelector(pair.Spec.NodeSelector)
+	}
+	for _, t := range pair.Spec.Tolerations {
+		tc := corev1ac.Toleration().WithOperator(t.Operator).WithEffect(t.Effect)
+		if t.Key != "" {
+			tc.WithKey(t.Key)
+		}
+		if t.Value != "" {
+			tc.WithValue(t.Value)
+		}
+		if t.TolerationSeconds != nil {
+			tc.WithTolerationSeconds(*t.TolerationSeconds)
+		}
+		podSpec.WithTolerations(tc)
+	}
+	return appsv1ac.DaemonSet(daemonSetName(pair.Name), pair.Namespace).
+		WithLabels(dsLabels).
+		WithOwnerReferences(ownerReference(pair)).
+		WithSpec(appsv1ac.DaemonSetSpec().
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(labels)).
+			// One node at a time, never two agents of a node at once: they
+			// share the host network and ports.
+			WithUpdateStrategy(appsv1ac.DaemonSetUpdateStrategy().
+				WithType("RollingUpdate").
+				WithRollingUpdate(appsv1ac.RollingUpdateDaemonSet().WithMaxUnavailable(intstr.FromInt32(1)).WithMaxSurge(intstr.FromInt32(0)))).
+			WithTemplate(corev1ac.PodTemplateSpec().
+				WithLabels(labels).
+				WithSpec(podSpec)))
+}
+
+func ownerReference(pair *lbv1.LoadBalancerPair) *metav1ac.OwnerReferenceApplyConfiguration {
+	return metav1ac.OwnerReference().
+		WithAPIVersion(lbv1.GroupVersion.String()).
+		WithKind("LoadBalancerPair").
+		WithName(pair.Name).
+		WithUID(pair.UID).
+		WithController(true).
+		WithBlockOwnerDeletion(true)
+}
+
+func resources(r corev1.ResourceRequirements) *corev1ac.ResourceRequirementsApplyConfiguration {
+	ac := corev1ac.ResourceRequirements()
+	if len(r.Requests) > 0 {
+		ac.WithRequests(r.Requests)
+	}
+	if len(r.Limits) > 0 {
+		ac.WithLimits(r.Limits)
+	}
+	return ac
+}
+
+// daemonSetAvailable tells whether every scheduled agent runs the current
+// template and is available.
+func daemonSetAvailable(desired, updated, available int32, observed, generation int64) (bool, string) {
+	switch {
+	case observed < generation:
+		return false, "the DaemonSet controller has not seen the latest template yet"
+	case desired == 0:
+		return false, "no node matches spec.nodeSelector (or no node tolerates the pair)"
+	case updated < desired:
+		return false, fmt.Sprintf("%d of %d agents run the current template", updated, desired)
+	case available < desired:
+		return false, fmt.Sprintf("%d of %d agents are available", available, desired)
+	}
+	return true, fmt.Sprintf("%d of %d agents are available", available, desired)
+}

@@ -1,0 +1,296 @@
+// Package controllers holds the manager's reconciler: it turns each
+// LoadBalancerPair into a DaemonSet of agents, settles VRIDs between pairs,
+// and derives the pair's status from the entries its agents write.
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
+)
+
+// FieldManager is the manager's server-side apply field manager.
+const FieldManager = "lbpair-manager"
+
+// resync re-reads a pair this often even without events, so that agents
+// that stopped refreshing their entry are noticed.
+const resync = 30 * time.Second
+
+// LoadBalancerPairReconciler reconciles LoadBalancerPairs.
+type LoadBalancerPairReconciler struct {
+	client.Client
+	Recorder events.EventRecorder
+	Agent    AgentSettings
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// +kubebuilder:rbac:groups=lbpair.io,resources=loadbalancerpairs,verbs=get;list;watch
+// +kubebuilder:rbac:groups=lbpair.io,resources=loadbalancerpairs/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=apps,resources=daemonsets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=rolebindings;clusterrolebindings,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles,verbs=bind,resourceNames=lbpair-agent;lbpair-agent-nodes
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile brings one pair's DaemonSet and status in line with its spec and
+// its agents' reports.
+func (r *LoadBalancerPairReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, retErr error) {
+	var pair lbv1.LoadBalancerPair
+	if err := r.Get(ctx, req.NamespacedName, &pair); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !pair.DeletionTimestamp.IsZero() {
+		// The DaemonSet and the agents' access go with the pair by
+		// garbage collection; the agents give up the VIPs as they stop.
+		return ctrl.Result{}, nil
+	}
+	before := pair.DeepCopy()
+	defer func() {
+		if equality.Semantic.DeepEqual(before.Status, pair.Status) {
+			return
+		}
+		// A merge patch carries only the fields the manager changed; it
+		// never rewrites status.agents, which the agents own.
+		if err := r.Status().Patch(ctx, &pair, client.MergeFrom(before)); err != nil && !apierrors.IsNotFound(err) {
+			retErr = errors.Join(retErr, fmt.Errorf("patching status: %w", err))
+		}
+	}()
+	return r.reconcile(ctx, &pair)
+}
+
+func (r *LoadBalancerPairReconciler) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.LoadBalancerPair) (ctrl.Result, error) {
+	log := logf.FromContext(ctx)
+	pair.Status.ObservedGeneration = pair.Generation
+
+	var all lbv1.LoadBalancerPairList
+	if err := r.List(ctx, &all); err != nil {
+		return ctrl.Result{}, fmt.Errorf("listing pairs for VRID checks: %w", err)
+	}
+	d := decideVRID(pair, all.Items)
+	switch {
+	case d.Exhausted:
+		r.setCondition(pair, lbv1.ConditionVRIDConflict, true, "NoFreeVRID", "all 255 virtual router IDs of this address family are in use; set spec.virtualRouterID or delete an unused pair")
+		r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "NoFreeVRID", "AllocateVRID", "no virtual router ID is free")
+		return ctrl.Result{RequeueAfter: resync}, nil
+	case len(d.ConflictWith) > 0:
+		msg := conflictMessage(claimedVRID(pair), d.ConflictWith)
+		if !apimeta.IsStatusConditionTrue(pair.Status.Conditions, lbv1.ConditionVRIDConflict) {
+			r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "VRIDConflict", "CheckVRID", "%s", msg)
+		}
+		r.setCondition(pair, lbv1.ConditionVRIDConflict, true, "VRIDInUse", msg)
+		log.Info("VRID conflict; leaving the agents as they are", "vrid", claimedVRID(pair), "with", d.ConflictWith)
+		// The agents keep running with status.virtualRouterID, if any:
+		// bad input never disturbs a running pair.
+		return r.updateFromAgents(ctx, pair)
+	}
+	if d.Allocated && pair.Status.VirtualRouterID != d.VRID {
+		r.Recorder.Eventf(pair, nil, corev1.EventTypeNormal, "VRIDAllocated", "AllocateVRID", "allocated virtual router ID %d", d.VRID)
+	}
+	pair.Status.VirtualRouterID = d.VRID
+	r.setCondition(pair, lbv1.ConditionVRIDConflict, false, "VRIDUnique", fmt.Sprintf("virtual router ID %d is not used by another pair of this address family", d.VRID))
+	port := agentPort(pair, d.VRID)
+	pair.Status.AgentPort = port
+
+	if err := r.ensureAgentAccess(ctx, pair); err != nil {
+		r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "ApplyFailed", "ApplyAgentAccess", "%v", err)
+		return ctrl.Result{}, err
+	}
+	if err := r.applyDaemonSet(ctx, pair, port); err != nil {
+		return ctrl.Result{}, err
+	}
+	return r.updateFromAgents(ctx, pair)
+}
+
+// applyDaemonSet writes the agents' DaemonSet by server-side apply and
+// reports its rollout in the Available condition.
+func (r *LoadBalancerPairReconciler) applyDaemonSet(ctx context.Context, pair *lbv1.LoadBalancerPair, port int32) error {
+	key := types.NamespacedName{Namespace: pair.Namespace, Name: daemonSetName(pair.Name)}
+	var existing appsv1.DaemonSet
+	existed := true
+	if err := r.Get(ctx, key, &existing); apierrors.IsNotFound(err) {
+		existed = false
+	} else if err != nil {
+		return fmt.Errorf("reading DaemonSet %s: %w", key, err)
+	}
+	if err := r.Apply(ctx, desiredDaemonSet(pair, port, r.Agent), client.FieldOwner(FieldManager), client.ForceOwnership); err != nil {
+		r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "ApplyFailed", "ApplyDaemonSet", "applying DaemonSet %s: %v", key.Name, err)
+		return fmt.Errorf("applying DaemonSet %s: %w", key, err)
+	}
+	var ds appsv1.DaemonSet
+	if err := r.Get(ctx, key, &ds); err != nil {
+		return fmt.Errorf("reading DaemonSet %s: %w", key, err)
+	}
+	switch {
+	case !existed:
+		r.Recorder.Eventf(pair, &ds, corev1.EventTypeNormal, "Created", "ApplyDaemonSet", "created DaemonSet %s", key.Name)
+	case ds.Generation != existing.Generation:
+		r.Recorder.Eventf(pair, &ds, corev1.EventTypeNormal, "Updated", "ApplyDaemonSet", "updated DaemonSet %s", key.Name)
+	}
+	ok, msg := daemonSetAvailable(ds.Status.DesiredNumberScheduled, ds.Status.UpdatedNumberScheduled, ds.Status.NumberAvailable, ds.Status.ObservedGeneration, ds.Generation)
+	reason := "AgentsAvailable"
+	if !ok {
+		reason = "AgentsNotAvailable"
+	}
+	r.setCondition(pair, lbv1.ConditionAvailable, ok, reason, msg)
+	return nil
+}
+
+// updateFromAgents derives holder and conditions from the agents' entries,
+// removes entries of agents that are gone, and reports failovers.
+func (r *LoadBalancerPairReconciler) updateFromAgents(ctx context.Context, pair *lbv1.LoadBalancerPair) (ctrl.Result, error) {
+	now := r.now()
+	s := summarizeAgents(pair.Status.Agents, pair.Status.Holder, pair.Status.HolderSince, now)
+	if len(s.Stale) > 0 {
+		if err := r.removeAgentEntries(ctx, pair, s.Stale); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	desired, err := r.desiredAgents(ctx, pair)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if s.Holder != pair.Status.Holder {
+		switch {
+		case s.Holder == "":
+			r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "NoHolder", "Failover", "no agent holds the virtual IPs (was %s)", pair.Status.Holder)
+		case pair.Status.Holder == "":
+			r.Recorder.Eventf(pair, nil, corev1.EventTypeNormal, "HolderElected", "Failover", "%s holds the virtual IPs: %s", s.Holder, s.HolderEntry.Reason)
+		default:
+			r.Recorder.Eventf(pair, nil, corev1.EventTypeNormal, "Failover", "Failover", "virtual IPs moved from %s to %s: %s", pair.Status.Holder, s.Holder, s.HolderEntry.Reason)
+		}
+	}
+	if len(s.Masters) > 1 && !apimeta.IsStatusConditionTrue(pair.Status.Conditions, lbv1.ConditionSplitBrain) {
+		r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "SplitBrain", "Election", "agents on %s all hold the virtual IPs", strings.Join(s.Masters, ", "))
+	}
+	pair.Status.Holder = s.Holder
+	pair.Status.HolderSince = s.HolderSince
+	for _, c := range agentConditions(s, desired, pair.Generation) {
+		apimeta.SetStatusCondition(&pair.Status.Conditions, c)
+	}
+	return ctrl.Result{RequeueAfter: resync}, nil
+}
+
+// desiredAgents is how many agents should run: the DaemonSet's count once a
+// DaemonSet controller has seen it, else the nodes the pair selects.
+func (r *LoadBalancerPairReconciler) desiredAgents(ctx context.Context, pair *lbv1.LoadBalancerPair) (int32, error) {
+	var ds appsv1.DaemonSet
+	err := r.Get(ctx, types.NamespacedName{Namespace: pair.Namespace, Name: daemonSetName(pair.Name)}, &ds)
+	if err == nil && ds.Status.ObservedGeneration > 0 {
+		return ds.Status.DesiredNumberScheduled, nil
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return 0, fmt.Errorf("reading the pair's DaemonSet: %w", err)
+	}
+	var nodes corev1.NodeList
+	if err := r.List(ctx, &nodes, client.MatchingLabelsSelector{Selector: labels.SelectorFromSet(pair.Spec.NodeSelector)}); err != nil {
+		return 0, fmt.Errorf("listing nodes: %w", err)
+	}
+	return int32(len(nodes.Items)), nil
+}
+
+// removeAgentEntries deletes entries of agents that stopped reporting. A
+// JSON patch with a test per entry removes exactly those entries and fails,
+// to be retried, if the list moved meanwhile; agents' own writes are never
+// overwritten.
+func (r *LoadBalancerPairReconciler) removeAgentEntries(ctx context.Context, pair *lbv1.LoadBalancerPair, nodes []string) error {
+	stale := map[string]bool{}
+	for _, n := range nodes {
+		stale[n] = true
+	}
+	var ops []map[string]any
+	// Remove from the end so earlier indexes stay valid.
+	for i := len(pair.Status.Agents) - 1; i >= 0; i-- {
+		if n := pair.Status.Agents[i].Node; stale[n] {
+			path := fmt.Sprintf("/status/agents/%d", i)
+			ops = append(ops, map[string]any{"op": "test", "path": path + "/node", "value": n}, map[string]any{"op": "remove", "path": path})
+		}
+	}
+	patch, err := json.Marshal(ops)
+	if err != nil {
+		return err
+	}
+	if err := r.Status().Patch(ctx, pair.DeepCopy(), client.RawPatch(types.JSONPatchType, patch)); err != nil {
+		return fmt.Errorf("removing status entries of gone agents %v: %w", nodes, err)
+	}
+	r.Recorder.Eventf(pair, nil, corev1.EventTypeNormal, "AgentGone", "Cleanup", "removed the status of agents that stopped reporting: %s", strings.Join(nodes, ", "))
+	kept := pair.Status.Agents[:0:0]
+	for _, a := range pair.Status.Agents {
+		if !stale[a.Node] {
+			kept = append(kept, a)
+		}
+	}
+	pair.Status.Agents = kept
+	return nil
+}
+
+func (r *LoadBalancerPairReconciler) setCondition(pair *lbv1.LoadBalancerPair, t string, ok bool, reason, msg string) {
+	status := metav1.ConditionFalse
+	if ok {
+		status = metav1.ConditionTrue
+	}
+	apimeta.SetStatusCondition(&pair.Status.Conditions, metav1.Condition{Type: t, Status: status, Reason: reason, Message: msg, ObservedGeneration: pair.Generation})
+}
+
+// SetupWithManager registers the reconciler. Besides its own pair and
+// DaemonSet, a pair is reconciled when another pair appears, goes or changes
+// its spec, since that may settle or create a VRID conflict.
+func (r *LoadBalancerPairReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&lbv1.LoadBalancerPair{}).
+		Owns(&appsv1.DaemonSet{}).
+		Watches(&lbv1.LoadBalancerPair{}, handler.EnqueueRequestsFromMapFunc(r.otherPairs), builder.WithPredicates(predicate.Funcs{
+			UpdateFunc:  func(e event.UpdateEvent) bool { return e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() },
+			CreateFunc:  func(event.CreateEvent) bool { return true },
+			DeleteFunc:  func(event.DeleteEvent) bool { return true },
+			GenericFunc: func(event.GenericEvent) bool { return false },
+		})).
+		Named("loadbalancerpair").
+		Complete(r)
+}
+
+func (r *LoadBalancerPairReconciler) otherPairs(ctx context.Context, obj client.Object) []reconcile.Request {
+	var all lbv1.LoadBalancerPairList
+	if err := r.List(ctx, &all); err != nil {
+		logf.FromContext(ctx).Error(err, "Listing pairs to recheck VRIDs")
+		return nil
+	}
+	var out []reconcile.Request
+	for _, p := range all.Items {
+		if p.UID != obj.GetUID() {
+			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: p.Namespace, Name: p.Name}})
+		}
+	}
+	return out
+}

@@ -1,0 +1,139 @@
+package controllers
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
+)
+
+// Agent ports derived from the VRID when spec.agentPort is unset. VRIDs are
+// unique per address family, so these never collide between pairs.
+const (
+	agentPortBaseIPv4 = 9400
+	agentPortBaseIPv6 = 9700
+)
+
+// isIPv6 tells the pair's address family from its first virtual IP. Pairs of
+// different families never conflict: VRRP for IPv4 and IPv6 are separate
+// protocols on the wire (RFC 5798 §5.2.3).
+func isIPv6(p *lbv1.LoadBalancerPair) bool {
+	if len(p.Spec.VirtualIPs) == 0 {
+		return false
+	}
+	a, err := netip.ParseAddr(p.Spec.VirtualIPs[0])
+	return err == nil && a.Is6() && !a.Is4In6()
+}
+
+// claimedVRID is the VRID a pair uses or asks for: the spec's, else the one
+// allocated earlier, else 0.
+func claimedVRID(p *lbv1.LoadBalancerPair) int32 {
+	if p.Spec.VirtualRouterID != nil {
+		return *p.Spec.VirtualRouterID
+	}
+	return p.Status.VirtualRouterID
+}
+
+// holdsVRID tells whether a pair is the established owner of vrid: it runs
+// with it and is not itself in conflict.
+func holdsVRID(p *lbv1.LoadBalancerPair, vrid int32) bool {
+	return p.Status.VirtualRouterID == vrid && !apimeta.IsStatusConditionTrue(p.Status.Conditions, lbv1.ConditionVRIDConflict)
+}
+
+// vridDecision is the outcome of checking one pair's VRID against the others.
+type vridDecision struct {
+	// VRID is the VRID the pair runs with; 0 when it must not run.
+	VRID int32
+	// Allocated is set when the manager chose VRID (the spec left it empty).
+	Allocated bool
+	// ConflictWith names the pairs that hold the VRID this pair asks for.
+	ConflictWith []string
+	// Exhausted is set when no VRID is free for an allocation.
+	Exhausted bool
+}
+
+// decideVRID settles which VRID pair runs with, given every pair the
+// manager sees. Two pairs of one family may not share a VRID: the first to
+// hold it keeps it (or, when neither holds it yet, the older pair); a loser
+// whose VRID was allocated gets another one, a loser whose spec names the
+// VRID is reported in conflict and not run.
+func decideVRID(pair *lbv1.LoadBalancerPair, all []lbv1.LoadBalancerPair) vridDecision {
+	var others []*lbv1.LoadBalancerPair
+	for i := range all {
+		o := &all[i]
+		if o.UID == pair.UID || o.DeletionTimestamp != nil || isIPv6(o) != isIPv6(pair) {
+			continue
+		}
+		others = append(others, o)
+	}
+	claim := claimedVRID(pair)
+	if claim != 0 {
+		var rivals []*lbv1.LoadBalancerPair
+		for _, o := range others {
+			if claimedVRID(o) == claim {
+				rivals = append(rivals, o)
+			}
+		}
+		if len(rivals) == 0 || wins(pair, rivals, claim) {
+			return vridDecision{VRID: claim, Allocated: pair.Spec.VirtualRouterID == nil}
+		}
+		if pair.Spec.VirtualRouterID != nil {
+			var names []string
+			for _, r := range rivals {
+				names = append(names, r.Namespace+"/"+r.Name)
+			}
+			sort.Strings(names)
+			return vridDecision{ConflictWith: names}
+		}
+	}
+	used := map[int32]bool{claim: claim != 0}
+	for _, o := range others {
+		used[claimedVRID(o)] = true
+	}
+	for v := int32(1); v <= 255; v++ {
+		if !used[v] {
+			return vridDecision{VRID: v, Allocated: true}
+		}
+	}
+	return vridDecision{Exhausted: true}
+}
+
+// wins tells whether pair keeps vrid against rivals: holders beat
+// newcomers, then the older pair wins, then the lower namespace/name.
+func wins(pair *lbv1.LoadBalancerPair, rivals []*lbv1.LoadBalancerPair, vrid int32) bool {
+	better := func(a, b *lbv1.LoadBalancerPair) bool {
+		if ha, hb := holdsVRID(a, vrid), holdsVRID(b, vrid); ha != hb {
+			return ha
+		}
+		if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+			return a.CreationTimestamp.Before(&b.CreationTimestamp)
+		}
+		return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
+	}
+	for _, r := range rivals {
+		if !better(pair, r) {
+			return false
+		}
+	}
+	return true
+}
+
+// agentPort is the node port of the pair's agents.
+func agentPort(p *lbv1.LoadBalancerPair, vrid int32) int32 {
+	if p.Spec.AgentPort != nil {
+		return *p.Spec.AgentPort
+	}
+	if isIPv6(p) {
+		return agentPortBaseIPv6 + vrid
+	}
+	return agentPortBaseIPv4 + vrid
+}
+
+func conflictMessage(vrid int32, with []string) string {
+	return fmt.Sprintf("virtualRouterID %d is already used by %s on the same address family; the agents are not started (or updated) until this pair gets a free VRID: change spec.virtualRouterID or remove it to let the manager allocate one",
+		vrid, strings.Join(with, ", "))
+}

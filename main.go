@@ -1,0 +1,138 @@
+// Command lbpair is the one binary of lbpair, with two roles: `lbpair
+// manager` reconciles LoadBalancerPairs into DaemonSets of agents, and
+// `lbpair agent` is the agent those DaemonSets run (or that runs standalone
+// from a file, without Kubernetes).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/client/config"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/lbpair/lbpair/agent"
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
+	"github.com/lbpair/lbpair/controllers"
+)
+
+const usage = `usage: lbpair manager [flags]   reconcile LoadBalancerPairs (run in the cluster)
+       lbpair agent [flags]     run a pair's agent (in its DaemonSet, or standalone with --config)
+Run "lbpair manager -h" or "lbpair agent -h" for the flags.`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, usage)
+		os.Exit(2)
+	}
+	ctx := ctrl.SetupSignalHandler()
+	var err error
+	switch os.Args[1] {
+	case "manager":
+		err = runManager(ctx, os.Args[2:])
+	case "agent":
+		err = agent.Main(ctx, os.Args[2:])
+	case "-h", "--help", "help":
+		fmt.Println(usage)
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "unknown command %q\n%s\n", os.Args[1], usage)
+		os.Exit(2)
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "lbpair %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}
+
+func runManager(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
+	var (
+		metricsAddr, probeAddr, watchNamespace, leaderNamespace, agentImage, pullPolicy string
+		leaderElect                                                                    bool
+		logOpts                                                                        zap.Options
+	)
+	fs.StringVar(&metricsAddr, "metrics-bind-address", ":8080", `address of the Prometheus metrics endpoint; "0" turns it off`)
+	fs.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of the /healthz and /readyz endpoints")
+	fs.BoolVar(&leaderElect, "leader-elect", false, "elect a leader, so that several replicas can run with one active")
+	fs.StringVar(&leaderNamespace, "leader-election-namespace", "", "namespace of the leader election Lease (default: the manager's own)")
+	fs.StringVar(&watchNamespace, "watch-namespace", os.Getenv("WATCH_NAMESPACE"), "reconcile pairs of this namespace only; all namespaces when empty")
+	fs.StringVar(&agentImage, "agent-image", os.Getenv("AGENT_IMAGE"), "image of the agents (the lbpair image itself; required, default $AGENT_IMAGE)")
+	fs.StringVar(&pullPolicy, "agent-image-pull-policy", "", "pull policy of the agents' image: Always, IfNotPresent or Never (default: Kubernetes' own)")
+	ctrlconfig.RegisterFlags(fs)
+	logOpts.BindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if agentImage == "" {
+		return errors.New("--agent-image (or AGENT_IMAGE) is required: the image the agents' DaemonSets run")
+	}
+	switch corev1.PullPolicy(pullPolicy) {
+	case "", corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
+	default:
+		return fmt.Errorf("--agent-image-pull-policy %q: use Always, IfNotPresent or Never", pullPolicy)
+	}
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&logOpts)))
+
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	if err := lbv1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	cfg, err := ctrlconfig.GetConfig()
+	if err != nil {
+		return fmt.Errorf("finding the apiserver: %w", err)
+	}
+	opts := ctrl.Options{
+		Scheme:                  scheme,
+		Metrics:                 metricsserver.Options{BindAddress: metricsAddr},
+		HealthProbeBindAddress:  probeAddr,
+		LeaderElection:          leaderElect,
+		LeaderElectionID:        "lbpair-manager.lbpair.io",
+		LeaderElectionNamespace: leaderNamespace,
+	}
+	if watchNamespace != "" {
+		opts.Cache.DefaultNamespaces = map[string]cache.Config{watchNamespace: {}}
+		// Nodes are cluster-scoped: they are read to count the nodes a
+		// pair selects whatever the watched namespace.
+	}
+	mgr, err := ctrl.NewManager(cfg, opts)
+	if err != nil {
+		return fmt.Errorf("creating the manager: %w", err)
+	}
+	r := &controllers.LoadBalancerPairReconciler{
+		Client:   mgr.GetClient(),
+		Recorder: mgr.GetEventRecorder("lbpair-manager"),
+		Agent: controllers.AgentSettings{
+			Image:           agentImage,
+			ImagePullPolicy: corev1.PullPolicy(pullPolicy),
+			Resources:       controllers.DefaultAgentResources(),
+		},
+	}
+	if err := r.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the controller: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return err
+	}
+	ctrl.Log.Info("Starting the manager", "watchNamespace", watchNamespace, "agentImage", agentImage, "leaderElection", leaderElect)
+	return mgr.Start(ctx)
+}
