@@ -62,8 +62,8 @@ func runManager(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
 	var (
 		metricsAddr, probeAddr, watchNamespace, leaderNamespace, agentImage, pullPolicy string
-		leaderElect                                                                    bool
-		logOpts                                                                        zap.Options
+		leaderElect                                                                     bool
+		logOpts                                                                         zap.Options
 	)
 	fs.StringVar(&metricsAddr, "metrics-bind-address", ":8080", `address of the Prometheus metrics endpoint; "0" turns it off`)
 	fs.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of the /healthz and /readyz endpoints")
