@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -144,21 +145,30 @@ func (r *LoadBalancerPairReconciler) applyDaemonSet(ctx context.Context, pair *l
 	} else if err != nil {
 		return fmt.Errorf("reading DaemonSet %s: %w", key, err)
 	}
-	if err := r.Apply(ctx, desiredDaemonSet(pair, port, r.Agent), client.FieldOwner(FieldManager), client.ForceOwnership); err != nil {
+	ac := desiredDaemonSet(pair, port, r.Agent)
+	if err := r.Apply(ctx, ac, client.FieldOwner(FieldManager), client.ForceOwnership); err != nil {
 		r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "ApplyFailed", "ApplyDaemonSet", "applying DaemonSet %s: %v", key.Name, err)
 		return fmt.Errorf("applying DaemonSet %s: %w", key, err)
 	}
-	var ds appsv1.DaemonSet
-	if err := r.Get(ctx, key, &ds); err != nil {
-		return fmt.Errorf("reading DaemonSet %s: %w", key, err)
-	}
+	// Apply decodes the server's answer into ac: the cache may not have the
+	// DaemonSet yet, the answer does.
+	generation := ptr.Deref(ac.Generation, 0)
 	switch {
-	case !existed:
-		r.Recorder.Eventf(pair, &ds, corev1.EventTypeNormal, "Created", "ApplyDaemonSet", "created DaemonSet %s", key.Name)
-	case ds.Generation != existing.Generation:
-		r.Recorder.Eventf(pair, &ds, corev1.EventTypeNormal, "Updated", "ApplyDaemonSet", "updated DaemonSet %s", key.Name)
+	case !existed && generation == 1:
+		r.Recorder.Eventf(pair, nil, corev1.EventTypeNormal, "Created", "ApplyDaemonSet", "created DaemonSet %s", key.Name)
+	case existed && generation != existing.Generation:
+		r.Recorder.Eventf(pair, nil, corev1.EventTypeNormal, "Updated", "ApplyDaemonSet", "updated DaemonSet %s", key.Name)
 	}
-	ok, msg := daemonSetAvailable(ds.Status.DesiredNumberScheduled, ds.Status.UpdatedNumberScheduled, ds.Status.NumberAvailable, ds.Status.ObservedGeneration, ds.Generation)
+	var st appsv1.DaemonSetStatus
+	if ac.Status != nil {
+		st = appsv1.DaemonSetStatus{
+			DesiredNumberScheduled: ptr.Deref(ac.Status.DesiredNumberScheduled, 0),
+			UpdatedNumberScheduled: ptr.Deref(ac.Status.UpdatedNumberScheduled, 0),
+			NumberAvailable:        ptr.Deref(ac.Status.NumberAvailable, 0),
+			ObservedGeneration:     ptr.Deref(ac.Status.ObservedGeneration, 0),
+		}
+	}
+	ok, msg := daemonSetAvailable(st.DesiredNumberScheduled, st.UpdatedNumberScheduled, st.NumberAvailable, st.ObservedGeneration, generation)
 	reason := "AgentsAvailable"
 	if !ok {
 		reason = "AgentsNotAvailable"

@@ -95,7 +95,7 @@ type LoadBalancerPairSpec struct {
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10ms') && duration(self) <= duration('40950ms') && duration(self).getMilliseconds() % 10 == 0",message="advertisementInterval must be a multiple of 10ms from 10ms to 40.95s (VRRPv3 counts centiseconds)"
-	AdvertisementInterval metav1.Duration `json:"advertisementInterval,omitempty"`
+	AdvertisementInterval *metav1.Duration `json:"advertisementInterval,omitempty"`
 
 	// preempt lets a higher-priority agent take the virtual IPs from a lower-priority holder,
 	// as keepalived does unless nopreempt is set. With preempt off, the holder keeps the
@@ -434,7 +434,7 @@ type PassiveHealthCheck struct {
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('1h')",message="failTimeout must be from 1s to 1h"
-	FailTimeout metav1.Duration `json:"failTimeout,omitempty"`
+	FailTimeout *metav1.Duration `json:"failTimeout,omitempty"`
 }
 
 // ActiveHealthCheck probes backends with TCP connections.
@@ -447,7 +447,7 @@ type ActiveHealthCheck struct {
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('100ms') && duration(self) <= duration('1h')",message="active.interval must be from 100ms to 1h"
-	Interval metav1.Duration `json:"interval,omitempty"`
+	Interval *metav1.Duration `json:"interval,omitempty"`
 
 	// timeout bounds one probe's connect.
 	// +optional
@@ -456,7 +456,7 @@ type ActiveHealthCheck struct {
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10ms') && duration(self) <= duration('1h')",message="active.timeout must be from 10ms to 1h"
-	Timeout metav1.Duration `json:"timeout,omitempty"`
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
 
 	// rise is how many probes in a row must succeed to mark a down backend up.
 	// +optional
@@ -483,7 +483,7 @@ type TimeoutsSpec struct {
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10ms') && duration(self) <= duration('10m')",message="timeouts.connect must be from 10ms to 10m"
-	Connect metav1.Duration `json:"connect,omitempty"`
+	Connect *metav1.Duration `json:"connect,omitempty"`
 
 	// connectAttempts is how many backends one client connection may try, as nginx's
 	// proxy_next_upstream_tries.
@@ -501,7 +501,7 @@ type TimeoutsSpec struct {
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('168h')",message="timeouts.idle must be from 1s to 168h"
-	Idle metav1.Duration `json:"idle,omitempty"`
+	Idle *metav1.Duration `json:"idle,omitempty"`
 }
 
 // LoadBalancerPairStatus is the observed state of a LoadBalancerPair.

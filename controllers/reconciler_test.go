@@ -1,0 +1,235 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
+)
+
+func newPair(ns, name string, vrid *int32, vip string) *lbv1.LoadBalancerPair {
+	return &lbv1.LoadBalancerPair{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: lbv1.LoadBalancerPairSpec{
+			VirtualIPs:      []string{vip},
+			VirtualRouterID: vrid,
+			Ports: []lbv1.PortSpec{{Name: "http", Port: 88, Backend: lbv1.BackendSpec{
+				Static: []lbv1.StaticBackend{{Address: "198.18.1.10:80"}, {Address: "198.18.1.11:80"}},
+			}}},
+		},
+	}
+}
+
+func getPair(t *testing.T, ns, name string) *lbv1.LoadBalancerPair {
+	t.Helper()
+	var p lbv1.LoadBalancerPair
+	if err := k8s.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, &p); err != nil {
+		t.Fatal(err)
+	}
+	return &p
+}
+
+func getDaemonSet(ns, pair string) (*appsv1.DaemonSet, error) {
+	var ds appsv1.DaemonSet
+	err := k8s.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: daemonSetName(pair)}, &ds)
+	return &ds, err
+}
+
+func TestCreateWritesTheAgentsDaemonSet(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	p := newPair(ns, "web", ptrTo(int32(51)), "198.18.0.100")
+	p.Spec.NodeSelector = map[string]string{"lbpair.io/lb": "true"}
+	p.Spec.Tolerations = []corev1.Toleration{{Key: "dedicated", Operator: corev1.TolerationOpEqual, Value: "lb", Effect: corev1.TaintEffectNoSchedule}}
+	p.Spec.DrainTimeout = &metav1.Duration{Duration: 45 * time.Second}
+	if err := k8s.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+
+	var ds *appsv1.DaemonSet
+	eventually(t, "DaemonSet created", func() (err error) { ds, err = getDaemonSet(ns, "web"); return err })
+	pod := ds.Spec.Template.Spec
+	c := pod.Containers[0]
+	var env []string
+	for _, e := range c.Env {
+		env = append(env, e.Name+"="+e.ValueFrom.FieldRef.FieldPath)
+	}
+	got := map[string]any{
+		"hostNetwork":  pod.HostNetwork,
+		"dnsPolicy":    string(pod.DNSPolicy),
+		"sa":           pod.ServiceAccountName,
+		"grace":        *pod.TerminationGracePeriodSeconds,
+		"nodeSelector": pod.NodeSelector["lbpair.io/lb"],
+		"toleration":   pod.Tolerations[0].Key + "=" + pod.Tolerations[0].Value,
+		"image":        c.Image,
+		"args":         strings.Join(c.Args, " "),
+		"env":          strings.Join(env, ","),
+		"port":         fmt.Sprint(c.Ports[0].ContainerPort, "/", c.Ports[0].HostPort),
+		"readiness":    c.ReadinessProbe.HTTPGet.Path,
+		"liveness":     c.LivenessProbe.HTTPGet.Path,
+		"caps":         fmt.Sprint(c.SecurityContext.Capabilities.Drop, c.SecurityContext.Capabilities.Add),
+		"runAsUser":    *c.SecurityContext.RunAsUser,
+		"cpuRequest":   c.Resources.Requests.Cpu().String(),
+		"podLabel":     ds.Spec.Template.Labels[PairLabel],
+		"maxSurge":     ds.Spec.UpdateStrategy.RollingUpdate.MaxSurge.IntValue(),
+		"owner":        ds.OwnerReferences[0].Kind + "/" + ds.OwnerReferences[0].Name,
+		"controller":   *ds.OwnerReferences[0].Controller,
+	}
+	want := map[string]any{
+		"hostNetwork":  true,
+		"dnsPolicy":    "ClusterFirstWithHostNet",
+		"sa":           AgentServiceAccount,
+		"grace":        int64(55),
+		"nodeSelector": "true",
+		"toleration":   "dedicated=lb",
+		"image":        testImage,
+		"args":         "agent --pair=web --health-addr=:9451",
+		"env":          "NODE_NAME=spec.nodeName,POD_NAME=metadata.name,POD_NAMESPACE=metadata.namespace,POD_IP=status.podIP",
+		"port":         "9451/9451",
+		"readiness":    "/readyz",
+		"liveness":     "/healthz",
+		"caps":         "[ALL] [NET_ADMIN NET_RAW NET_BIND_SERVICE]",
+		"runAsUser":    int64(0),
+		"cpuRequest":   "50m",
+		"podLabel":     "web",
+		"maxSurge":     0,
+		"owner":        "LoadBalancerPair/web",
+		"controller":   true,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("DaemonSet (-want +got):\n%s", diff)
+	}
+
+	eventually(t, "status written", func() error {
+		p := getPair(t, ns, "web")
+		if p.Status.ObservedGeneration != p.Generation || p.Status.VirtualRouterID != 51 || p.Status.AgentPort != 9451 {
+			return fmt.Errorf("status %+v", p.Status)
+		}
+		// No DaemonSet controller runs in envtest: the agents are not
+		// available, and no agent reported, so nothing is ready.
+		for typ, want := range map[string]metav1.ConditionStatus{lbv1.ConditionAvailable: metav1.ConditionFalse, lbv1.ConditionReady: metav1.ConditionFalse, lbv1.ConditionVRIDConflict: metav1.ConditionFalse} {
+			c := apimeta.FindStatusCondition(p.Status.Conditions, typ)
+			if c == nil || c.Status != want {
+				return fmt.Errorf("condition %s = %+v, want %s", typ, c, want)
+			}
+		}
+		return nil
+	})
+	eventually(t, "Created event", func() error {
+		if _, ok := eventReasons(t, ns, "web")["Created"]; !ok {
+			return errors.New("no Created event")
+		}
+		return nil
+	})
+
+	// The agents' access: a ServiceAccount and RoleBinding owned by the pair,
+	// and the binding to read nodes.
+	var sa corev1.ServiceAccount
+	eventually(t, "agent ServiceAccount", func() error {
+		return k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: AgentServiceAccount}, &sa)
+	})
+	if len(sa.OwnerReferences) != 1 || sa.OwnerReferences[0].Name != "web" {
+		t.Errorf("ServiceAccount owners = %+v, want the pair", sa.OwnerReferences)
+	}
+	var rb rbacv1.RoleBinding
+	if err := k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: AgentServiceAccount}, &rb); err != nil {
+		t.Fatal(err)
+	}
+	if rb.RoleRef.Name != AgentClusterRole || rb.Subjects[0].Name != AgentServiceAccount {
+		t.Errorf("RoleBinding = %+v", rb)
+	}
+	var crb rbacv1.ClusterRoleBinding
+	if err := k8s.Get(ctx, types.NamespacedName{Name: AgentNodesClusterRole + ":" + ns}, &crb); err != nil {
+		t.Fatal(err)
+	}
+
+	// A second pair in the namespace shares the access objects and adds
+	// its own owner reference, so they outlive the first pair.
+	if err := k8s.Create(ctx, newPair(ns, "api", ptrTo(int32(52)), "198.18.0.101")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "second owner on the ServiceAccount", func() error {
+		if err := k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: AgentServiceAccount}, &sa); err != nil {
+			return err
+		}
+		if len(sa.OwnerReferences) != 2 {
+			return fmt.Errorf("owners %+v", sa.OwnerReferences)
+		}
+		return nil
+	})
+}
+
+func TestUpdateFlowsToTheDaemonSet(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	if err := k8s.Create(ctx, newPair(ns, "web", ptrTo(int32(60)), "198.18.0.100")); err != nil {
+		t.Fatal(err)
+	}
+	var ds *appsv1.DaemonSet
+	eventually(t, "DaemonSet created", func() (err error) { ds, err = getDaemonSet(ns, "web"); return err })
+	firstGeneration := ds.Generation
+
+	p := getPair(t, ns, "web")
+	p.Spec.NodeSelector = map[string]string{"role": "edge"}
+	p.Spec.AgentPort = ptrTo(int32(19000))
+	if err := k8s.Update(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "DaemonSet updated", func() (err error) {
+		ds, err = getDaemonSet(ns, "web")
+		if err != nil {
+			return err
+		}
+		if ds.Spec.Template.Spec.NodeSelector["role"] != "edge" || ds.Spec.Template.Spec.Containers[0].Ports[0].HostPort != 19000 {
+			return fmt.Errorf("template not updated: %+v", ds.Spec.Template.Spec.NodeSelector)
+		}
+		return nil
+	})
+	if ds.Generation == firstGeneration {
+		t.Errorf("DaemonSet generation did not move")
+	}
+	eventually(t, "Updated event", func() error {
+		if _, ok := eventReasons(t, ns, "web")["Updated"]; !ok {
+			return errors.New("no Updated event")
+		}
+		return nil
+	})
+}
+
+func TestDeleteLeavesGarbageCollectionToOwnerReferences(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	p := newPair(ns, "web", ptrTo(int32(61)), "198.18.0.100")
+	if err := k8s.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	var ds *appsv1.DaemonSet
+	eventually(t, "DaemonSet created", func() (err error) { ds, err = getDaemonSet(ns, "web"); return err })
+	ref := ds.OwnerReferences[0]
+	if ref.UID != getPair(t, ns, "web").UID || !*ref.BlockOwnerDeletion {
+		t.Errorf("owner reference %+v does not point at the pair with blockOwnerDeletion", ref)
+	}
+	if err := k8s.Delete(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "pair gone", func() error {
+		var gone lbv1.LoadBalancerPair
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(p), &gone); err == nil {
+			return errors.New("still there")
+		}
+		return nil
+	})
+}
