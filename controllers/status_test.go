@@ -1,0 +1,129 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
+)
+
+// reportAgent writes one agent's entry the way agents do: server-side apply
+// of status.agents with a field manager per node.
+func reportAgent(t *testing.T, ns, pair string, e lbv1.AgentStatus) {
+	t.Helper()
+	item, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": lbv1.GroupVersion.String(),
+		"kind":       "LoadBalancerPair",
+		"metadata":   map[string]any{"name": pair, "namespace": ns},
+		"status":     map[string]any{"agents": []any{item}},
+	}}
+	if err := k8s.Status().Apply(context.Background(), client.ApplyConfigurationFromUnstructured(u), client.FieldOwner("lbpair-agent/"+e.Node), client.ForceOwnership); err != nil {
+		t.Fatalf("applying %s's entry: %v", e.Node, err)
+	}
+}
+
+func conditionReasons(p *lbv1.LoadBalancerPair) map[string]string {
+	out := map[string]string{}
+	for _, c := range p.Status.Conditions {
+		out[c.Type] = string(c.Status) + "/" + c.Reason
+	}
+	return out
+}
+
+func TestStatusFollowsTheAgents(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	label := "lbpair.io/test-" + ns
+	for _, n := range []string{ns + "-lb1", ns + "-lb2"} {
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n, Labels: map[string]string{label: "true"}}}
+		if err := k8s.Create(ctx, node); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = k8s.Delete(context.Background(), node) })
+	}
+	lb1, lb2 := ns+"-lb1", ns+"-lb2"
+	p := newPair(ns, "web", ptrTo(int32(70)), "198.18.0.100")
+	p.Spec.NodeSelector = map[string]string{label: "true"}
+	if err := k8s.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "first reconcile", func() error {
+		if getPair(t, ns, "web").Status.ObservedGeneration == 0 {
+			return errors.New("not reconciled yet")
+		}
+		return nil
+	})
+
+	now := metav1.NewTime(time.Now().Truncate(time.Second))
+	up := lbv1.PortStatus{Name: "http", HealthyBackends: 2, Backends: 2}
+	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: lb1, State: lbv1.StateMaster, Priority: 100, Since: now, LastUpdateTime: now, Reason: "preempted a lower priority master", Ports: []lbv1.PortStatus{up}})
+	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: lb2, State: lbv1.StateBackup, Priority: 90, Since: now, LastUpdateTime: now, Ports: []lbv1.PortStatus{up}})
+	eventually(t, "holder and Ready", func() error {
+		p := getPair(t, ns, "web")
+		want := map[string]string{"Ready": "True/Serving", "Degraded": "False/AllHealthy", "SplitBrain": "False/OneMaster"}
+		got := conditionReasons(p)
+		for k, v := range want {
+			if got[k] != v {
+				return fmt.Errorf("holder %q conditions %v", p.Status.Holder, got)
+			}
+		}
+		if p.Status.Holder != lb1 || p.Status.HolderSince == nil || !p.Status.HolderSince.Equal(&now) {
+			return fmt.Errorf("holder %q since %v", p.Status.Holder, p.Status.HolderSince)
+		}
+		return nil
+	})
+
+	// Both claim the VIPs: split brain, with an Event.
+	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: lb2, State: lbv1.StateMaster, Priority: 90, Since: now, LastUpdateTime: now, Reason: "master down timer expired", Ports: []lbv1.PortStatus{up}})
+	eventually(t, "split brain", func() error {
+		p := getPair(t, ns, "web")
+		if c := apimeta.FindStatusCondition(p.Status.Conditions, lbv1.ConditionSplitBrain); c == nil || c.Status != metav1.ConditionTrue {
+			return fmt.Errorf("SplitBrain %+v", c)
+		}
+		if _, ok := eventReasons(t, ns, "web")["SplitBrain"]; !ok {
+			return errors.New("no SplitBrain event")
+		}
+		return nil
+	})
+
+	// lb1 stops reporting (its entry goes stale) and lb2 is the only
+	// master: the holder moves, a Failover event names both, and the stale
+	// entry is removed.
+	old := metav1.NewTime(time.Now().Add(-AgentStaleAfter - time.Minute))
+	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: lb1, State: lbv1.StateMaster, Priority: 100, Since: now, LastUpdateTime: old, Ports: []lbv1.PortStatus{up}})
+	eventually(t, "failover to lb2", func() error {
+		p := getPair(t, ns, "web")
+		if p.Status.Holder != lb2 {
+			return fmt.Errorf("holder %q", p.Status.Holder)
+		}
+		if len(p.Status.Agents) != 1 || p.Status.Agents[0].Node != lb2 {
+			return fmt.Errorf("agents %+v, want only %s", p.Status.Agents, lb2)
+		}
+		got := conditionReasons(p)
+		if got["SplitBrain"] != "False/OneMaster" || got["Degraded"] != "True/Degraded" {
+			return fmt.Errorf("conditions %v", got)
+		}
+		return nil
+	})
+	ev := eventReasons(t, ns, "web")
+	if note, ok := ev["Failover"]; !ok || note != fmt.Sprintf("virtual IPs moved from %s to %s: master down timer expired", lb1, lb2) {
+		t.Errorf("Failover event %q (present %v)", note, ok)
+	}
+	if _, ok := ev["AgentGone"]; !ok {
+		t.Errorf("no AgentGone event")
+	}
+}

@@ -1,0 +1,194 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
+)
+
+func TestDecideVRID(t *testing.T) {
+	t0 := metav1.NewTime(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	t1 := metav1.NewTime(t0.Add(time.Hour))
+	pair := func(name, vip string, spec *int32, status int32, created metav1.Time, conflict bool) lbv1.LoadBalancerPair {
+		p := lbv1.LoadBalancerPair{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID(name), CreationTimestamp: created}}
+		p.Spec.VirtualIPs = []string{vip}
+		p.Spec.VirtualRouterID = spec
+		p.Status.VirtualRouterID = status
+		if conflict {
+			p.Status.Conditions = []metav1.Condition{{Type: lbv1.ConditionVRIDConflict, Status: metav1.ConditionTrue}}
+		}
+		return p
+	}
+	v := func(n int32) *int32 { return &n }
+	tests := []struct {
+		name string
+		self lbv1.LoadBalancerPair
+		all  []lbv1.LoadBalancerPair
+		want vridDecision
+	}{
+		{"spec VRID, alone", pair("a", "198.18.0.1", v(51), 0, t0, false), nil, vridDecision{VRID: 51}},
+		{"allocation takes the lowest free", pair("a", "198.18.0.1", nil, 0, t1, false),
+			[]lbv1.LoadBalancerPair{pair("b", "198.18.0.2", v(1), 1, t0, false), pair("c", "198.18.0.3", nil, 2, t0, false)},
+			vridDecision{VRID: 3, Allocated: true}},
+		{"allocation is stable", pair("a", "198.18.0.1", nil, 7, t1, false),
+			[]lbv1.LoadBalancerPair{pair("b", "198.18.0.2", v(1), 1, t0, false)},
+			vridDecision{VRID: 7, Allocated: true}},
+		{"other families do not count", pair("a", "198.18.0.1", nil, 0, t1, false),
+			[]lbv1.LoadBalancerPair{pair("b", "fd00::2", v(1), 1, t0, false)},
+			vridDecision{VRID: 1, Allocated: true}},
+		{"the holder keeps its VRID against an older newcomer", pair("a", "198.18.0.1", v(9), 9, t1, false),
+			[]lbv1.LoadBalancerPair{pair("b", "198.18.0.2", v(9), 0, t0, false)},
+			vridDecision{VRID: 9}},
+		{"a newcomer asking for a held VRID is in conflict", pair("b", "198.18.0.2", v(9), 0, t0, false),
+			[]lbv1.LoadBalancerPair{pair("a", "198.18.0.1", v(9), 9, t1, false)},
+			vridDecision{ConflictWith: []string{"ns/a"}}},
+		{"a pair in conflict does not hold its old status VRID", pair("b", "198.18.0.2", v(9), 9, t1, true),
+			[]lbv1.LoadBalancerPair{pair("a", "198.18.0.1", v(9), 9, t0, false)},
+			vridDecision{ConflictWith: []string{"ns/a"}}},
+		{"neither holds: the older wins", pair("a", "198.18.0.1", v(9), 0, t0, false),
+			[]lbv1.LoadBalancerPair{pair("b", "198.18.0.2", v(9), 0, t1, false)},
+			vridDecision{VRID: 9}},
+		{"neither holds: the newer loses", pair("b", "198.18.0.2", v(9), 0, t1, false),
+			[]lbv1.LoadBalancerPair{pair("a", "198.18.0.1", v(9), 0, t0, false)},
+			vridDecision{ConflictWith: []string{"ns/a"}}},
+		{"an allocated loser moves to a free VRID", pair("b", "198.18.0.2", nil, 9, t1, true),
+			[]lbv1.LoadBalancerPair{pair("a", "198.18.0.1", v(9), 9, t0, false)},
+			vridDecision{VRID: 1, Allocated: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			all := append([]lbv1.LoadBalancerPair{tt.self}, tt.all...)
+			if diff := cmp.Diff(tt.want, decideVRID(&tt.self, all)); diff != "" {
+				t.Errorf("decision (-want +got):\n%s", diff)
+			}
+		})
+	}
+	t.Run("exhausted", func(t *testing.T) {
+		var all []lbv1.LoadBalancerPair
+		for i := int32(1); i <= 255; i++ {
+			all = append(all, pair(fmt.Sprint("p", i), "198.18.0.1", v(i), i, t0, false))
+		}
+		self := pair("new", "198.18.0.9", nil, 0, t1, false)
+		if got := decideVRID(&self, append(all, self)); !got.Exhausted {
+			t.Errorf("decision %+v, want exhausted", got)
+		}
+	})
+}
+
+func TestVRIDAllocationAndConflictsOnTheAPIServer(t *testing.T) {
+	ctx := context.Background()
+	// VRIDs are settled across namespaces: pairs in two namespaces may share
+	// a network.
+	ns1, ns2 := newNamespace(t), newNamespace(t)
+	status := func(ns, name string) lbv1.LoadBalancerPairStatus { return getPair(t, ns, name).Status }
+
+	// Allocation: two pairs without a VRID get distinct ones, recorded in
+	// status, and an IPv6 pair may reuse a number.
+	if err := k8s.Create(ctx, newPair(ns1, "alloc-a", nil, "198.18.0.100")); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Create(ctx, newPair(ns2, "alloc-b", nil, "198.18.0.101")); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Create(ctx, newPair(ns2, "alloc-v6", nil, "fd00:198:18::100")); err != nil {
+		t.Fatal(err)
+	}
+	var a, b int32
+	eventually(t, "VRIDs allocated", func() error {
+		a, b = status(ns1, "alloc-a").VirtualRouterID, status(ns2, "alloc-b").VirtualRouterID
+		if a == 0 || b == 0 || a == b || status(ns2, "alloc-v6").VirtualRouterID == 0 {
+			return fmt.Errorf("VRIDs %d and %d", a, b)
+		}
+		return nil
+	})
+	if _, ok := eventReasons(t, ns1, "alloc-a")["VRIDAllocated"]; !ok {
+		t.Errorf("no VRIDAllocated event")
+	}
+
+	// Conflict: a new pair asking for a VRID held by another is reported
+	// and gets no DaemonSet.
+	if err := k8s.Create(ctx, newPair(ns2, "late", &a, "198.18.0.102")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "conflict reported", func() error {
+		c := apimeta.FindStatusCondition(status(ns2, "late").Conditions, lbv1.ConditionVRIDConflict)
+		if c == nil || c.Status != metav1.ConditionTrue {
+			return fmt.Errorf("VRIDConflict %+v", c)
+		}
+		if _, ok := eventReasons(t, ns2, "late")["VRIDConflict"]; !ok {
+			return errors.New("no VRIDConflict event")
+		}
+		return nil
+	})
+	if _, err := getDaemonSet(ns2, "late"); !apierrors.IsNotFound(err) {
+		t.Errorf("the loser of a conflict got a DaemonSet (err %v)", err)
+	}
+	if got := status(ns1, "alloc-a").VirtualRouterID; got != a {
+		t.Errorf("the holder's VRID moved from %d to %d", a, got)
+	}
+
+	// Fixing the spec clears the conflict and starts the agents.
+	late := getPair(t, ns2, "late")
+	late.Spec.VirtualRouterID = ptrTo(int32(200))
+	if err := k8s.Update(ctx, late); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "conflict cleared", func() error {
+		st := status(ns2, "late")
+		if apimeta.IsStatusConditionTrue(st.Conditions, lbv1.ConditionVRIDConflict) || st.VirtualRouterID != 200 {
+			return fmt.Errorf("status %+v", st)
+		}
+		_, err := getDaemonSet(ns2, "late")
+		return err
+	})
+
+	// A running pair changed to a held VRID keeps running as it was: its
+	// DaemonSet and status.virtualRouterID do not move.
+	ds, err := getDaemonSet(ns2, "late")
+	if err != nil {
+		t.Fatal(err)
+	}
+	late = getPair(t, ns2, "late")
+	late.Spec.VirtualRouterID = &b
+	if err := k8s.Update(ctx, late); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "conflict on a running pair", func() error {
+		if !apimeta.IsStatusConditionTrue(status(ns2, "late").Conditions, lbv1.ConditionVRIDConflict) {
+			return errors.New("no conflict yet")
+		}
+		return nil
+	})
+	if got := status(ns2, "late").VirtualRouterID; got != 200 {
+		t.Errorf("status.virtualRouterID = %d, want the running 200", got)
+	}
+	after, err := getDaemonSet(ns2, "late")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Generation != ds.Generation {
+		t.Errorf("the DaemonSet of a pair in conflict changed (generation %d -> %d)", ds.Generation, after.Generation)
+	}
+
+	// Deleting the holder lets the waiting pair take the VRID.
+	if err := k8s.Delete(ctx, getPair(t, ns2, "alloc-b")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "conflict settled after the holder went", func() error {
+		st := status(ns2, "late")
+		if apimeta.IsStatusConditionTrue(st.Conditions, lbv1.ConditionVRIDConflict) || st.VirtualRouterID != b {
+			return fmt.Errorf("status %+v", st)
+		}
+		return nil
+	})
+}
