@@ -1,0 +1,122 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+// validPair is a valid pair; each case below breaks one rule of the API.
+const validPair = `apiVersion: lbpair.io/v1alpha1
+kind: LoadBalancerPair
+metadata:
+  name: NAME
+spec:
+  virtualIPs: [198.18.0.100]
+  virtualRouterID: 51
+  advertisementInterval: 1s
+  ports:
+  - name: http
+    port: 88
+    backend:
+      static:
+      - address: 198.18.1.10:80
+      - address: web02:80
+`
+
+func TestBadInputIsRejectedNamingTheField(t *testing.T) {
+	mustKubectl(t, "", "create", "namespace", "bad-input")
+	// Sanity: the base is valid, so each failure below comes from its edit.
+	mustKubectl(t, strings.Replace(validPair, "NAME", "valid", 1), "apply", "-n", "bad-input", "-f", "-")
+
+	tests := []struct {
+		name     string
+		old, new string
+		want     []string // substrings of kubectl's error: the field and the fix
+	}{
+		{"invalid VIP", "[198.18.0.100]", "[198.18.0.300]",
+			[]string{"spec.virtualIPs[0]", "must be a unicast IPv4 or IPv6 address"}},
+		{"multicast VIP", "[198.18.0.100]", "[224.0.0.18]",
+			[]string{"spec.virtualIPs[0]", "not loopback, link-local, multicast or unspecified"}},
+		{"mixed VIP families", "[198.18.0.100]", "[198.18.0.100, 'fd00::100']",
+			[]string{"spec.virtualIPs", "must all be IPv4 or all IPv6"}},
+		{"no VIP", "[198.18.0.100]", "[]",
+			[]string{"spec.virtualIPs", "should have at least 1 items"}},
+		{"VRID 0", "virtualRouterID: 51", "virtualRouterID: 0",
+			[]string{"spec.virtualRouterID", "greater than or equal to 1"}},
+		{"VRID 256", "virtualRouterID: 51", "virtualRouterID: 256",
+			[]string{"spec.virtualRouterID", "less than or equal to 255"}},
+		{"port 0", "port: 88", "port: 0",
+			[]string{"spec.ports[0].port", "greater than or equal to 1"}},
+		{"port 65536", "port: 88", "port: 65536",
+			[]string{"spec.ports[0].port", "less than or equal to 65535"}},
+		{"duplicate port numbers", "  - name: http\n", "  - name: http\n    port: 88\n    backend: {static: [{address: 198.18.1.12:80}]}\n  - name: again\n",
+			[]string{"spec.ports", "each port number may appear only once"}},
+		{"duplicate port names", "  - name: http\n", "  - name: http\n    port: 89\n    backend: {static: [{address: 198.18.1.12:80}]}\n  - name: http\n",
+			[]string{"spec.ports[1]", "Duplicate value"}},
+		{"no ports", "  ports:\n  - name: http\n    port: 88\n    backend:\n      static:\n      - address: 198.18.1.10:80\n      - address: web02:80\n", "  ports: []\n",
+			[]string{"spec.ports", "should have at least 1 items"}},
+		{"advert below 10ms", "advertisementInterval: 1s", "advertisementInterval: 5ms",
+			[]string{"spec.advertisementInterval", "multiple of 10ms from 10ms to 40.95s"}},
+		{"advert not centiseconds", "advertisementInterval: 1s", "advertisementInterval: 15ms",
+			[]string{"spec.advertisementInterval", "multiple of 10ms"}},
+		{"advert above 40.95s", "advertisementInterval: 1s", "advertisementInterval: 41s",
+			[]string{"spec.advertisementInterval", "to 40.95s"}},
+		{"VRRPv2 advert not whole seconds", "advertisementInterval: 1s", "advertisementInterval: 1500ms\n  vrrpVersion: 2",
+			[]string{"spec", "whole seconds from 1s to 255s with vrrpVersion 2"}},
+		{"VRRP version 4", "advertisementInterval: 1s", "advertisementInterval: 1s\n  vrrpVersion: 4",
+			[]string{"spec.vrrpVersion", "supported values: \"2\", \"3\""}},
+		{"authentication with VRRPv3", "advertisementInterval: 1s", "advertisementInterval: 1s\n  authentication: {passwordSecretRef: {name: vrrp, key: password}}",
+			[]string{"spec", "authentication is a VRRPv2 feature", "set vrrpVersion: 2"}},
+		{"unicast peer of the other family", "advertisementInterval: 1s", "advertisementInterval: 1s\n  unicast: {enabled: true, peers: ['fd00::12']}",
+			[]string{"spec", "unicast.peers must be of the same address family as virtualIPs"}},
+		{"unicast peer not an address", "advertisementInterval: 1s", "advertisementInterval: 1s\n  unicast: {enabled: true, peers: [lb2]}",
+			[]string{"spec.unicast.peers[0]", "must be an IPv4 or IPv6 address"}},
+		{"static backend without port", "198.18.1.10:80", "198.18.1.10",
+			[]string{"spec.ports[0].backend.static[0].address", "must be host:port"}},
+		{"static backend port too large", "198.18.1.10:80", "198.18.1.10:70000",
+			[]string{"spec.ports[0].backend.static[0].address", "the port of address must be from 1 to 65535"}},
+		{"static backend bad IPv4", "198.18.1.10:80", "198.18.1.300:80",
+			[]string{"spec.ports[0].backend.static[0].address", "looks like an IPv4 address but is not a valid one"}},
+		{"static backend bad IPv6", "198.18.1.10:80", "'[fd00::zz]:80'",
+			[]string{"spec.ports[0].backend.static[0].address"}},
+		{"static backend duplicate", "web02:80", "198.18.1.10:80",
+			[]string{"spec.ports[0].backend.static[1]", "Duplicate value"}},
+		{"static backend weight 0", "web02:80", "web02:80\n        weight: 0",
+			[]string{"spec.ports[0].backend.static[1].weight", "greater than or equal to 1"}},
+		{"service and static", "    backend:\n", "    backend:\n      service: {name: web, port: http}\n",
+			[]string{"spec.ports[0].backend", "exactly one of service or static"}},
+		{"no backend", "    backend:\n      static:\n      - address: 198.18.1.10:80\n      - address: web02:80\n", "    backend: {}\n",
+			[]string{"spec.ports[0].backend", "exactly one of service or static"}},
+		{"service port name invalid", "    backend:\n      static:\n      - address: 198.18.1.10:80\n      - address: web02:80\n", "    backend:\n      service: {name: web, port: HTTP_S}\n",
+			[]string{"spec.ports[0].backend.service.port", "port number from 1 to 65535 or a Service port name"}},
+		{"unknown balance", "    port: 88\n", "    port: 88\n    balance: Fastest\n",
+			[]string{"spec.ports[0].balance", "supported values"}},
+		{"unknown PROXY protocol", "    port: 88\n", "    port: 88\n    proxyProtocol: V3\n",
+			[]string{"spec.ports[0].proxyProtocol", "supported values"}},
+		{"active check timeout above interval", "    port: 88\n", "    port: 88\n    healthCheck: {active: {interval: 1s, timeout: 2s}}\n",
+			[]string{"spec.ports[0].healthCheck.active", "active.timeout must not exceed active.interval"}},
+		{"duration that is not one", "advertisementInterval: 1s", "advertisementInterval: 1s\n  drainTimeout: 5 seconds",
+			[]string{"spec.drainTimeout", "should match"}},
+		{"unknown field", "advertisementInterval: 1s", "advertisementInterval: 1s\n  virtualIP: 198.18.0.1",
+			[]string{`unknown field "spec.virtualIP"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			doc := strings.Replace(validPair, "NAME", "bad", 1)
+			if !strings.Contains(doc, tt.old) {
+				t.Fatalf("test edit %q does not apply to the base pair", tt.old)
+			}
+			doc = strings.Replace(doc, tt.old, tt.new, 1)
+			out, err := kubectl(t, doc, "apply", "-n", "bad-input", "-f", "-")
+			if err == nil {
+				t.Fatalf("kubectl apply accepted the pair:\n%s\n%s", doc, out)
+			}
+			t.Log(strings.TrimSpace(out))
+			for _, w := range tt.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("error does not mention %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
