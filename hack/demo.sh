@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The local demo (make demo): builds what it needs, then runs hack/demo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+hack/tools.sh kube-apiserver etcd kubectl >/dev/null
+exec go run ./hack/demo "$@"
