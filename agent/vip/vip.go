@@ -1,0 +1,237 @@
+// Package vip holds the virtual IPs on a node: it adds them to the
+// interface with netlink when the router becomes master, removes them when
+// it stops being master, and announces them with gratuitous ARP (IPv4) or
+// unsolicited neighbour advertisements (IPv6) so that switches and hosts
+// learn the new holder at once.
+package vip
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/go-logr/logr"
+	"github.com/mdlayher/arp"
+	"github.com/mdlayher/ethernet"
+	"github.com/mdlayher/ndp"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// allNodes is where unsolicited neighbour advertisements go (RFC 4861 7.2.6).
+var allNodes = netip.MustParseAddr("ff02::1")
+
+// Manager adds, removes and announces the virtual IPs on one interface. Its
+// sockets are opened by Open in the network namespace of the caller, and
+// stay there whichever goroutine uses them later.
+type Manager struct {
+	log   logr.Logger
+	vips  []netip.Addr
+	ifi   *net.Interface
+	h     *netlink.Handle
+	link  netlink.Link
+	mu    sync.Mutex
+	arp   *arp.Client
+	ndp   *ndp.Conn
+	label string
+}
+
+// Open prepares the virtual IPs of one family on the interface named ifname.
+func Open(ifname string, vips []netip.Addr, log logr.Logger) (*Manager, error) {
+	if len(vips) == 0 {
+		return nil, errors.New("no virtual IPs")
+	}
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return nil, fmt.Errorf("opening netlink: %w", err)
+	}
+	link, err := h.LinkByName(ifname)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("finding interface %q: %w", ifname, err)
+	}
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("finding interface %q: %w", ifname, err)
+	}
+	m := &Manager{log: log, vips: vips, ifi: ifi, h: h, link: link}
+	if vips[0].Is4() {
+		m.arp, err = arp.Dial(ifi)
+		if err != nil {
+			h.Close()
+			return nil, fmt.Errorf("opening an ARP socket on %q (needs an IPv4 address and CAP_NET_RAW): %w", ifname, err)
+		}
+	} else {
+		m.ndp, _, err = ndp.Listen(ifi, ndp.LinkLocal)
+		if err != nil {
+			h.Close()
+			return nil, fmt.Errorf("opening an NDP socket on %q: %w", ifname, err)
+		}
+	}
+	return m, nil
+}
+
+// Close releases the sockets; it does not remove the virtual IPs.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var errs []error
+	if m.arp != nil {
+		errs = append(errs, m.arp.Close())
+	}
+	if m.ndp != nil {
+		errs = append(errs, m.ndp.Close())
+	}
+	m.h.Close()
+	return errors.Join(errs...)
+}
+
+func (m *Manager) addr(a netip.Addr) *netlink.Addr {
+	bits := 32
+	if a.Is6() {
+		bits = 128
+	}
+	na := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}}
+	if a.Is6() {
+		// The holder must answer at once: no duplicate address detection
+		// (the backup never holds the address at the same time).
+		na.Flags = unix.IFA_F_NODAD
+	}
+	return na
+}
+
+// Add puts the virtual IPs on the interface; present ones are left as they
+// are.
+func (m *Manager) Add() error {
+	var errs []error
+	for _, a := range m.vips {
+		if err := m.h.AddrReplace(m.link, m.addr(a)); err != nil {
+			errs = append(errs, fmt.Errorf("adding %s to %s: %w", a, m.ifi.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Remove takes the virtual IPs off the interface; absent ones are fine.
+func (m *Manager) Remove() error {
+	var errs []error
+	for _, a := range m.vips {
+		if err := m.h.AddrDel(m.link, m.addr(a)); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("removing %s from %s: %w", a, m.ifi.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Present lists the virtual IPs now on the interface: on start, one left by
+// a crashed run must be removed before joining the group.
+func (m *Manager) Present() ([]netip.Addr, error) {
+	family := netlink.FAMILY_V4
+	if m.vips[0].Is6() {
+		family = netlink.FAMILY_V6
+	}
+	addrs, err := m.h.AddrList(m.link, family)
+	if err != nil {
+		return nil, fmt.Errorf("listing addresses of %s: %w", m.ifi.Name, err)
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		for _, v := range m.vips {
+			if v == ip.Unmap() {
+				out = append(out, v)
+			}
+		}
+	}
+	return out, nil
+}
+
+// Announce sends one gratuitous ARP request (IPv4) or unsolicited neighbour
+// advertisement with the override flag (IPv6) per virtual IP.
+func (m *Manager) Announce() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var errs []error
+	for _, a := range m.vips {
+		var err error
+		if m.arp != nil {
+			var p *arp.Packet
+			p, err = arp.NewPacket(arp.OperationRequest, m.ifi.HardwareAddr, a, ethernet.Broadcast, a)
+			if err == nil {
+				err = m.arp.WriteTo(p, ethernet.Broadcast)
+			}
+		} else {
+			na := &ndp.NeighborAdvertisement{
+				Override:      true,
+				TargetAddress: a,
+				Options:       []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Target, Addr: m.ifi.HardwareAddr}},
+			}
+			err = m.ndp.WriteTo(na, nil, allNodes)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("announcing %s on %s: %w", a, m.ifi.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// InterfaceFor finds the interface of the route to addr, when the pair does
+// not name one.
+func InterfaceFor(addr netip.Addr) (string, error) {
+	routes, err := netlink.RouteGet(addr.AsSlice())
+	if err != nil {
+		return "", fmt.Errorf("finding the route to %s (set spec.interface): %w", addr, err)
+	}
+	if len(routes) == 0 || routes[0].LinkIndex == 0 {
+		return "", fmt.Errorf("no route to %s: set spec.interface", addr)
+	}
+	link, err := netlink.LinkByIndex(routes[0].LinkIndex)
+	if err != nil {
+		return "", fmt.Errorf("interface of the route to %s: %w", addr, err)
+	}
+	return link.Attrs().Name, nil
+}
+
+// PrimaryAddress is the interface's address VRRP sends from: its first
+// IPv4 address that is not a virtual IP, or its IPv6 link-local address.
+func PrimaryAddress(ifname string, ipv6 bool, vips []netip.Addr) (netip.Addr, error) {
+	link, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("finding interface %q: %w", ifname, err)
+	}
+	family := netlink.FAMILY_V4
+	if ipv6 {
+		family = netlink.FAMILY_V6
+	}
+	addrs, err := netlink.AddrList(link, family)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("listing addresses of %q: %w", ifname, err)
+	}
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		if ipv6 != ip.IsLinkLocalUnicast() || ip.Is4() == ipv6 {
+			continue
+		}
+		isVIP := false
+		for _, v := range vips {
+			isVIP = isVIP || v == ip
+		}
+		if !isVIP {
+			return ip, nil
+		}
+	}
+	if ipv6 {
+		return netip.Addr{}, fmt.Errorf("interface %q has no IPv6 link-local address", ifname)
+	}
+	return netip.Addr{}, fmt.Errorf("interface %q has no IPv4 address of its own", ifname)
+}

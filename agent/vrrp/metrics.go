@@ -1,0 +1,66 @@
+package vrrp
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the router's Prometheus series, labelled by VRID.
+type metrics struct {
+	state       *prometheus.GaugeVec
+	priority    prometheus.Gauge
+	transitions *prometheus.CounterVec
+	sent        prometheus.Counter
+	received    prometheus.Counter
+	dropped     *prometheus.CounterVec
+	collectors  []prometheus.Collector
+}
+
+func newMetrics(reg prometheus.Registerer, vrid uint8) *metrics {
+	labels := prometheus.Labels{"vrid": strconv.Itoa(int(vrid))}
+	m := &metrics{
+		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lbpair_vrrp_state", Help: "1 for the router's current VRRP state, 0 for the others.", ConstLabels: labels,
+		}, []string{"state"}),
+		priority: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lbpair_vrrp_priority", Help: "The router's effective VRRP priority, after tracking.", ConstLabels: labels,
+		}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lbpair_vrrp_transitions_total", Help: "VRRP state transitions, by the state entered.", ConstLabels: labels,
+		}, []string{"to"}),
+		sent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lbpair_vrrp_adverts_sent_total", Help: "VRRP advertisements sent.", ConstLabels: labels,
+		}),
+		received: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lbpair_vrrp_adverts_received_total", Help: "VRRP advertisements received and accepted.", ConstLabels: labels,
+		}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lbpair_vrrp_packets_dropped_total", Help: "VRRP packets dropped, by reason.", ConstLabels: labels,
+		}, []string{"reason"}),
+	}
+	m.collectors = []prometheus.Collector{m.state, m.priority, m.transitions, m.sent, m.received, m.dropped}
+	if reg != nil {
+		for _, c := range m.collectors {
+			// A router replacing another of the same VRID takes over its
+			// series.
+			if err := reg.Register(c); err != nil {
+				if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
+					reg.Unregister(are.ExistingCollector)
+					_ = reg.Register(c)
+				}
+			}
+		}
+	}
+	return m
+}
+
+func (m *metrics) setState(s State) {
+	for _, st := range []State{Init, Backup, Master, Fault} {
+		v := 0.0
+		if st == s {
+			v = 1
+		}
+		m.state.WithLabelValues(st.String()).Set(v)
+	}
+}

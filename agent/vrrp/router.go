@@ -1,0 +1,486 @@
+package vrrp
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
+
+	"github.com/lbpair/lbpair/agent/track"
+	"github.com/lbpair/lbpair/agent/vip"
+)
+
+// dropLogEvery limits the debug logs of dropped packets to one per reason
+// in this period: a misconfigured peer must not flood the log.
+const dropLogEvery = 10 * time.Second
+
+// Status is a snapshot of a router.
+type Status struct {
+	State             State
+	Since             time.Time
+	Reason            string
+	EffectivePriority uint8
+	MasterAddr        netip.Addr
+}
+
+// Option configures a Router.
+type Option func(*Router)
+
+// WithMetrics registers the router's metrics.
+func WithMetrics(reg prometheus.Registerer) Option { return func(r *Router) { r.reg = reg } }
+
+// WithTracker lets health checks lower the priority or fault the router.
+func WithTracker(t *track.Tracker) Option { return func(r *Router) { r.tracker = t } }
+
+// WithTransitionHook calls fn with every transition, from a goroutine of
+// its own so that a slow hook never delays the protocol.
+func WithTransitionHook(fn func(Transition)) Option { return func(r *Router) { r.hook = fn } }
+
+// Router runs one VRRP instance on one interface.
+type Router struct {
+	log     logr.Logger
+	reg     prometheus.Registerer
+	tracker *track.Tracker
+	hook    func(Transition)
+	metrics *metrics
+
+	cfg     Config
+	ifi     *net.Interface
+	self    netip.Addr
+	tr      transport
+	vips    *vip.Manager
+	nl      *netlink.Handle
+	links   chan netlink.LinkUpdate
+	linkEnd chan struct{}
+	done    chan struct{}
+
+	reconf chan Config
+	hooks  chan Transition
+
+	mu     sync.Mutex
+	status Status
+
+	// The rest belongs to Run's goroutine.
+	m            *Machine
+	linkDown     bool
+	nextAnnounce time.Time
+	lastDropLog  map[string]time.Time
+}
+
+// NewRouter opens the router's sockets on the interface: it must run in
+// the network namespace of that interface; the router may then run from any
+// goroutine.
+func NewRouter(cfg Config, log logr.Logger, opts ...Option) (*Router, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Interface == "" {
+		ifname, err := vip.InterfaceFor(cfg.VIPs[0])
+		if err != nil {
+			return nil, err
+		}
+		cfg.Interface = ifname
+	}
+	r := &Router{log: log, cfg: cfg, reconf: make(chan Config), hooks: make(chan Transition, 64), lastDropLog: map[string]time.Time{}, done: make(chan struct{})}
+	for _, o := range opts {
+		o(r)
+	}
+	var err error
+	if r.ifi, err = net.InterfaceByName(cfg.Interface); err != nil {
+		return nil, fmt.Errorf("interface %q: %w", cfg.Interface, err)
+	}
+	if r.self, err = vip.PrimaryAddress(cfg.Interface, cfg.VIPs[0].Is6(), cfg.VIPs); err != nil {
+		return nil, err
+	}
+	if r.tr, err = openTransport(r.ifi, r.self); err != nil {
+		return nil, err
+	}
+	if r.vips, err = vip.Open(cfg.Interface, cfg.VIPs, log); err != nil {
+		r.tr.close()
+		return nil, err
+	}
+	if r.nl, err = netlink.NewHandle(); err != nil {
+		r.tr.close()
+		r.vips.Close()
+		return nil, fmt.Errorf("opening netlink: %w", err)
+	}
+	r.links, r.linkEnd = make(chan netlink.LinkUpdate, 16), make(chan struct{})
+	if err := netlink.LinkSubscribeWithOptions(r.links, r.linkEnd, netlink.LinkSubscribeOptions{ErrorCallback: func(err error) {
+		log.Error(err, "Watching the interface's link state")
+	}}); err != nil {
+		r.tr.close()
+		r.vips.Close()
+		r.nl.Close()
+		return nil, fmt.Errorf("watching link state: %w", err)
+	}
+	r.metrics = newMetrics(r.reg, cfg.VRID)
+	r.status = Status{State: Init, EffectivePriority: cfg.Priority}
+	return r, nil
+}
+
+// Status reports the router's state.
+func (r *Router) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.status
+}
+
+// Reconfigure applies a new configuration to the running router. Changes
+// of version, VRID, virtual IPs or interface return ErrRestartRequired.
+func (r *Router) Reconfigure(cfg Config) error {
+	if cfg.Interface == "" {
+		cfg.Interface = r.cfg.Interface
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if r.cfg.needsRestart(cfg) {
+		return ErrRestartRequired
+	}
+	select {
+	case r.reconf <- cfg:
+		return nil
+	case <-r.done:
+		return errors.New("the VRRP router has stopped")
+	}
+}
+
+type packetOrErr struct {
+	rcv received
+	err error
+}
+
+// Run runs the protocol until ctx ends; then a master sends a priority-0
+// advert and removes the virtual IPs.
+func (r *Router) Run(ctx context.Context) error {
+	defer close(r.done)
+	defer r.nl.Close()
+	defer r.vips.Close()
+	defer close(r.linkEnd)
+	hooksDone := make(chan struct{})
+	go r.runHooks(hooksDone)
+	defer func() { close(r.hooks); <-hooksDone }()
+
+	if present, err := r.vips.Present(); err != nil {
+		r.tr.close()
+		return err
+	} else if len(present) > 0 {
+		r.log.Info("Removing virtual IPs left by an earlier run before joining", "virtualIPs", present, "interface", r.cfg.Interface)
+		if err := r.vips.Remove(); err != nil {
+			r.tr.close()
+			return err
+		}
+	}
+
+	packets := make(chan packetOrErr, 64)
+	go r.readLoop(packets)
+
+	base := r.cfg.Priority
+	prio, fault, why := r.effective(base)
+	r.m = NewMachine(MachineConfig{Version: r.cfg.Version, Priority: prio, Interval: r.cfg.AdvertInterval, Preempt: r.cfg.Preempt, PreemptDelay: r.cfg.PreemptDelay, Self: r.self})
+	r.log.Info("Joining VRRP group", "vrid", r.cfg.VRID, "version", r.cfg.Version, "interface", r.cfg.Interface, "address", r.self,
+		"priority", prio, "interval", r.cfg.AdvertInterval, "peers", r.cfg.Peers, "virtualIPs", r.cfg.VIPs)
+	r.linkDown = !r.linkUp()
+	switch {
+	case r.linkDown:
+		r.exec(r.m.SetFault(time.Now(), true, fmt.Sprintf("interface %s is down", r.cfg.Interface)))
+	case fault:
+		r.exec(r.m.SetFault(time.Now(), true, why))
+	default:
+		r.exec(r.m.Start(time.Now()))
+	}
+
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	var changed <-chan struct{}
+	if r.tracker != nil {
+		changed = r.tracker.Changed()
+	}
+	for {
+		next := r.m.Next()
+		if !r.nextAnnounce.IsZero() && (next.IsZero() || r.nextAnnounce.Before(next)) {
+			next = r.nextAnnounce
+		}
+		if next.IsZero() {
+			timer.Reset(time.Hour)
+		} else {
+			timer.Reset(time.Until(next))
+		}
+		select {
+		case <-ctx.Done():
+			r.exec(r.m.Stop(time.Now(), "stopping"))
+			r.tr.close()
+			for range packets {
+			}
+			return nil
+		case p, ok := <-packets:
+			if !ok {
+				return errors.New("the VRRP socket closed")
+			}
+			if p.err != nil {
+				r.log.Error(p.err, "Reading VRRP packets")
+				continue
+			}
+			r.handle(p.rcv)
+		case <-timer.C:
+			now := time.Now()
+			r.exec(r.m.Tick(now))
+			if !r.nextAnnounce.IsZero() && !now.Before(r.nextAnnounce) {
+				r.announce()
+				r.nextAnnounce = time.Time{}
+				if r.cfg.Announce.Refresh > 0 && r.m.State() == Master {
+					r.nextAnnounce = now.Add(r.cfg.Announce.Refresh)
+				}
+			}
+		case <-changed:
+			prio, fault, why = r.effective(base)
+			r.applyHealth(prio, fault, why)
+		case u := <-r.links:
+			if u.Attrs().Index != r.ifi.Index {
+				continue
+			}
+			down := !isUp(u.Link)
+			if down == r.linkDown {
+				continue
+			}
+			r.linkDown = down
+			if down {
+				r.exec(r.m.SetFault(time.Now(), true, fmt.Sprintf("interface %s is down", r.cfg.Interface)))
+			} else {
+				prio, fault, why = r.effective(base)
+				r.applyHealth(prio, fault, why)
+			}
+		case cfg := <-r.reconf:
+			base = cfg.Priority
+			r.cfg = cfg
+			prio, fault, why = r.effective(base)
+			mc := r.m.Config()
+			mc.Priority, mc.Interval, mc.Preempt, mc.PreemptDelay = prio, cfg.AdvertInterval, cfg.Preempt, cfg.PreemptDelay
+			r.exec(r.m.Reconfigure(time.Now(), mc))
+			r.applyHealth(prio, fault, why)
+			r.log.Info("VRRP reconfigured", "priority", prio, "interval", cfg.AdvertInterval, "preempt", cfg.Preempt, "peers", cfg.Peers)
+		}
+	}
+}
+
+// applyHealth moves the machine in or out of Fault and sets its priority.
+func (r *Router) applyHealth(prio uint8, fault bool, why string) {
+	now := time.Now()
+	switch {
+	case r.linkDown:
+	case fault:
+		r.exec(r.m.SetFault(now, true, why))
+	case r.m.State() == Fault:
+		r.m.cfg.Priority = prio
+		r.exec(r.m.SetFault(now, false, "healthy again"))
+	default:
+		r.exec(r.m.SetPriority(now, prio))
+	}
+	r.mu.Lock()
+	r.status.EffectivePriority = r.m.Config().Priority
+	r.mu.Unlock()
+	r.metrics.priority.Set(float64(r.m.Config().Priority))
+}
+
+func (r *Router) effective(base uint8) (uint8, bool, string) {
+	if r.tracker == nil {
+		return base, false, ""
+	}
+	return r.tracker.Effective(base)
+}
+
+func (r *Router) readLoop(out chan<- packetOrErr) {
+	defer close(out)
+	buf := make([]byte, 1500)
+	for {
+		rcv, err := r.tr.receive(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			out <- packetOrErr{err: err}
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		rcv.payload = append([]byte(nil), rcv.payload...)
+		out <- packetOrErr{rcv: rcv}
+	}
+}
+
+// handle checks a received packet (RFC 5798 7.1, RFC 3768 7.1) and feeds
+// the machine with the ones of this group.
+func (r *Router) handle(p received) {
+	if p.src == r.self {
+		return
+	}
+	if p.ttl != 255 {
+		r.drop("ttl", p.src, fmt.Errorf("TTL %d, want 255: it crossed a router", p.ttl))
+		return
+	}
+	pkt, err := Decode(p.payload, p.src, p.dst)
+	if err != nil {
+		reason := "malformed"
+		switch {
+		case errors.Is(err, ErrBadChecksum):
+			reason = "checksum"
+		case errors.Is(err, ErrBadVersion):
+			reason = "version"
+		case errors.Is(err, ErrBadAuthType):
+			reason = "auth"
+		}
+		r.drop(reason, p.src, err)
+		return
+	}
+	if pkt.VRID != r.cfg.VRID {
+		// Other groups share the multicast address: routine, not logged.
+		r.metrics.dropped.WithLabelValues("vrid").Inc()
+		return
+	}
+	if pkt.Version != r.cfg.Version {
+		r.drop("version", p.src, fmt.Errorf("VRRPv%d advert, this group runs VRRPv%d", pkt.Version, r.cfg.Version))
+		return
+	}
+	if pkt.Version == 2 {
+		want := Password(r.cfg.AuthPassword)
+		if r.cfg.AuthPassword == "" && pkt.AuthType != AuthNone ||
+			r.cfg.AuthPassword != "" && (pkt.AuthType != AuthSimple || subtle.ConstantTimeCompare(pkt.Auth[:], want[:]) != 1) {
+			r.drop("auth", p.src, errors.New("authentication does not match"))
+			return
+		}
+		if pkt.Interval != r.cfg.AdvertInterval {
+			r.drop("interval", p.src, fmt.Errorf("advert interval %v, this group uses %v", pkt.Interval, r.cfg.AdvertInterval))
+			return
+		}
+	}
+	if pkt.Priority != 255 && !sameAddrs(pkt.Addrs, r.cfg.VIPs) {
+		r.drop("addresses", p.src, fmt.Errorf("virtual IPs %v, this group has %v", pkt.Addrs, r.cfg.VIPs))
+		return
+	}
+	r.metrics.received.Inc()
+	r.exec(r.m.Receive(time.Now(), pkt, p.src))
+}
+
+func sameAddrs(a, b []netip.Addr) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	set := map[netip.Addr]bool{}
+	for _, x := range b {
+		set[x] = true
+	}
+	for _, x := range a {
+		if !set[x] {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *Router) drop(reason string, src netip.Addr, err error) {
+	r.metrics.dropped.WithLabelValues(reason).Inc()
+	if now := time.Now(); now.Sub(r.lastDropLog[reason]) >= dropLogEvery {
+		r.lastDropLog[reason] = now
+		r.log.V(1).Info("Dropped VRRP packet", "reason", reason, "from", src, "error", err.Error())
+	}
+}
+
+// exec carries out the machine's actions and publishes its transition.
+func (r *Router) exec(step Step) {
+	for _, a := range step.Actions {
+		switch a.Kind {
+		case SendAdvert:
+			r.sendAdvert(a.Priority)
+		case TakeVIPs:
+			if err := r.vips.Add(); err != nil {
+				r.log.Error(err, "Adding the virtual IPs")
+			}
+			for range max(r.cfg.Announce.Repeat, 1) {
+				r.announce()
+			}
+			r.nextAnnounce = time.Time{}
+			if r.cfg.Announce.Delay > 0 {
+				r.nextAnnounce = time.Now().Add(r.cfg.Announce.Delay)
+			} else if r.cfg.Announce.Refresh > 0 {
+				r.nextAnnounce = time.Now().Add(r.cfg.Announce.Refresh)
+			}
+		case ReleaseVIPs:
+			r.nextAnnounce = time.Time{}
+			if err := r.vips.Remove(); err != nil {
+				r.log.Error(err, "Removing the virtual IPs")
+			}
+		}
+	}
+	t := step.Transition
+	if t == nil {
+		return
+	}
+	r.mu.Lock()
+	r.status = Status{State: t.To, Since: t.At, Reason: t.Reason, EffectivePriority: r.m.Config().Priority, MasterAddr: t.MasterAddr}
+	r.mu.Unlock()
+	r.metrics.setState(t.To)
+	r.metrics.transitions.WithLabelValues(t.To.String()).Inc()
+	r.log.Info("VRRP state changed", "from", t.From.String(), "to", t.To.String(), "reason", t.Reason, "priority", t.Priority, "vrid", r.cfg.VRID)
+	if r.hook != nil {
+		select {
+		case r.hooks <- *t:
+		default:
+			r.log.Info("Transition hook is behind; dropping a notification", "to", t.To.String())
+		}
+	}
+}
+
+func (r *Router) runHooks(done chan<- struct{}) {
+	defer close(done)
+	for t := range r.hooks {
+		r.hook(t)
+	}
+}
+
+func (r *Router) announce() {
+	if err := r.vips.Announce(); err != nil {
+		r.log.Error(err, "Announcing the virtual IPs")
+	}
+}
+
+func (r *Router) sendAdvert(prio uint8) {
+	p := Packet{Version: r.cfg.Version, VRID: r.cfg.VRID, Priority: prio, Interval: r.cfg.AdvertInterval, Addrs: r.cfg.VIPs}
+	if r.cfg.Version == 2 && r.cfg.AuthPassword != "" {
+		p.AuthType, p.Auth = AuthSimple, Password(r.cfg.AuthPassword)
+	}
+	dsts := r.cfg.Peers
+	if len(dsts) == 0 {
+		dsts = []netip.Addr{GroupIPv4}
+		if r.self.Is6() {
+			dsts = []netip.Addr{GroupIPv6}
+		}
+	}
+	for _, dst := range dsts {
+		b, err := p.Encode(r.self, dst)
+		if err == nil {
+			err = r.tr.send(b, dst)
+		}
+		if err != nil {
+			r.log.Error(err, "Sending a VRRP advert", "to", dst)
+			continue
+		}
+		r.metrics.sent.Inc()
+	}
+}
+
+func (r *Router) linkUp() bool {
+	l, err := r.nl.LinkByIndex(r.ifi.Index)
+	return err == nil && isUp(l)
+}
+
+func isUp(l netlink.Link) bool {
+	a := l.Attrs()
+	return a.Flags&net.FlagUp != 0 && (a.OperState == netlink.OperUp || a.OperState == netlink.OperUnknown)
+}
