@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"syscall"
 
 	"golang.org/x/net/ipv4"
@@ -136,7 +137,7 @@ func openIPv6(ifi *net.Interface, src netip.Addr) (*ipv6Transport, error) {
 		what string
 		do   func() error
 	}{
-		{"joining ff02::12", func() error { return t.pc.JoinGroup(ifi, &net.IPAddr{IP: GroupIPv6.AsSlice(), Zone: ifi.Name}) }},
+		{"joining ff02::12", func() error { return t.pc.JoinGroup(ifi, &net.IPAddr{IP: GroupIPv6.AsSlice()}) }},
 		{"choosing the multicast interface", func() error { return t.pc.SetMulticastInterface(ifi) }},
 		{"setting the multicast hop limit", func() error { return t.pc.SetMulticastHopLimit(255) }},
 		{"setting the hop limit", func() error { return t.pc.SetHopLimit(255) }},
@@ -155,9 +156,11 @@ func openIPv6(ifi *net.Interface, src netip.Addr) (*ipv6Transport, error) {
 
 func (t *ipv6Transport) send(b []byte, dst netip.Addr) error {
 	cm := &ipv6.ControlMessage{Src: t.src.AsSlice(), IfIndex: t.ifi.Index, HopLimit: 255}
+	// A numeric zone: resolving the interface's name would look it up in
+	// the namespace of whichever thread runs this, not the socket's.
 	zone := ""
 	if dst.IsLinkLocalUnicast() || dst.IsLinkLocalMulticast() {
-		zone = t.ifi.Name
+		zone = strconv.Itoa(t.ifi.Index)
 	}
 	_, err := t.pc.WriteTo(b, cm, &net.IPAddr{IP: dst.AsSlice(), Zone: zone})
 	return err

@@ -168,10 +168,14 @@ func (h *Host) SetLinkUp(up bool) error {
 	return h.lab.ip(h.NS, "link", "set", HostLink, upDown(up))
 }
 
-// SetConnected brings the host's bridge port up or down: the host's link stays up but
-// nothing reaches the others, as in a network partition.
+// SetConnected attaches the host's port to the bridge or detaches it: the host's link
+// keeps its carrier (a link-state watcher sees nothing) but nothing reaches the others,
+// as in a network partition.
 func (h *Host) SetConnected(connected bool) error {
-	return h.lab.ip(h.lab.switchNS, "link", "set", h.BridgePort, upDown(connected))
+	if connected {
+		return h.lab.ip(h.lab.switchNS, "link", "set", h.BridgePort, "master", bridgeName)
+	}
+	return h.lab.ip(h.lab.switchNS, "link", "set", h.BridgePort, "nomaster")
 }
 
 // Sysctl sets a sysctl inside the host's namespace.

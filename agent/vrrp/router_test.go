@@ -1,0 +1,279 @@
+package vrrp
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+
+	"github.com/lbpair/lbpair/agent/internal/netlab"
+	"github.com/lbpair/lbpair/agent/track"
+)
+
+// testInterval keeps namespace tests short: Master_Down_Interval is about
+// 0.35 s.
+const testInterval = 100 * time.Millisecond
+
+var testVIP = netip.MustParseAddr("198.18.0.100")
+
+// node is one lab host running a router.
+type node struct {
+	host    *netlab.Host
+	router  *Router
+	tracker *track.Tracker
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+func baseConfig(prio uint8) Config {
+	return Config{Version: 3, VRID: 51, Priority: prio, AdvertInterval: testInterval, Preempt: true, VIPs: []netip.Addr{testVIP}, Announce: Announce{Repeat: 2}}
+}
+
+// startRouter creates the router inside the host's namespace and runs it;
+// the test's cleanup stops it.
+func startRouter(t *testing.T, h *netlab.Host, cfg Config) *node {
+	t.Helper()
+	n := &node{host: h, tracker: track.New(track.Check{Name: "proxy"}), done: make(chan struct{})}
+	log := testr.NewWithOptions(t, testr.Options{LogTimestamp: true}).WithValues("node", h.Name)
+	if err := h.Do(func() (err error) {
+		n.router, err = NewRouter(cfg, log, WithTracker(n.tracker))
+		return err
+	}); err != nil {
+		t.Fatalf("router on %s: %v", h.Name, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	n.cancel = cancel
+	go func() {
+		defer close(n.done)
+		if err := n.router.Run(ctx); err != nil {
+			t.Errorf("router on %s: %v", h.Name, err)
+		}
+	}()
+	t.Cleanup(n.stop)
+	return n
+}
+
+func (n *node) stop() {
+	n.cancel()
+	<-n.done
+}
+
+func (n *node) state() State { return n.router.Status().State }
+
+// hasVIP tells whether the VIP is on the host's link: the ground truth.
+func hasVIP(t *testing.T, h *netlab.Host, vip netip.Addr) bool {
+	t.Helper()
+	out, err := h.Exec("ip", "-o", "addr", "show", "dev", netlab.HostLink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Contains(out, " "+vip.String()+"/")
+}
+
+// waitFor polls until the nodes are in the wanted states and the VIP is on
+// exactly the masters.
+func waitFor(t *testing.T, what string, vip netip.Addr, want map[*node]State) time.Duration {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(10 * time.Second)
+	for {
+		var bad []string
+		for n, s := range want {
+			if got := n.state(); got != s {
+				bad = append(bad, fmt.Sprintf("%s is %v, want %v", n.host.Name, got, s))
+			}
+			if has := hasVIP(t, n.host, vip); has != (s == Master) {
+				bad = append(bad, fmt.Sprintf("%s has the VIP: %v", n.host.Name, has))
+			}
+		}
+		if len(bad) == 0 {
+			return time.Since(start)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s", what, strings.Join(bad, "; "))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func lab(t *testing.T, names ...string) []*netlab.Host {
+	l := netlab.NewT(t)
+	var hosts []*netlab.Host
+	for i, n := range names {
+		hosts = append(hosts, netlab.MustAddHost(t, l, n, fmt.Sprintf("198.18.0.%d/24", 11+i)))
+	}
+	return hosts
+}
+
+func TestTwoRoutersFailoverAndBack(t *testing.T) {
+	h := lab(t, "lb1", "lb2")
+	lb1 := startRouter(t, h[0], baseConfig(150))
+	lb2 := startRouter(t, h[1], baseConfig(100))
+	waitFor(t, "lb1 elected", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+
+	// Link loss: lb1 faults and drops the VIP, lb2 takes over; when the
+	// link returns lb1 preempts.
+	if err := h[0].SetLinkUp(false); err != nil {
+		t.Fatal(err)
+	}
+	took := waitFor(t, "lb2 after lb1's link went down", testVIP, map[*node]State{lb1: Fault, lb2: Master})
+	t.Logf("link down: lb2 master within %v", took)
+	if err := h[0].SetLinkUp(true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "lb1 back after its link returned", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+
+	// Tracking: an unhealthy proxy (weight 0) faults the master.
+	lb1.tracker.SetHealth("proxy", false, "no healthy backend")
+	waitFor(t, "lb2 after lb1's proxy failed", testVIP, map[*node]State{lb1: Fault, lb2: Master})
+	if r := lb1.router.Status().Reason; !strings.Contains(r, "no healthy backend") {
+		t.Errorf("fault reason %q does not say why", r)
+	}
+	lb1.tracker.SetHealth("proxy", true, "")
+	waitFor(t, "lb1 back after its proxy healed", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+
+	// Graceful stop: priority 0 hands over after Skew_Time.
+	lb1.stop()
+	took = waitFor(t, "lb2 after lb1 stopped", testVIP, map[*node]State{lb2: Master})
+	t.Logf("graceful stop: lb2 master within %v", took)
+	if hasVIP(t, h[0], testVIP) {
+		t.Errorf("lb1 kept the VIP after stopping")
+	}
+}
+
+func TestSilentMasterAndPartitionHeal(t *testing.T) {
+	h := lab(t, "lb1", "lb2")
+	lb1 := startRouter(t, h[0], baseConfig(150))
+	lb2 := startRouter(t, h[1], baseConfig(100))
+	waitFor(t, "lb1 elected", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+
+	// Partition: both sides become master (split brain), then healing
+	// leaves the higher priority.
+	if err := h[1].SetConnected(false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "split network", testVIP, map[*node]State{lb1: Master, lb2: Master})
+	if err := h[1].SetConnected(true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "healed network", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+}
+
+func TestPreemption(t *testing.T) {
+	for _, preempt := range []bool{true, false} {
+		t.Run(fmt.Sprintf("preempt=%v", preempt), func(t *testing.T) {
+			h := lab(t, "lb1", "lb2")
+			lb2 := startRouter(t, h[1], baseConfig(100))
+			waitFor(t, "lb2 alone", testVIP, map[*node]State{lb2: Master})
+			cfg := baseConfig(150)
+			cfg.Preempt = preempt
+			lb1 := startRouter(t, h[0], cfg)
+			if preempt {
+				waitFor(t, "lb1 preempts", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+				return
+			}
+			waitFor(t, "lb1 waits", testVIP, map[*node]State{lb1: Backup, lb2: Master})
+			// It stays that way for many Master_Down_Intervals.
+			time.Sleep(10 * testInterval)
+			waitFor(t, "lb1 still waits", testVIP, map[*node]State{lb1: Backup, lb2: Master})
+		})
+	}
+}
+
+func TestEqualPrioritiesAndThreeRouters(t *testing.T) {
+	h := lab(t, "lb1", "lb2", "lb3")
+	var nodes []*node
+	for _, host := range h {
+		nodes = append(nodes, startRouter(t, host, baseConfig(100)))
+	}
+	// Equal priorities: one master, whichever timer fired first (RFC 5798
+	// lets a backup follow an equal-priority master).
+	waitForOneMaster(t, nodes)
+	// Two masters at once (a healed partition): the higher primary address
+	// wins. Cut everyone off so each becomes master, then heal.
+	for _, host := range h {
+		if err := host.SetConnected(false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "all cut off", testVIP, map[*node]State{nodes[0]: Master, nodes[1]: Master, nodes[2]: Master})
+	for _, host := range h {
+		if err := host.SetConnected(true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "lb3 wins the tie", testVIP, map[*node]State{nodes[0]: Backup, nodes[1]: Backup, nodes[2]: Master})
+	nodes[2].stop()
+	waitForOneMaster(t, nodes[:2])
+}
+
+// waitForOneMaster waits until exactly one node is master and holds the VIP.
+func waitForOneMaster(t *testing.T, nodes []*node) *node {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		var masters []*node
+		backups := 0
+		for _, n := range nodes {
+			switch n.state() {
+			case Master:
+				masters = append(masters, n)
+			case Backup:
+				backups++
+			}
+		}
+		if len(masters) == 1 && backups == len(nodes)-1 && hasVIP(t, masters[0].host, testVIP) {
+			return masters[0]
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no single master among %d routers", len(nodes))
+	return nil
+}
+
+func TestUnicastIPv6AndStaleVIP(t *testing.T) {
+	l := netlab.NewT(t)
+	h1 := netlab.MustAddHost(t, l, "lb1", "fd00:198:18::11/64")
+	h2 := netlab.MustAddHost(t, l, "lb2", "fd00:198:18::12/64")
+	vip6 := netip.MustParseAddr("fd00:198:18::100")
+	// A VIP left behind by a crashed run is removed before joining.
+	if _, err := h2.Exec("ip", "addr", "add", vip6.String()+"/128", "dev", netlab.HostLink, "nodad"); err != nil {
+		t.Fatal(err)
+	}
+	link1, link2 := linkLocal(t, h1), linkLocal(t, h2)
+	cfg := func(prio uint8, peer netip.Addr) Config {
+		c := baseConfig(prio)
+		c.VIPs, c.Peers, c.Interface = []netip.Addr{vip6}, []netip.Addr{peer}, netlab.HostLink
+		return c
+	}
+	lb1 := startRouter(t, h1, cfg(150, link2))
+	lb2 := startRouter(t, h2, cfg(100, link1))
+	waitFor(t, "lb1 elected over IPv6 unicast", vip6, map[*node]State{lb1: Master, lb2: Backup})
+}
+
+func linkLocal(t *testing.T, h *netlab.Host) netip.Addr {
+	t.Helper()
+	var addr netip.Addr
+	deadline := time.Now().Add(5 * time.Second)
+	for !addr.IsValid() && time.Now().Before(deadline) {
+		out, err := h.Exec("ip", "-6", "-o", "addr", "show", "dev", netlab.HostLink, "scope", "link")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range strings.Fields(out) {
+			if p, err := netip.ParsePrefix(f); err == nil && p.Addr().IsLinkLocalUnicast() {
+				addr = p.Addr()
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !addr.IsValid() {
+		t.Fatalf("%s has no link-local address", h.Name)
+	}
+	return addr
+}
