@@ -33,8 +33,12 @@ type event struct {
 	wantActions []Action
 }
 
-func start() func(*Machine, time.Time) Step { return func(m *Machine, n time.Time) Step { return m.Start(n) } }
-func tick() func(*Machine, time.Time) Step  { return func(m *Machine, n time.Time) Step { return m.Tick(n) } }
+func start() func(*Machine, time.Time) Step {
+	return func(m *Machine, n time.Time) Step { return m.Start(n) }
+}
+func tick() func(*Machine, time.Time) Step {
+	return func(m *Machine, n time.Time) Step { return m.Tick(n) }
+}
 func recv(p *Packet, from netip.Addr) func(*Machine, time.Time) Step {
 	return func(m *Machine, n time.Time) Step { return m.Receive(n, p, from) }
 }
@@ -44,7 +48,9 @@ func prio(p uint8) func(*Machine, time.Time) Step {
 func fault(f bool) func(*Machine, time.Time) Step {
 	return func(m *Machine, n time.Time) Step { return m.SetFault(n, f, "test") }
 }
-func stop() func(*Machine, time.Time) Step { return func(m *Machine, n time.Time) Step { return m.Stop(n, "stopped") } }
+func stop() func(*Machine, time.Time) Step {
+	return func(m *Machine, n time.Time) Step { return m.Stop(n, "stopped") }
+}
 
 var (
 	send100  = Action{Kind: SendAdvert, Priority: 100}
