@@ -1,0 +1,223 @@
+package vrrp
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/lbpair/lbpair/agent/internal/netlab"
+)
+
+// keepalived is a keepalived VRRP instance the test runs on a lab host.
+type keepalived struct {
+	host *netlab.Host
+	proc *netlab.Proc
+}
+
+type keepalivedConfig struct {
+	version  int
+	vrid     int
+	priority int
+	interval string
+	password string
+}
+
+func needKeepalived(t *testing.T) string {
+	t.Helper()
+	path, err := exec.LookPath("keepalived")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("keepalived is not installed; hack/install-lab-deps.sh installs it: %v", err)
+		}
+		t.Skipf("keepalived is not installed (run hack/install-lab-deps.sh): %v", err)
+	}
+	return path
+}
+
+// startKeepalived writes a keepalived.conf for one VRRP instance and runs
+// keepalived (VRRP only, in the foreground) in the host's namespace.
+func startKeepalived(t *testing.T, h *netlab.Host, c keepalivedConfig) *keepalived {
+	t.Helper()
+	bin := needKeepalived(t)
+	dir := t.TempDir()
+	auth := ""
+	if c.password != "" {
+		auth = fmt.Sprintf("    authentication {\n        auth_type PASS\n        auth_pass %s\n    }\n", c.password)
+	}
+	conf := fmt.Sprintf(`global_defs {
+    router_id %[1]s
+    vrrp_version %[2]d
+    vrrp_garp_master_delay 0
+    script_user root
+}
+vrrp_instance VI_%[3]d {
+    state BACKUP
+    interface %[4]s
+    virtual_router_id %[3]d
+    priority %[5]d
+    advert_int %[6]s
+%[7]s    virtual_ipaddress {
+        %[8]s/32
+    }
+}
+`, h.Name, c.version, c.vrid, netlab.HostLink, c.priority, c.interval, auth, testVIP)
+	path := filepath.Join(dir, "keepalived.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := h.Start(func(line string) { t.Logf("keepalived %s: %s", h.Name, line) }, bin,
+		"--dont-fork", "--log-console", "--log-detail", "--no-syslog", "--vrrp",
+		"--use-file="+path, "--pid="+filepath.Join(dir, "keepalived.pid"), "--vrrp_pid="+filepath.Join(dir, "vrrp.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &keepalived{host: h, proc: p}
+	t.Cleanup(func() { _ = p.Stop(5 * time.Second) })
+	return k
+}
+
+// waitVIP waits until the VIP is on exactly the hosts given.
+func waitVIP(t *testing.T, what string, holders []*netlab.Host, others []*netlab.Host) time.Duration {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(15 * time.Second)
+	for {
+		ok := true
+		for _, h := range holders {
+			ok = ok && hasVIP(t, h, testVIP)
+		}
+		for _, h := range others {
+			ok = ok && !hasVIP(t, h, testVIP)
+		}
+		if ok {
+			return time.Since(start)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: VIP not on exactly %v", what, names(holders))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func names(hs []*netlab.Host) string {
+	var n []string
+	for _, h := range hs {
+		n = append(n, h.Name)
+	}
+	return strings.Join(n, ",")
+}
+
+func TestKeepalivedInterop(t *testing.T) {
+	needKeepalived(t)
+	modes := []struct {
+		name     string
+		version  int
+		interval time.Duration
+		kaIntvl  string
+		password string
+	}{
+		{"VRRPv2 with PASS authentication", 2, time.Second, "1", "s3cret"},
+		{"VRRPv3 at 100ms", 3, 100 * time.Millisecond, "0.1", ""},
+	}
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			cfg := func(prio uint8) Config {
+				c := baseConfig(prio)
+				c.Version, c.AdvertInterval, c.AuthPassword = m.version, m.interval, m.password
+				return c
+			}
+			ka := keepalivedConfig{version: m.version, vrid: 51, interval: m.kaIntvl, password: m.password}
+
+			t.Run("ours master, keepalived backup, failover both ways", func(t *testing.T) {
+				h := lab(t, "ours", "ka")
+				ours := startRouter(t, h[0], cfg(150))
+				waitFor(t, "ours alone", testVIP, map[*node]State{ours: Master})
+				ka.priority = 100
+				startKeepalived(t, h[1], ka)
+				// keepalived stays backup for many intervals.
+				time.Sleep(5 * m.interval)
+				waitVIP(t, "ours holds against keepalived", h[:1], h[1:])
+				if s := ours.state(); s != Master {
+					t.Fatalf("ours is %v", s)
+				}
+				ours.stop()
+				took := waitVIP(t, "keepalived takes over after our graceful stop", h[1:], h[:1])
+				t.Logf("keepalived took over %v after our priority-0 advert", took)
+				ours = startRouter(t, h[0], cfg(150))
+				took = waitVIP(t, "ours preempts keepalived", h[:1], h[1:])
+				t.Logf("ours preempted keepalived in %v", took)
+				if s := ours.state(); s != Master {
+					t.Fatalf("ours is %v", s)
+				}
+			})
+
+			t.Run("keepalived master, ours backup, failover both ways", func(t *testing.T) {
+				h := lab(t, "ka", "ours")
+				ka.priority = 150
+				k := startKeepalived(t, h[0], ka)
+				waitVIP(t, "keepalived alone", h[:1], h[1:])
+				ours := startRouter(t, h[1], cfg(100))
+				time.Sleep(5 * m.interval)
+				waitFor(t, "ours follows keepalived", testVIP, map[*node]State{ours: Backup})
+				// kill -9: keepalived goes silent with the VIP still on its
+				// (now dead) host; ours takes over after Master_Down_Interval.
+				if err := k.proc.Signal(syscall.SIGKILL); err != nil {
+					t.Fatal(err)
+				}
+				<-k.proc.Done()
+				start := time.Now()
+				waitFor(t, "ours after keepalived was killed", testVIP, map[*node]State{ours: Master})
+				t.Logf("ours took over %v after keepalived was killed", time.Since(start))
+				// A restarted keepalived with the higher priority takes the
+				// VIP back from ours.
+				if _, err := h[0].Exec("ip", "addr", "del", testVIP.String()+"/32", "dev", netlab.HostLink); err != nil {
+					t.Logf("removing the dead keepalived's VIP: %v", err)
+				}
+				startKeepalived(t, h[0], ka)
+				waitVIP(t, "keepalived preempts ours", h[:1], h[1:])
+				waitFor(t, "ours back to backup", testVIP, map[*node]State{ours: Backup})
+			})
+
+			t.Run("wrong VRID or password is ignored", func(t *testing.T) {
+				h := lab(t, "ours", "ka")
+				ours := startRouter(t, h[0], cfg(100))
+				waitFor(t, "ours alone", testVIP, map[*node]State{ours: Master})
+				bad := ka
+				bad.priority = 200
+				if m.password != "" {
+					bad.password = "wrong"
+				} else {
+					bad.vrid = 52
+				}
+				startKeepalived(t, h[1], bad)
+				// keepalived becomes master of its own group; ours is not
+				// disturbed and drops its adverts.
+				time.Sleep(5*m.interval + time.Second)
+				waitFor(t, "ours undisturbed", testVIP, map[*node]State{ours: Master})
+				reason := "auth"
+				if m.password == "" {
+					reason = "vrid"
+				}
+				if n := counter(t, ours.router.metrics.dropped.WithLabelValues(reason)); n == 0 {
+					t.Errorf("no packets dropped for %q", reason)
+				}
+			})
+		})
+	}
+}
+
+func counter(t *testing.T, c interface{ Write(*dto.Metric) error }) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
