@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,8 +18,32 @@ import (
 
 // keepalived is a keepalived VRRP instance the test runs on a lab host.
 type keepalived struct {
-	host *netlab.Host
-	proc *netlab.Proc
+	host    *netlab.Host
+	proc    *netlab.Proc
+	vrrpPID string
+}
+
+// crash kills keepalived's VRRP process with SIGKILL, so that it sends
+// nothing more, as a crashed host would; then the parent.
+func (k *keepalived) crash(t *testing.T) {
+	t.Helper()
+	var pid int
+	deadline := time.Now().Add(5 * time.Second)
+	for pid == 0 && time.Now().Before(deadline) {
+		b, _ := os.ReadFile(k.vrrpPID)
+		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		time.Sleep(20 * time.Millisecond)
+	}
+	if pid == 0 {
+		t.Fatal("keepalived wrote no VRRP pid file")
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("killing keepalived's VRRP process %d: %v", pid, err)
+	}
+	if err := k.proc.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-k.proc.Done()
 }
 
 type keepalivedConfig struct {
@@ -78,7 +103,7 @@ vrrp_instance VI_%[3]d {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := &keepalived{host: h, proc: p}
+	k := &keepalived{host: h, proc: p, vrrpPID: filepath.Join(dir, "vrrp.pid")}
 	t.Cleanup(func() { _ = p.Stop(5 * time.Second) })
 	return k
 }
@@ -168,11 +193,8 @@ func TestKeepalivedInterop(t *testing.T) {
 				waitFor(t, "ours follows keepalived", testVIP, map[*node]State{ours: Backup})
 				// kill -9: keepalived goes silent with the VIP still on its
 				// (now dead) host; ours takes over after Master_Down_Interval.
-				if err := k.proc.Signal(syscall.SIGKILL); err != nil {
-					t.Fatal(err)
-				}
-				<-k.proc.Done()
 				start := time.Now()
+				k.crash(t)
 				waitFor(t, "ours after keepalived was killed", testVIP, map[*node]State{ours: Master})
 				t.Logf("ours took over %v after keepalived was killed", time.Since(start))
 				// A restarted keepalived with the higher priority takes the
