@@ -1,0 +1,421 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	"golang.org/x/sys/unix"
+
+	"github.com/lbpair/lbpair/agent/proxy/proxyproto"
+)
+
+// endReason says why a connection ended, for the access log.
+type endReason int32
+
+const (
+	endClosed endReason = iota
+	endClientError
+	endBackendError
+	endIdle
+	endDrained
+	endShutdown
+	endNoBackend
+	endMaxConnections
+	endProxyHeader
+)
+
+func (r endReason) String() string {
+	return [...]string{"closed", "clientError", "backendError", "idleTimeout", "drained", "shutdown",
+		"noBackend", "maxConnections", "proxyHeaderFailed"}[r]
+}
+
+// errNoBackend means every attempt failed or no backend was usable.
+var errNoBackend = errors.New("no usable backend")
+
+// bufSize is the copy buffer. Buffers are taken from the pool only once data has
+// arrived and returned as soon as it is written, so an idle connection holds none.
+const bufSize = 64 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+// conn is one proxied connection.
+type conn struct {
+	l          *listener
+	client     *net.TCPConn
+	clientAddr netip.AddrPort
+	localAddr  netip.AddrPort
+	start      time.Time
+	idle       time.Duration
+
+	up, down atomic.Int64 // bytes client->backend and backend->client
+	aborted  atomic.Bool
+
+	mu         sync.Mutex
+	backend    *net.TCPConn
+	be         *backend
+	reason     endReason
+	cancelDial context.CancelFunc
+	// Seen by sweep: byte counts at the last sweep, and when they last moved.
+	seenUp, seenDown       int64
+	flushedUp, flushedDown int64
+	lastActive             time.Time
+}
+
+// serve proxies one accepted connection.
+func (l *listener) serve(client *net.TCPConn) {
+	defer l.s.wg.Done()
+	p := l.plan.Load()
+	l.m.accepted.Inc()
+	n := l.active.Add(1)
+	defer l.active.Add(-1)
+	c := &conn{
+		l:          l,
+		client:     client,
+		clientAddr: addrPort(client.RemoteAddr()),
+		localAddr:  addrPort(client.LocalAddr()),
+		start:      time.Now(),
+		idle:       p.cfg.IdleTimeout,
+	}
+	c.lastActive = c.start
+	if max := p.cfg.MaxConnections; max > 0 && n > int64(max) {
+		l.m.refusedMax.Inc()
+		c.refuse(endMaxConnections)
+		return
+	}
+	l.m.active.Inc()
+	defer l.m.active.Dec()
+	if !l.s.register(c) {
+		c.refuse(endShutdown)
+		return
+	}
+	defer l.s.unregister(c)
+
+	bc, be, err := c.connect(p)
+	if err != nil {
+		if !c.aborted.Load() {
+			// A reset, so the client sees the refusal at once.
+			l.m.refusedNoBackend.Inc()
+			l.s.log.V(1).Info("Refused a connection: no backend could take it", "listener", l.name, "client", c.clientAddr)
+			_ = client.SetLinger(0)
+		}
+		c.abort(endNoBackend)
+		c.finish()
+		return
+	}
+	defer be.conns.Add(-1)
+	if p.cfg.ProxyProtocol != ProxyProtocolNone {
+		var buf [proxyHeaderMax]byte
+		hdr, err := proxyproto.Append(buf[:0], proxyproto.Version(p.cfg.ProxyProtocol), c.clientAddr, c.localAddr)
+		if err == nil {
+			_, err = bc.Write(hdr)
+		}
+		if err != nil {
+			l.s.log.Error(err, "Writing the PROXY header", "listener", l.name, "client", c.clientAddr, "backend", be.name)
+			c.abort(endProxyHeader)
+			c.finish()
+			return
+		}
+	}
+
+	// One direction in a goroutine of its own, the other here.
+	upDone := make(chan endReason, 1)
+	go func() { upDone <- c.pump(bc, client, &c.up, endClientError, endBackendError) }()
+	downEnd := c.pump(client, bc, &c.down, endBackendError, endClientError)
+	upEnd := <-upDone
+	c.mu.Lock()
+	if !c.aborted.Load() {
+		c.reason = max(upEnd, downEnd)
+	}
+	c.mu.Unlock()
+	c.abort(endClosed)
+	c.finish()
+}
+
+// proxyHeaderMax is the longest PROXY header written: v1 with two IPv6 addresses.
+const proxyHeaderMax = 108
+
+// connect dials backends until one answers, up to the listener's attempts.
+func (c *conn) connect(p *plan) (*net.TCPConn, *backend, error) {
+	var key []byte
+	if p.cfg.Balance == SourceHash {
+		key = c.clientAddr.Addr().Unmap().AsSlice()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c.mu.Lock()
+	c.cancelDial = cancel
+	c.mu.Unlock()
+	if c.aborted.Load() {
+		return nil, nil, errNoBackend
+	}
+	timeout := p.cfg.connectTimeout()
+	var triedBuf [4]*backend
+	tried := triedBuf[:0]
+	for range p.cfg.connectAttempts() {
+		now := time.Now()
+		be := p.pick(key, tried, now.UnixNano())
+		if be == nil {
+			break
+		}
+		tried = append(tried, be)
+		be.selections.Inc()
+		be.conns.Add(1)
+		dctx, dcancel := context.WithTimeout(ctx, timeout)
+		nc, err := c.l.s.dialer.DialContext(dctx, "tcp", be.name)
+		dcancel()
+		if err != nil {
+			be.conns.Add(-1)
+			if c.aborted.Load() {
+				return nil, nil, err
+			}
+			if be.connectFailed(err, now) {
+				c.l.s.log.Info("Backend down: connects failing", "listener", c.l.name, "backend", be.name,
+					"maxFails", p.cfg.Passive.MaxFails, "failTimeout", p.cfg.Passive.FailTimeout, "error", err.Error())
+				c.l.s.kick()
+			}
+			c.l.s.log.V(1).Info("Connecting to backend failed", "listener", c.l.name, "backend", be.name, "error", err.Error())
+			continue
+		}
+		if p.cfg.Passive.MaxFails > 0 {
+			be.connectSucceeded()
+		}
+		bc := nc.(*net.TCPConn)
+		c.mu.Lock()
+		c.backend, c.be = bc, be
+		c.mu.Unlock()
+		if c.aborted.Load() {
+			// abort ran before the backend was recorded.
+			_ = bc.Close()
+			be.conns.Add(-1)
+			return nil, nil, net.ErrClosed
+		}
+		return bc, be, nil
+	}
+	return nil, nil, errNoBackend
+}
+
+// pump copies src to dst until src ends, then half-closes dst so the peer sees the end
+// while the other direction runs on. It reads through the raw connection so a buffer is
+// taken from the pool only when data is there; the write goes through the poller, which
+// handles short writes and backpressure. It returns how the direction ended: endClosed
+// on end of stream, else the side at fault.
+func (c *conn) pump(dst, src *net.TCPConn, count *atomic.Int64, srcFault, dstFault endReason) endReason {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		c.abort(srcFault)
+		return srcFault
+	}
+	r := reader{}
+	read := r.read
+	for {
+		if err := rc.Read(read); err != nil {
+			c.abort(srcFault)
+			return srcFault
+		}
+		if r.err != nil {
+			c.abort(srcFault)
+			return srcFault
+		}
+		if r.n == 0 {
+			if err := dst.CloseWrite(); err != nil {
+				c.abort(dstFault)
+				return dstFault
+			}
+			return endClosed
+		}
+		_, err := dst.Write((*r.buf)[:r.n])
+		count.Add(int64(r.n))
+		bufPool.Put(r.buf)
+		r.buf = nil
+		if err != nil {
+			c.abort(dstFault)
+			return dstFault
+		}
+	}
+}
+
+// reader is the body of one non-blocking read; read is passed to RawConn.Read, which
+// waits for readability whenever it returns false.
+type reader struct {
+	buf *[]byte
+	n   int
+	err error
+}
+
+func (r *reader) read(fd uintptr) bool {
+	b := bufPool.Get().(*[]byte)
+	for {
+		n, err := unix.Read(int(fd), *b)
+		switch err {
+		case nil:
+			if n == 0 {
+				bufPool.Put(b)
+				r.n, r.err = 0, nil
+				return true
+			}
+			r.buf, r.n, r.err = b, n, nil
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			bufPool.Put(b)
+			return false
+		default:
+			bufPool.Put(b)
+			r.n, r.err = 0, err
+			return true
+		}
+	}
+}
+
+// abort closes both sockets; the first caller's reason is kept. It returns true for the
+// call that closed them.
+func (c *conn) abort(reason endReason) bool {
+	if !c.aborted.CompareAndSwap(false, true) {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if reason != endClosed {
+		c.reason = reason
+	}
+	if c.cancelDial != nil {
+		c.cancelDial()
+	}
+	_ = c.client.Close()
+	if c.backend != nil {
+		_ = c.backend.Close()
+	}
+	return true
+}
+
+// refuse closes a connection that is not proxied, with a reset, so the client sees the
+// refusal at once instead of an empty stream.
+func (c *conn) refuse(reason endReason) {
+	_ = c.client.SetLinger(0)
+	c.reason = reason
+	c.aborted.Store(true)
+	_ = c.client.Close()
+	c.l.s.logAccess(c)
+}
+
+// finish records the connection's metrics and access log line.
+func (c *conn) finish() {
+	c.mu.Lock()
+	up, down := c.up.Load(), c.down.Load()
+	c.l.m.bytesUp.Add(float64(up - c.flushedUp))
+	c.l.m.bytesDown.Add(float64(down - c.flushedDown))
+	c.flushedUp, c.flushedDown = up, down
+	c.mu.Unlock()
+	c.l.m.duration.Observe(time.Since(c.start).Seconds())
+	c.l.s.logAccess(c)
+}
+
+// sweep adds the bytes moved since the last sweep to the metrics, and closes the
+// connection when nothing moved for its idle timeout.
+func (c *conn) sweep(now time.Time) {
+	c.mu.Lock()
+	up, down := c.up.Load(), c.down.Load()
+	if up != c.seenUp || down != c.seenDown {
+		c.seenUp, c.seenDown, c.lastActive = up, down, now
+	}
+	c.l.m.bytesUp.Add(float64(up - c.flushedUp))
+	c.l.m.bytesDown.Add(float64(down - c.flushedDown))
+	c.flushedUp, c.flushedDown = up, down
+	idle := c.idle > 0 && now.Sub(c.lastActive) >= c.idle
+	c.mu.Unlock()
+	if idle {
+		c.abort(endIdle)
+	}
+}
+
+func (s *Server) register(c *conn) bool {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	select {
+	case <-s.stop:
+		return false
+	default:
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) unregister(c *conn) {
+	s.connMu.Lock()
+	delete(s.conns, c)
+	s.connMu.Unlock()
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	return netip.AddrPort{}
+}
+
+// accessEntry is one access log record.
+type accessEntry struct {
+	listener        string
+	client, backend string
+	fromClient      int64
+	toClient        int64
+	duration        time.Duration
+	reason          endReason
+}
+
+func (s *Server) logAccess(c *conn) {
+	s.mu.Lock()
+	on := s.accessOn
+	s.mu.Unlock()
+	if !on {
+		return
+	}
+	c.mu.Lock()
+	e := accessEntry{
+		listener:   c.l.name,
+		client:     c.clientAddr.String(),
+		fromClient: c.up.Load(),
+		toClient:   c.down.Load(),
+		duration:   time.Since(c.start),
+		reason:     c.reason,
+	}
+	if c.be != nil {
+		e.backend = c.be.name
+	}
+	c.mu.Unlock()
+	s.access(e)
+}
+
+func (e accessEntry) log(log logr.Logger) {
+	log.Info("Connection", "listener", e.listener, "client", e.client, "backend", e.backend,
+		"bytesFromClient", e.fromClient, "bytesToClient", e.toClient, "duration", e.duration, "end", e.reason.String())
+}
+
+func (e accessEntry) appendLogfmt(b []byte) []byte {
+	b = append(b, "listener="...)
+	b = strconv.AppendQuote(b, e.listener)
+	b = append(b, " client="...)
+	b = append(b, e.client...)
+	b = append(b, " backend="...)
+	if e.backend == "" {
+		b = append(b, '-')
+	}
+	b = append(b, e.backend...)
+	b = append(b, " bytesFromClient="...)
+	b = strconv.AppendInt(b, e.fromClient, 10)
+	b = append(b, " bytesToClient="...)
+	b = strconv.AppendInt(b, e.toClient, 10)
+	b = append(b, " duration="...)
+	b = append(b, e.duration.String()...)
+	b = append(b, " end="...)
+	b = append(b, e.reason.String()...)
+	return append(b, '\n')
+}
