@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -40,6 +41,17 @@ func runProxy(args []string) error {
 	_ = fs.Parse(args)
 	runtime.GOMAXPROCS(*procs)
 	raiseNoFile()
+	// A CPU profile of the whole run, for work on the hot path.
+	if path := os.Getenv("PROXYBENCH_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
+	}
 
 	log := funcr.New(func(prefix, args string) { fmt.Fprintln(os.Stderr, prefix, args) }, funcr.Options{})
 	lc := proxy.ListenerConfig{
