@@ -39,11 +39,9 @@ func (r endReason) String() string {
 // errNoBackend means every attempt failed or no backend was usable.
 var errNoBackend = errors.New("no usable backend")
 
-// bufSize is the copy buffer. Buffers are taken from the pool only once data has
-// arrived and returned as soon as it is written, so an idle connection holds none.
+// bufSize is the event loop's read buffer. A connection holds one only while data it
+// read waits to be written, so an idle connection holds none.
 const bufSize = 64 << 10
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
 
 // conn is one proxied connection.
 type conn struct {
@@ -62,19 +60,20 @@ type conn struct {
 	be         *backend
 	reason     endReason
 	cancelDial context.CancelFunc
+	pair       *pair // set once handed to loop
+	loop       *loop
 	// Seen by sweep: byte counts at the last sweep, and when they last moved.
 	seenUp, seenDown       int64
 	flushedUp, flushedDown int64
 	lastActive             time.Time
 }
 
-// serve proxies one accepted connection.
-func (l *listener) serve(client *net.TCPConn) {
-	defer l.s.wg.Done()
+// serve sets up one accepted connection: it picks and connects a backend, writes the
+// PROXY header, and hands the pair to an event loop, which completes it (done).
+func (l *listener) serve(client *net.TCPConn, lp *loop) {
 	p := l.plan.Load()
 	l.m.accepted.Inc()
 	n := l.active.Add(1)
-	defer l.active.Add(-1)
 	c := &conn{
 		l:          l,
 		client:     client,
@@ -87,15 +86,18 @@ func (l *listener) serve(client *net.TCPConn) {
 	if max := p.cfg.MaxConnections; max > 0 && n > int64(max) {
 		l.m.refusedMax.Inc()
 		c.refuse(endMaxConnections)
+		l.active.Add(-1)
+		l.s.wg.Done()
 		return
 	}
 	l.m.active.Inc()
-	defer l.m.active.Dec()
 	if !l.s.register(c) {
 		c.refuse(endShutdown)
+		l.active.Add(-1)
+		l.m.active.Dec()
+		l.s.wg.Done()
 		return
 	}
-	defer l.s.unregister(c)
 
 	bc, be, err := c.connect(p)
 	if err != nil {
@@ -106,10 +108,9 @@ func (l *listener) serve(client *net.TCPConn) {
 			_ = client.SetLinger(0)
 		}
 		c.abort(endNoBackend)
-		c.finish()
+		c.done()
 		return
 	}
-	defer be.conns.Add(-1)
 	if p.cfg.ProxyProtocol != ProxyProtocolNone {
 		var buf [proxyHeaderMax]byte
 		hdr, err := proxyproto.Append(buf[:0], proxyproto.Version(p.cfg.ProxyProtocol), c.clientAddr, c.localAddr)
@@ -119,23 +120,53 @@ func (l *listener) serve(client *net.TCPConn) {
 		if err != nil {
 			l.s.log.Error(err, "Writing the PROXY header", "listener", l.name, "client", c.clientAddr, "backend", be.name)
 			c.abort(endProxyHeader)
-			c.finish()
+			c.done()
 			return
 		}
 	}
-
-	// One direction in a goroutine of its own, the other here.
-	upDone := make(chan endReason, 1)
-	go func() { upDone <- c.pump(bc, client, &c.up, endClientError, endBackendError) }()
-	downEnd := c.pump(client, bc, &c.down, endBackendError, endClientError)
-	upEnd := <-upDone
-	c.mu.Lock()
-	if !c.aborted.Load() {
-		c.reason = max(upEnd, downEnd)
+	if err := c.handOff(lp, bc); err != nil {
+		if !errors.Is(err, net.ErrClosed) {
+			l.s.log.Error(err, "Handing a connection to the event loop", "listener", l.name, "client", c.clientAddr)
+		}
+		c.abort(endShutdown)
+		c.done()
 	}
-	c.mu.Unlock()
-	c.abort(endClosed)
+}
+
+// handOff moves the connection's sockets into the event loop. Under c.mu, so that abort
+// either sees the pair (and asks the loop to close it) or stops the hand-off.
+func (c *conn) handOff(lp *loop, bc *net.TCPConn) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.aborted.Load() {
+		return net.ErrClosed
+	}
+	cfd, err := detach(c.client)
+	if err != nil {
+		return err
+	}
+	bfd, err := detach(bc)
+	if err != nil {
+		unix.Close(cfd)
+		return err
+	}
+	c.pair = &pair{c: c, fd: [2]int{cfd, bfd}}
+	c.loop = lp
+	lp.post(command{p: c.pair})
+	return nil
+}
+
+// done completes a connection: counts, metrics, access log. Called once, by whoever
+// ended it.
+func (c *conn) done() {
+	if c.be != nil {
+		c.be.conns.Add(-1)
+	}
+	c.l.active.Add(-1)
+	c.l.m.active.Dec()
+	c.l.s.unregister(c)
 	c.finish()
+	c.l.s.wg.Done()
 }
 
 // proxyHeaderMax is the longest PROXY header written: v1 with two IPv6 addresses.
@@ -201,82 +232,8 @@ func (c *conn) connect(p *plan) (*net.TCPConn, *backend, error) {
 	return nil, nil, errNoBackend
 }
 
-// pump copies src to dst until src ends, then half-closes dst so the peer sees the end
-// while the other direction runs on. It reads through the raw connection so a buffer is
-// taken from the pool only when data is there; the write goes through the poller, which
-// handles short writes and backpressure. It returns how the direction ended: endClosed
-// on end of stream, else the side at fault.
-func (c *conn) pump(dst, src *net.TCPConn, count *atomic.Int64, srcFault, dstFault endReason) endReason {
-	rc, err := src.SyscallConn()
-	if err != nil {
-		c.abort(srcFault)
-		return srcFault
-	}
-	r := reader{}
-	read := r.read
-	for {
-		if err := rc.Read(read); err != nil {
-			c.abort(srcFault)
-			return srcFault
-		}
-		if r.err != nil {
-			c.abort(srcFault)
-			return srcFault
-		}
-		if r.n == 0 {
-			if err := dst.CloseWrite(); err != nil {
-				c.abort(dstFault)
-				return dstFault
-			}
-			return endClosed
-		}
-		_, err := dst.Write((*r.buf)[:r.n])
-		count.Add(int64(r.n))
-		bufPool.Put(r.buf)
-		r.buf = nil
-		if err != nil {
-			c.abort(dstFault)
-			return dstFault
-		}
-	}
-}
-
-// reader is the body of one non-blocking read; read is passed to RawConn.Read, which
-// waits for readability whenever it returns false.
-type reader struct {
-	buf *[]byte
-	n   int
-	err error
-}
-
-func (r *reader) read(fd uintptr) bool {
-	b := bufPool.Get().(*[]byte)
-	for {
-		n, err := unix.Read(int(fd), *b)
-		switch err {
-		case nil:
-			if n == 0 {
-				bufPool.Put(b)
-				r.n, r.err = 0, nil
-				return true
-			}
-			r.buf, r.n, r.err = b, n, nil
-			return true
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			bufPool.Put(b)
-			return false
-		default:
-			bufPool.Put(b)
-			r.n, r.err = 0, err
-			return true
-		}
-	}
-}
-
-// abort closes both sockets; the first caller's reason is kept. It returns true for the
-// call that closed them.
+// abort closes the connection, or asks its event loop to; the first caller's reason is
+// kept. It returns true for the call that closed it.
 func (c *conn) abort(reason endReason) bool {
 	if !c.aborted.CompareAndSwap(false, true) {
 		return false
@@ -285,6 +242,10 @@ func (c *conn) abort(reason endReason) bool {
 	defer c.mu.Unlock()
 	if reason != endClosed {
 		c.reason = reason
+	}
+	if c.pair != nil {
+		c.loop.post(command{p: c.pair, abort: true})
+		return true
 	}
 	if c.cancelDial != nil {
 		c.cancelDial()

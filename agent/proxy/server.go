@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -117,7 +118,9 @@ type Server struct {
 	wg    sync.WaitGroup // every goroutine the server started
 	drain *time.Timer
 
-	rnd *rand.Rand
+	loops    []*loop
+	loopErr  error
+	loopNext atomic.Uint32
 }
 
 // New returns a server with no listeners; Apply starts it.
@@ -135,6 +138,17 @@ func New(log logr.Logger, opts ...Option) *Server {
 		o(s)
 	}
 	s.metrics = newMetrics(s.reg)
+	// One event loop per processor the runtime may use.
+	for range runtime.GOMAXPROCS(0) {
+		lp, err := newLoop()
+		if err != nil {
+			s.loopErr = err
+			break
+		}
+		s.loops = append(s.loops, lp)
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); lp.run() }()
+	}
 	if s.access == nil {
 		s.access = func(e accessEntry) { e.log(log) }
 	}
@@ -149,6 +163,9 @@ func New(log logr.Logger, opts ...Option) *Server {
 func (s *Server) Apply(cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	if s.loopErr != nil {
+		return fmt.Errorf("starting the proxy's event loops: %w", s.loopErr)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -312,6 +329,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
+	for _, lp := range s.loops {
+		lp.close()
+	}
 	s.wg.Wait()
 	return err
 }
@@ -428,6 +448,11 @@ func (s *Server) sweep(now time.Time) {
 	for _, c := range s.snapshotConns() {
 		c.sweep(now)
 	}
+}
+
+// nextLoop spreads connections over the event loops.
+func (s *Server) nextLoop() *loop {
+	return s.loops[int(s.loopNext.Add(1))%len(s.loops)]
 }
 
 // newRand is the balancers' random source.

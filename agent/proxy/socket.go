@@ -96,7 +96,7 @@ func (s *Server) startAccepting(sk *socket) {
 			delay = 0
 			l := sk.owner.Load()
 			s.wg.Add(1)
-			go l.serve(c)
+			go l.serve(c, s.nextLoop())
 		}
 	}()
 }
