@@ -190,4 +190,3 @@ func TestTenThousandConnections(t *testing.T) {
 	}
 	waitFor(t, "the connections to close", func() bool { return s.Status()[0].Active == 0 })
 }
-
