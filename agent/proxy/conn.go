@@ -333,10 +333,7 @@ type accessEntry struct {
 }
 
 func (s *Server) logAccess(c *conn) {
-	s.mu.Lock()
-	on := s.accessOn
-	s.mu.Unlock()
-	if !on {
+	if !s.accessOn.Load() {
 		return
 	}
 	c.mu.Lock()

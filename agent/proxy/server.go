@@ -108,7 +108,7 @@ type Server struct {
 	sockets   map[netip.AddrPort]*socket
 	closed    bool
 	started   bool
-	accessOn  bool
+	accessOn  atomic.Bool
 
 	connMu sync.Mutex
 	conns  map[*conn]struct{}
@@ -232,7 +232,7 @@ func (s *Server) Apply(cfg Config) error {
 		s.sockets[a].owner.Store(s.listeners[name])
 	}
 	s.cfg = cfg
-	s.accessOn = cfg.AccessLog
+	s.accessOn.Store(cfg.AccessLog)
 	if !s.started {
 		s.started = true
 		s.wg.Add(1)
