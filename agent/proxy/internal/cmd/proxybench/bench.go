@@ -40,6 +40,7 @@ type benchProxy struct {
 }
 
 type scenario struct {
+	id    string
 	name  string
 	conns int
 	path  string
@@ -59,6 +60,8 @@ func runBench(args []string) error {
 	duration := fs.Duration("duration", 4*time.Second, "length of each wrk run")
 	idleConns := fs.Int("idle-conns", 4000, "idle connections for the memory figure")
 	procs := fs.Int("gomaxprocs", 1, "GOMAXPROCS of the lbpair proxy")
+	only := fs.String("scenarios", "small50,small500,bulk", "scenarios to run, comma-separated")
+	skipMem := fs.Bool("skip-memory", false, "skip the idle-connection memory figure")
 	_ = fs.Parse(args)
 
 	var missing []string
@@ -151,6 +154,9 @@ func runBench(args []string) error {
 	}
 	mem := map[string]float64{}
 	for _, p := range proxies {
+		if *skipMem {
+			break
+		}
 		per, err := idleMemory(client, self, p, *idleConns)
 		if err != nil {
 			return fmt.Errorf("measuring idle memory of %s: %w", p.name, err)
@@ -158,10 +164,15 @@ func runBench(args []string) error {
 		mem[p.name] = per
 	}
 
-	scenarios := []scenario{
-		{"small, 50 conns", 50, "/"},
-		{"small, 500 conns", 500, "/"},
-		{"bulk 8MiB, 4 conns", 4, "/big"},
+	var scenarios []scenario
+	for _, sc := range []scenario{
+		{"small50", "small, 50 conns", 50, "/"},
+		{"small500", "small, 500 conns", 500, "/"},
+		{"bulk", "bulk 8MiB, 4 conns", 4, "/big"},
+	} {
+		if slices.Contains(strings.Split(*only, ","), sc.id) {
+			scenarios = append(scenarios, sc)
+		}
 	}
 	results := map[string]map[string][]sample{}
 	for _, sc := range scenarios {
@@ -531,6 +542,9 @@ func report(w io.Writer, scenarios []scenario, proxies []*benchProxy, results ma
 	}
 	_ = tw.Flush()
 	fmt.Fprintln(w)
+	if len(mem) == 0 {
+		return
+	}
 	fmt.Fprintf(w, "Resident memory per idle established connection (%d connections, after one request each):\n", idle)
 	for _, p := range proxies {
 		fmt.Fprintf(w, "  %-8s %7.0f bytes\n", p.name, mem[p.name])
