@@ -146,24 +146,6 @@ func runBench(args []string) error {
 		*rounds, *duration, *procs)
 	fmt.Printf("CPU: %d cores shared with the client, the backends and anything else on the machine; ratios are the figures to read.\n\n", runtimeCPUs())
 
-	// Memory first, on processes that have served only a warm-up.
-	for _, p := range proxies {
-		if _, err := wrk(client, bins["wrk"], p, 10, "/", time.Second); err != nil {
-			return err
-		}
-	}
-	mem := map[string]float64{}
-	for _, p := range proxies {
-		if *skipMem {
-			break
-		}
-		per, err := idleMemory(client, self, p, *idleConns)
-		if err != nil {
-			return fmt.Errorf("measuring idle memory of %s: %w", p.name, err)
-		}
-		mem[p.name] = per
-	}
-
 	var scenarios []scenario
 	for _, sc := range []scenario{
 		{"small50", "small, 50 conns", 50, "/"},
@@ -172,6 +154,11 @@ func runBench(args []string) error {
 	} {
 		if slices.Contains(strings.Split(*only, ","), sc.id) {
 			scenarios = append(scenarios, sc)
+		}
+	}
+	for _, p := range proxies {
+		if _, err := wrk(client, bins["wrk"], p, 10, "/", time.Second); err != nil {
+			return err
 		}
 	}
 	results := map[string]map[string][]sample{}
@@ -192,6 +179,20 @@ func runBench(args []string) error {
 		}
 		fmt.Fprintf(os.Stderr, "round %d of %d done\n", r+1, *rounds)
 	}
+	// Memory last: holding and closing thousands of connections disturbs the latency of
+	// the runs after it (sockets in TIME_WAIT on every host).
+	mem := map[string]float64{}
+	for _, p := range proxies {
+		if *skipMem {
+			break
+		}
+		per, err := idleMemory(client, self, p, *idleConns)
+		if err != nil {
+			return fmt.Errorf("measuring idle memory of %s: %w", p.name, err)
+		}
+		mem[p.name] = per
+	}
+
 	report(os.Stdout, scenarios, proxies, results, mem, *idleConns)
 	return nil
 }
