@@ -108,12 +108,7 @@ func TestHalfClose(t *testing.T) {
 	withVIP(t, tl)
 	startProxy(t, tl, Config{Listeners: []ListenerConfig{listenerCfg("half", 80, backendAddr(1, 8080))}})
 
-	c, err := dial(tl, vip(80))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := mustDial(t, tl, vip(80))
 	if _, err := io.WriteString(c, "hello, world"); err != nil {
 		t.Fatal(err)
 	}
@@ -153,12 +148,7 @@ func TestBackendDeathMidRun(t *testing.T) {
 		t.Fatalf("backend 1 got no connections before it died")
 	}
 	// A long-lived connection, which may sit on either backend.
-	held, err := dial(tl, vip(80))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	_ = held.SetDeadline(time.Now().Add(10 * time.Second))
+	held := mustDial(t, tl, vip(80))
 	if err := exchange(held, "held"); err != nil {
 		t.Fatal(err)
 	}
@@ -373,12 +363,7 @@ func TestMaxConnections(t *testing.T) {
 		WithAccessLogWriter(lockedWriter{&logMu, &log}))
 	var open []*net.TCPConn
 	for i := range 2 {
-		c, err := dial(tl, vip(80))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		c := mustDial(t, tl, vip(80))
 		if err := exchange(c, "in"); err != nil {
 			t.Fatalf("connection %d under the cap: %v", i, err)
 		}
@@ -418,12 +403,7 @@ func TestIdleTimeout(t *testing.T) {
 	lc := listenerCfg("web", 80, backendAddr(1, 8080))
 	lc.IdleTimeout = time.Second
 	startProxy(t, tl, Config{Listeners: []ListenerConfig{lc}})
-	c, err := dial(tl, vip(80))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+	c := mustDial(t, tl, vip(80))
 	// Activity keeps it open past the timeout.
 	for range 4 {
 		if err := exchange(c, "busy"); err != nil {
@@ -449,12 +429,7 @@ func TestDrainAndShutdown(t *testing.T) {
 	withVIP(t, tl)
 	s := startProxy(t, tl, Config{Listeners: []ListenerConfig{listenerCfg("web", 80, backendAddr(1, 8080))}})
 
-	c, err := dial(tl, vip(80))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := mustDial(t, tl, vip(80))
 	if err := exchange(c, "before drain"); err != nil {
 		t.Fatal(err)
 	}
@@ -469,12 +444,7 @@ func TestDrainAndShutdown(t *testing.T) {
 		t.Fatalf("new connection after drain: %v", err)
 	}
 
-	c2, err := dial(tl, vip(80))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
-	_ = c2.SetDeadline(time.Now().Add(10 * time.Second))
+	c2 := mustDial(t, tl, vip(80))
 	if err := exchange(c2, "open at shutdown"); err != nil {
 		t.Fatal(err)
 	}

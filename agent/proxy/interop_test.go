@@ -74,12 +74,7 @@ http {
 			lc := listenerCfg("pp-"+tt.name, tt.port, backendAddr(1, 8080))
 			lc.ProxyProtocol = tt.version
 			startProxy(t, tl, Config{Listeners: []ListenerConfig{lc}})
-			c, err := dial(tl, vip(tt.port))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			c := mustDial(t, tl, vip(tt.port))
 			if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: lbpair\r\nConnection: close\r\n\r\n"); err != nil {
 				t.Fatal(err)
 			}

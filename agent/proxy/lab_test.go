@@ -241,6 +241,19 @@ func dial(tl *testLab, addr netip.AddrPort) (*net.TCPConn, error) {
 	return c.(*net.TCPConn), nil
 }
 
+// mustDial connects from the lab's client host with a generous deadline, and closes the
+// connection at the end of the test.
+func mustDial(t *testing.T, tl *testLab, addr netip.AddrPort) *net.TCPConn {
+	t.Helper()
+	c, err := dial(tl, addr)
+	if err != nil {
+		t.Fatalf("connecting to %v: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+	return c
+}
+
 // roundTrip sends msg on a new connection to addr and checks that it comes back.
 func roundTrip(tl *testLab, addr netip.AddrPort, msg string) error {
 	c, err := dial(tl, addr)

@@ -387,26 +387,20 @@ func detach(c *net.TCPConn) (int, error) {
 
 // rawRead and rawWrite are read(2) and write(2) without the scheduler hand-off of
 // syscall.Syscall: on non-blocking sockets they never block.
-func rawRead(fd int, b []byte) (int, error) {
-	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
-	if e != 0 {
-		if e == unix.EINTR {
-			return rawRead(fd, b)
-		}
-		return 0, e
-	}
-	return int(n), nil
-}
+func rawRead(fd int, b []byte) (int, error)  { return rawIO(unix.SYS_READ, fd, b) }
+func rawWrite(fd int, b []byte) (int, error) { return rawIO(unix.SYS_WRITE, fd, b) }
 
-func rawWrite(fd int, b []byte) (int, error) {
-	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
-	if e != 0 {
-		if e == unix.EINTR {
-			return rawWrite(fd, b)
+func rawIO(trap uintptr, fd int, b []byte) (int, error) {
+	for {
+		n, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+		switch e {
+		case 0:
+			return int(n), nil
+		case unix.EINTR:
+			continue
 		}
 		return 0, e
 	}
-	return int(n), nil
 }
 
 // epollWait polls without blocking.
