@@ -152,6 +152,8 @@ func (c *conn) handOff(lp *loop, bc *net.TCPConn) error {
 	}
 	c.pair = &pair{c: c, fd: [2]int{cfd, bfd}}
 	c.loop = lp
+	// The closed net.Conns are of no further use; an idle connection should not keep them.
+	c.client, c.backend, c.cancelDial = nil, nil, nil
 	lp.post(command{p: c.pair})
 	return nil
 }

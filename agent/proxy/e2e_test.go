@@ -44,7 +44,9 @@ func TestLargeTransfersIntact(t *testing.T) {
 		serve(t, h, backendAddr(i+1, 8080), echo)
 	}
 	withVIP(t, tl)
-	startProxy(t, tl, Config{Listeners: []ListenerConfig{listenerCfg("bulk", 80, backendAddr(1, 8080), backendAddr(2, 8080))}})
+	reg := prometheus.NewRegistry()
+	s := startProxy(t, tl, Config{Listeners: []ListenerConfig{listenerCfg("bulk", 80, backendAddr(1, 8080), backendAddr(2, 8080))}},
+		WithMetrics(reg))
 
 	const size = 24 << 20
 	var wg sync.WaitGroup
@@ -62,6 +64,19 @@ func TestLargeTransfersIntact(t *testing.T) {
 		if err != nil {
 			t.Error(err)
 		}
+	}
+	// Every byte is counted once each way, and every connection once.
+	waitFor(t, "the connections to finish", func() bool { return s.Status()[0].Active == 0 })
+	for _, dir := range []string{"clientToBackend", "backendToClient"} {
+		if got := testutil.ToFloat64(s.metrics.bytes.WithLabelValues("bulk", dir)); got != 4*size {
+			t.Errorf("bytes_total{direction=%q} = %v, want %d", dir, got, 4*size)
+		}
+	}
+	if got := testutil.ToFloat64(s.metrics.accepted.WithLabelValues("bulk")); got != 4 {
+		t.Errorf("connections_accepted_total = %v, want 4", got)
+	}
+	if n, err := testutil.GatherAndCount(reg, "lbpair_proxy_connection_duration_seconds"); err != nil || n != 1 {
+		t.Errorf("connection_duration_seconds series = %d, %v; want 1", n, err)
 	}
 }
 

@@ -16,9 +16,9 @@ import (
 // listener expects them, and checks that nginx reports the client's address and the
 // virtual IP it connected to.
 func TestProxyProtocolParsedByNginx(t *testing.T) {
-	nginx := needCommand(t, "nginx", "nginx")
 	dir := t.TempDir() // before the lab, so that it is removed after nginx has stopped
 	tl := newTestLab(t, 1)
+	nginx := needCommand(t, "nginx", "nginx")
 	withVIP(t, tl)
 	conf := filepath.Join(dir, "nginx.conf")
 	text := fmt.Sprintf(`user root;

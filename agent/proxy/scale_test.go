@@ -108,9 +108,10 @@ func hold(addr string, n int) error {
 	for err := range errs {
 		return err
 	}
-	fmt.Println("ready")
+	// Ready only once the signal is caught, or an early one would kill the helper.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGUSR1)
+	fmt.Println("ready")
 	<-sig
 	for i, c := range conns {
 		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
