@@ -60,7 +60,7 @@ func runBench(args []string) error {
 	duration := fs.Duration("duration", 4*time.Second, "length of each wrk run")
 	idleConns := fs.Int("idle-conns", 4000, "idle connections for the memory figure")
 	procs := fs.Int("gomaxprocs", 1, "GOMAXPROCS of the lbpair proxy")
-	only := fs.String("scenarios", "small50,small500,bulk", "scenarios to run, comma-separated")
+	only := fs.String("scenarios", "small50,small500,bulk", "scenarios to run, comma-separated (also: connclose, a new connection per request)")
 	skipMem := fs.Bool("skip-memory", false, "skip the idle-connection memory figure")
 	_ = fs.Parse(args)
 
@@ -151,6 +151,7 @@ func runBench(args []string) error {
 		{"small50", "small, 50 conns", 50, "/"},
 		{"small500", "small, 500 conns", 500, "/"},
 		{"bulk", "bulk 8MiB, 4 conns", 4, "/big"},
+		{"connclose", "new conn per request, 50", 50, "/close"},
 	} {
 		if slices.Contains(strings.Split(*only, ","), sc.id) {
 			scenarios = append(scenarios, sc)
@@ -253,6 +254,7 @@ http {
 		default_type text/plain;
 		location = / { return 200 "hello from backend %[2]d\n"; }
 		location = /big { alias %[1]s/big.bin; }
+		location = /close { keepalive_timeout 0; return 200 "hello from backend %[2]d\n"; }
 	}
 }
 `, dir, i+1, ip)
