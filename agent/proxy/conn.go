@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
@@ -46,9 +47,8 @@ const bufSize = 64 << 10
 // conn is one proxied connection.
 type conn struct {
 	l          *listener
-	client     *net.TCPConn
+	clientFD   int // owned by serve until the hand-off, then by the event loop
 	clientAddr netip.AddrPort
-	localAddr  netip.AddrPort
 	start      time.Time
 	idle       time.Duration
 
@@ -70,15 +70,14 @@ type conn struct {
 
 // serve sets up one accepted connection: it picks and connects a backend, writes the
 // PROXY header, and hands the pair to an event loop, which completes it (done).
-func (l *listener) serve(client *net.TCPConn, lp *loop) {
+func (l *listener) serve(fd int, remote netip.AddrPort, lp *loop) {
 	p := l.plan.Load()
 	l.m.accepted.Inc()
 	n := l.active.Add(1)
 	c := &conn{
 		l:          l,
-		client:     client,
-		clientAddr: addrPort(client.RemoteAddr()),
-		localAddr:  addrPort(client.LocalAddr()),
+		clientFD:   fd,
+		clientAddr: remote,
 		start:      time.Now(),
 		idle:       p.cfg.IdleTimeout,
 	}
@@ -98,28 +97,29 @@ func (l *listener) serve(client *net.TCPConn, lp *loop) {
 		l.s.wg.Done()
 		return
 	}
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 
 	bc, be, err := c.connect(p)
 	if err != nil {
 		if !c.aborted.Load() {
-			// A reset, so the client sees the refusal at once.
 			l.m.refusedNoBackend.Inc()
 			l.s.log.V(1).Info("Refused a connection: no backend could take it", "listener", l.name, "client", c.clientAddr)
-			_ = client.SetLinger(0)
 		}
 		c.abort(endNoBackend)
+		c.closeClient(true)
 		c.done()
 		return
 	}
 	if p.cfg.ProxyProtocol != ProxyProtocolNone {
 		var buf [proxyHeaderMax]byte
-		hdr, err := proxyproto.Append(buf[:0], proxyproto.Version(p.cfg.ProxyProtocol), c.clientAddr, c.localAddr)
+		hdr, err := c.proxyHeader(buf[:0], p.cfg.ProxyProtocol)
 		if err == nil {
 			_, err = bc.Write(hdr)
 		}
 		if err != nil {
 			l.s.log.Error(err, "Writing the PROXY header", "listener", l.name, "client", c.clientAddr, "backend", be.name)
 			c.abort(endProxyHeader)
+			c.closeClient(false)
 			c.done()
 			return
 		}
@@ -129,8 +129,31 @@ func (l *listener) serve(client *net.TCPConn, lp *loop) {
 			l.s.log.Error(err, "Handing a connection to the event loop", "listener", l.name, "client", c.clientAddr)
 		}
 		c.abort(endShutdown)
+		c.closeClient(false)
 		c.done()
 	}
+}
+
+// proxyHeader appends the PROXY header: the client's address and the one it connected to.
+func (c *conn) proxyHeader(b []byte, v ProxyProtocol) ([]byte, error) {
+	sa, err := unix.Getsockname(c.clientFD)
+	if err != nil {
+		return nil, fmt.Errorf("reading the address the client connected to: %w", err)
+	}
+	return proxyproto.Append(b, proxyproto.Version(v), c.clientAddr, sockaddrAddrPort(sa))
+}
+
+// closeClient closes the client socket before any hand-off; reset sends a reset, so the
+// client sees a refusal at once rather than an empty stream.
+func (c *conn) closeClient(reset bool) {
+	if c.clientFD < 0 {
+		return
+	}
+	if reset {
+		_ = unix.SetsockoptLinger(c.clientFD, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
+	unix.Close(c.clientFD)
+	c.clientFD = -1
 }
 
 // handOff moves the connection's sockets into the event loop. Under c.mu, so that abort
@@ -141,19 +164,14 @@ func (c *conn) handOff(lp *loop, bc *net.TCPConn) error {
 	if c.aborted.Load() {
 		return net.ErrClosed
 	}
-	cfd, err := detach(c.client)
-	if err != nil {
-		return err
-	}
 	bfd, err := detach(bc)
 	if err != nil {
-		unix.Close(cfd)
 		return err
 	}
-	c.pair = &pair{c: c, fd: [2]int{cfd, bfd}}
+	c.pair = &pair{c: c, fd: [2]int{c.clientFD, bfd}}
 	c.loop = lp
-	// The closed net.Conns are of no further use; an idle connection should not keep them.
-	c.client, c.backend, c.cancelDial = nil, nil, nil
+	// The closed net.Conn is of no further use; an idle connection should not keep it.
+	c.clientFD, c.backend, c.cancelDial = -1, nil, nil
 	lp.post(command{p: c.pair})
 	return nil
 }
@@ -249,10 +267,11 @@ func (c *conn) abort(reason endReason) bool {
 		c.loop.post(command{p: c.pair, abort: true})
 		return true
 	}
+	// Before the hand-off, serve owns the client socket and closes it once the dial or
+	// the header write that this interrupts has returned.
 	if c.cancelDial != nil {
 		c.cancelDial()
 	}
-	_ = c.client.Close()
 	if c.backend != nil {
 		_ = c.backend.Close()
 	}
@@ -262,10 +281,9 @@ func (c *conn) abort(reason endReason) bool {
 // refuse closes a connection that is not proxied, with a reset, so the client sees the
 // refusal at once instead of an empty stream.
 func (c *conn) refuse(reason endReason) {
-	_ = c.client.SetLinger(0)
 	c.reason = reason
 	c.aborted.Store(true)
-	_ = c.client.Close()
+	c.closeClient(true)
 	c.l.s.logAccess(c)
 }
 
@@ -315,13 +333,6 @@ func (s *Server) unregister(c *conn) {
 	s.connMu.Lock()
 	delete(s.conns, c)
 	s.connMu.Unlock()
-}
-
-func addrPort(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.AddrPort()
-	}
-	return netip.AddrPort{}
 }
 
 // accessEntry is one access log record.

@@ -48,7 +48,7 @@ func newLoopFixture(t *testing.T) *loopFixture {
 	l := newListener(s, "loop")
 	cfd, client := socketPair(t)
 	bfd, backend := socketPair(t)
-	c := &conn{l: l, start: time.Now()}
+	c := &conn{l: l, clientFD: -1, start: time.Now()}
 	l.active.Add(1)
 	s.wg.Add(1)
 	s.register(c)

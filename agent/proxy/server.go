@@ -132,7 +132,9 @@ func New(log logr.Logger, opts ...Option) *Server {
 		conns:     map[*conn]struct{}{},
 		kickc:     make(chan struct{}, 1),
 		stop:      make(chan struct{}),
-		dialer:    &net.Dialer{},
+		// No TCP keepalive, as nginx and HAProxy by default: idle timeouts end dead
+		// connections, and the probes' system calls are saved.
+		dialer: &net.Dialer{KeepAlive: -1},
 	}
 	for _, o := range opts {
 		o(s)
@@ -186,7 +188,7 @@ func (s *Server) Apply(cfg Config) error {
 			sock, err := listen(a)
 			if err != nil {
 				for _, o := range opened {
-					_ = o.ln.Close()
+					o.close()
 				}
 				return fmt.Errorf("configuring listener %q: %w", lc.Name, err)
 			}
