@@ -283,8 +283,12 @@ func (lp *loop) flow(p *pair, d int) (endReason, bool) {
 		if f.eof {
 			if !f.shut {
 				f.shut = true
-				if err := unix.Shutdown(p.fd[dst], unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
-					return dstFault, false
+				// When the other direction has ended too, closing both sockets (pump
+				// does next) sends this FIN; a shutdown would only cost a system call.
+				if !p.dir[1-d].shut {
+					if err := unix.Shutdown(p.fd[dst], unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+						return dstFault, false
+					}
 				}
 			}
 			return 0, true

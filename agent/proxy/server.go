@@ -113,10 +113,11 @@ type Server struct {
 	connMu sync.Mutex
 	conns  map[*conn]struct{}
 
-	kickc chan struct{}
-	stop  chan struct{}
-	wg    sync.WaitGroup // every goroutine the server started
-	drain *time.Timer
+	kickc  chan struct{}
+	stop   chan struct{}
+	setupq chan setupJob  // accepted connections for idle setup goroutines
+	wg     sync.WaitGroup // every goroutine the server started
+	drain  *time.Timer
 
 	loops    []*loop
 	loopErr  error
@@ -131,6 +132,7 @@ func New(log logr.Logger, opts ...Option) *Server {
 		sockets:   map[netip.AddrPort]*socket{},
 		conns:     map[*conn]struct{}{},
 		kickc:     make(chan struct{}, 1),
+		setupq:    make(chan setupJob),
 		stop:      make(chan struct{}),
 		// No TCP keepalive, as nginx and HAProxy by default: idle timeouts end dead
 		// connections, and the probes' system calls are saved.
