@@ -1,0 +1,562 @@
+package main
+
+import (
+	"bufio"
+	"crypto/rand"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/lbpair/lbpair/agent/internal/netlab"
+)
+
+// The lab: wrk on the client, the three proxies side by side on the proxy host (one
+// port each), two nginx HTTP backends.
+const (
+	clientIP = "198.18.0.1"
+	proxyIP  = "198.18.0.2"
+	bigSize  = 8 << 20 // bytes of the bulk-transfer file
+)
+
+var backendIPs = []string{"198.18.0.11", "198.18.0.12"}
+
+type benchProxy struct {
+	name string
+	port int
+	proc *netlab.Proc
+}
+
+type scenario struct {
+	id    string
+	name  string
+	conns int
+	path  string
+}
+
+// sample is one wrk run through one proxy.
+type sample struct {
+	rps, cpuSec, reqPerCPU float64
+	p50, p99               time.Duration
+	bytesPerSec            float64
+	errors                 int
+}
+
+func runBench(args []string) error {
+	fs := flag.NewFlagSet("run", flag.ExitOnError)
+	rounds := fs.Int("rounds", 5, "rounds; medians are reported")
+	duration := fs.Duration("duration", 4*time.Second, "length of each wrk run")
+	idleConns := fs.Int("idle-conns", 4000, "idle connections for the memory figure")
+	procs := fs.Int("gomaxprocs", 1, "GOMAXPROCS of the lbpair proxy")
+	only := fs.String("scenarios", "small50,small500,bulk", "scenarios to run, comma-separated (also: connclose, a new connection per request)")
+	skipMem := fs.Bool("skip-memory", false, "skip the idle-connection memory figure")
+	_ = fs.Parse(args)
+
+	var missing []string
+	bins := map[string]string{}
+	for name, pkg := range map[string]string{"nginx": "nginx libnginx-mod-stream", "haproxy": "haproxy", "wrk": "wrk"} {
+		p, err := exec.LookPath(name)
+		if err != nil {
+			missing = append(missing, pkg)
+		}
+		bins[name] = p
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing Debian packages %s; run hack/install-lab-deps.sh", strings.Join(missing, ", "))
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	raiseNoFile()
+
+	lab, err := netlab.New()
+	if err != nil {
+		return fmt.Errorf("building the lab: %w", err)
+	}
+	defer lab.Close()
+	// Interrupted runs still remove the lab and stop what it started.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() { <-sig; _ = lab.Close(); os.Exit(130) }()
+
+	dir, err := os.MkdirTemp("", "lbpair-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	client, err := lab.AddHost("client", clientIP+"/24")
+	if err != nil {
+		return err
+	}
+	proxyHost, err := lab.AddHost("proxy", proxyIP+"/24")
+	if err != nil {
+		return err
+	}
+	if err := startBackends(lab, dir, bins["nginx"]); err != nil {
+		return err
+	}
+
+	var backends []string
+	for _, ip := range backendIPs {
+		backends = append(backends, ip+":8080")
+	}
+	proxies := []*benchProxy{{name: "lbpair", port: 8001}, {name: "nginx", port: 8002}, {name: "haproxy", port: 8003}}
+	ourArgs := []string{"proxy", "-listen", fmt.Sprintf("%s:%d", proxyIP, proxies[0].port), "-gomaxprocs", strconv.Itoa(*procs)}
+	for _, b := range backends {
+		ourArgs = append(ourArgs, "-backend", b)
+	}
+	if proxies[0].proc, err = proxyHost.Start(nil, self, ourArgs...); err != nil {
+		return err
+	}
+	nginxConf, err := writeNginxStream(dir, proxies[1].port, backends)
+	if err != nil {
+		return err
+	}
+	if proxies[1].proc, err = proxyHost.Start(nil, bins["nginx"], "-p", dir, "-c", nginxConf, "-e", "stderr"); err != nil {
+		return err
+	}
+	haproxyConf, err := writeHAProxy(dir, proxies[2].port, backends)
+	if err != nil {
+		return err
+	}
+	if proxies[2].proc, err = proxyHost.Start(nil, bins["haproxy"], "-db", "-f", haproxyConf); err != nil {
+		return err
+	}
+	for _, p := range proxies {
+		if err := waitHTTP(client, fmt.Sprintf("%s:%d", proxyIP, p.port), p.proc); err != nil {
+			return fmt.Errorf("%s not answering: %w", p.name, err)
+		}
+	}
+
+	fmt.Printf("lbpair proxy benchmark: %d rounds of %v per run; wrk -t1 on the client, each proxy with one worker (lbpair GOMAXPROCS=%d), two nginx backends\n",
+		*rounds, *duration, *procs)
+	fmt.Printf("CPU: %d cores shared with the client, the backends and anything else on the machine; ratios are the figures to read.\n\n", runtimeCPUs())
+
+	var scenarios []scenario
+	for _, sc := range []scenario{
+		{"small50", "small, 50 conns", 50, "/"},
+		{"small500", "small, 500 conns", 500, "/"},
+		{"bulk", "bulk 8MiB, 4 conns", 4, "/big"},
+		{"connclose", "new conn per request, 50", 50, "/close"},
+	} {
+		if slices.Contains(strings.Split(*only, ","), sc.id) {
+			scenarios = append(scenarios, sc)
+		}
+	}
+	for _, p := range proxies {
+		if _, err := wrk(client, bins["wrk"], p, 10, "/", time.Second); err != nil {
+			return err
+		}
+	}
+	results := map[string]map[string][]sample{}
+	for _, sc := range scenarios {
+		results[sc.name] = map[string][]sample{}
+	}
+	for r := range *rounds {
+		for _, sc := range scenarios {
+			// Rotate the order, so no proxy always runs first or last.
+			for k := range proxies {
+				p := proxies[(r+k)%len(proxies)]
+				s, err := wrk(client, bins["wrk"], p, sc.conns, sc.path, *duration)
+				if err != nil {
+					return err
+				}
+				results[sc.name][p.name] = append(results[sc.name][p.name], s)
+			}
+		}
+		fmt.Fprintf(os.Stderr, "round %d of %d done\n", r+1, *rounds)
+	}
+	// Memory last: holding and closing thousands of connections disturbs the latency of
+	// the runs after it (sockets in TIME_WAIT on every host).
+	mem := map[string]float64{}
+	for _, p := range proxies {
+		if *skipMem {
+			break
+		}
+		per, err := idleMemory(client, self, p, *idleConns)
+		if err != nil {
+			return fmt.Errorf("measuring idle memory of %s: %w", p.name, err)
+		}
+		mem[p.name] = per
+	}
+
+	report(os.Stdout, scenarios, proxies, results, mem, *idleConns)
+	return nil
+}
+
+func runtimeCPUs() int {
+	n := 0
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "processor") {
+			n++
+		}
+	}
+	return n
+}
+
+func startBackends(lab *netlab.Lab, dir, nginx string) error {
+	big := filepath.Join(dir, "big.bin")
+	f, err := os.Create(big)
+	if err != nil {
+		return err
+	}
+	if _, err := io.CopyN(f, rand.Reader, bigSize); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	for i, ip := range backendIPs {
+		h, err := lab.AddHost(fmt.Sprintf("be%d", i+1), ip+"/24")
+		if err != nil {
+			return err
+		}
+		conf := filepath.Join(dir, fmt.Sprintf("backend%d.conf", i+1))
+		text := fmt.Sprintf(`user root;
+worker_processes 1;
+daemon off;
+pid %[1]s/backend%[2]d.pid;
+error_log stderr warn;
+events { worker_connections 9500; }
+http {
+	access_log off;
+	sendfile on;
+	keepalive_requests 100000000;
+	keepalive_timeout 600s;
+	client_body_temp_path %[1]s/body%[2]d;
+	proxy_temp_path %[1]s/proxy%[2]d;
+	fastcgi_temp_path %[1]s/fastcgi%[2]d;
+	uwsgi_temp_path %[1]s/uwsgi%[2]d;
+	scgi_temp_path %[1]s/scgi%[2]d;
+	server {
+		listen %[3]s:8080 backlog=4096;
+		default_type text/plain;
+		location = / { return 200 "hello from backend %[2]d\n"; }
+		location = /big { alias %[1]s/big.bin; }
+		location = /close { keepalive_timeout 0; return 200 "hello from backend %[2]d\n"; }
+	}
+}
+`, dir, i+1, ip)
+		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+			return err
+		}
+		p, err := h.Start(nil, nginx, "-p", dir, "-c", conf, "-e", "stderr")
+		if err != nil {
+			return err
+		}
+		if err := waitHTTP(h, ip+":8080", p); err != nil {
+			return fmt.Errorf("backend %s: %w", ip, err)
+		}
+	}
+	return nil
+}
+
+func writeNginxStream(dir string, port int, backends []string) (string, error) {
+	var servers strings.Builder
+	for _, b := range backends {
+		fmt.Fprintf(&servers, "\t\tserver %s;\n", b)
+	}
+	conf := filepath.Join(dir, "nginx-stream.conf")
+	text := fmt.Sprintf(`load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+user root;
+worker_processes 1;
+daemon off;
+pid %s/nginx-stream.pid;
+error_log stderr warn;
+events { worker_connections 9500; }
+stream {
+	upstream backends {
+%s	}
+	server {
+		listen %s:%d backlog=4096;
+		proxy_pass backends;
+	}
+}
+`, dir, servers.String(), proxyIP, port)
+	return conf, os.WriteFile(conf, []byte(text), 0o644)
+}
+
+func writeHAProxy(dir string, port int, backends []string) (string, error) {
+	var servers strings.Builder
+	for i, b := range backends {
+		fmt.Fprintf(&servers, "\tserver b%d %s\n", i+1, b)
+	}
+	conf := filepath.Join(dir, "haproxy.cfg")
+	text := fmt.Sprintf(`global
+	nbthread 1
+	maxconn 9000
+defaults
+	mode tcp
+	timeout connect 5s
+	timeout client 10m
+	timeout server 10m
+frontend bench
+	bind %s:%d
+	default_backend backends
+backend backends
+	balance roundrobin
+%s`, proxyIP, port, servers.String())
+	return conf, os.WriteFile(conf, []byte(text), 0o644)
+}
+
+// waitHTTP waits until addr answers an HTTP request from host h, or p exits.
+func waitHTTP(h *netlab.Host, addr string, p *netlab.Proc) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := h.Do(func() error {
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+			if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: bench\r\n\r\n"); err != nil {
+				return err
+			}
+			return readResponse(bufio.NewReader(c))
+		})
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-p.Done():
+			return fmt.Errorf("process exited: %v: %s", p.Err(), p.Output())
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w; output: %s", err, p.Output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// processTree returns pid and its descendants (nginx's master and worker).
+func processTree(pid int) []int {
+	pids := []int{pid}
+	entries, _ := os.ReadDir("/proc")
+	for i := 0; i < len(pids); i++ {
+		for _, e := range entries {
+			child, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			if st, err := readStat(child); err == nil && st.ppid == pids[i] {
+				pids = append(pids, child)
+			}
+		}
+	}
+	return pids
+}
+
+type procStat struct {
+	ppid     int
+	cpuTicks int64
+	rssPages int64
+}
+
+func readStat(pid int) (procStat, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return procStat{}, err
+	}
+	// Fields after the command name, which may hold spaces, in parentheses.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ppid, _ := strconv.Atoi(f[1])
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	rss, _ := strconv.ParseInt(f[21], 10, 64)
+	return procStat{ppid: ppid, cpuTicks: utime + stime, rssPages: rss}, nil
+}
+
+// usage sums CPU seconds and resident bytes over the proxy's processes.
+func usage(p *benchProxy) (cpuSec float64, rss int64) {
+	const ticksPerSec = 100 // USER_HZ on Linux
+	for _, pid := range processTree(p.proc.Cmd.Process.Pid) {
+		if st, err := readStat(pid); err == nil {
+			cpuSec += float64(st.cpuTicks) / ticksPerSec
+			rss += st.rssPages * int64(os.Getpagesize())
+		}
+	}
+	return cpuSec, rss
+}
+
+var (
+	reRPS      = regexp.MustCompile(`Requests/sec:\s+([\d.]+)`)
+	reTransfer = regexp.MustCompile(`Transfer/sec:\s+([\d.]+)([KMGT]?B)`)
+	reReqs     = regexp.MustCompile(`(\d+) requests in ([\d.]+)(us|ms|s|m)`)
+	rePct      = regexp.MustCompile(`(?m)^\s+(50|99)%\s+([\d.]+)(us|ms|s|m)\s*$`)
+	reSockErr  = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
+	reNon2xx   = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
+)
+
+func wrk(client *netlab.Host, bin string, p *benchProxy, conns int, path string, d time.Duration) (sample, error) {
+	cpu0, _ := usage(p)
+	out, err := client.Exec(bin, "-t1", fmt.Sprintf("-c%d", conns), fmt.Sprintf("-d%ds", int(d.Seconds())),
+		"--latency", "--timeout", "10s", fmt.Sprintf("http://%s:%d%s", proxyIP, p.port, path))
+	cpu1, _ := usage(p)
+	if err != nil {
+		return sample{}, fmt.Errorf("wrk through %s: %w", p.name, err)
+	}
+	m := reRPS.FindStringSubmatch(out)
+	if m == nil {
+		return sample{}, fmt.Errorf("wrk through %s: no Requests/sec in output:\n%s", p.name, out)
+	}
+	s := sample{cpuSec: cpu1 - cpu0}
+	s.rps, _ = strconv.ParseFloat(m[1], 64)
+	if m := reReqs.FindStringSubmatch(out); m != nil && s.cpuSec > 0 {
+		n, _ := strconv.ParseFloat(m[1], 64)
+		s.reqPerCPU = n / s.cpuSec
+	}
+	for _, m := range rePct.FindAllStringSubmatch(out, -1) {
+		v := parseDuration(m[2], m[3])
+		if m[1] == "50" {
+			s.p50 = v
+		} else {
+			s.p99 = v
+		}
+	}
+	if m := reTransfer.FindStringSubmatch(out); m != nil {
+		v, _ := strconv.ParseFloat(m[1], 64)
+		s.bytesPerSec = v * map[string]float64{"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}[m[2]]
+	}
+	if m := reSockErr.FindStringSubmatch(out); m != nil {
+		for _, x := range m[1:] {
+			n, _ := strconv.Atoi(x)
+			s.errors += n
+		}
+	}
+	if m := reNon2xx.FindStringSubmatch(out); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		s.errors += n
+	}
+	return s, nil
+}
+
+func parseDuration(v, unit string) time.Duration {
+	f, _ := strconv.ParseFloat(v, 64)
+	return time.Duration(f * float64(map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second, "m": time.Minute}[unit]))
+}
+
+// idleMemory returns the proxy's resident bytes per idle established connection.
+func idleMemory(client *netlab.Host, self string, p *benchProxy, n int) (float64, error) {
+	time.Sleep(500 * time.Millisecond)
+	_, before := usage(p)
+	ready := make(chan struct{}, 1)
+	hold, err := client.Start(func(line string) {
+		if line == "ready" {
+			ready <- struct{}{}
+		}
+	}, self, "hold", "-addr", fmt.Sprintf("%s:%d", proxyIP, p.port), "-n", strconv.Itoa(n))
+	if err != nil {
+		return 0, err
+	}
+	defer hold.Stop(5 * time.Second)
+	select {
+	case <-ready:
+	case <-hold.Done():
+		return 0, fmt.Errorf("hold exited: %v: %s", hold.Err(), hold.Output())
+	case <-time.After(60 * time.Second):
+		return 0, errors.New("hold did not get ready in 60s")
+	}
+	time.Sleep(time.Second)
+	_, after := usage(p)
+	return float64(after-before) / float64(n), nil
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func pick(ss []sample, f func(sample) float64) []float64 {
+	out := make([]float64, len(ss))
+	for i, s := range ss {
+		out[i] = f(s)
+	}
+	return out
+}
+
+func report(w io.Writer, scenarios []scenario, proxies []*benchProxy, results map[string]map[string][]sample, mem map[string]float64, idle int) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\tproxy\treq/s\treq/CPU-s\tp50\tp99\tMiB/s\terrors\t")
+	type med struct{ rps, rpc, p50, p99, bps float64 }
+	meds := map[string]map[string]med{}
+	for _, sc := range scenarios {
+		meds[sc.name] = map[string]med{}
+		for _, p := range proxies {
+			ss := results[sc.name][p.name]
+			m := med{
+				rps: median(pick(ss, func(s sample) float64 { return s.rps })),
+				rpc: median(pick(ss, func(s sample) float64 { return s.reqPerCPU })),
+				p50: median(pick(ss, func(s sample) float64 { return float64(s.p50) })),
+				p99: median(pick(ss, func(s sample) float64 { return float64(s.p99) })),
+				bps: median(pick(ss, func(s sample) float64 { return s.bytesPerSec })),
+			}
+			errs := 0
+			for _, s := range ss {
+				errs += s.errors
+			}
+			meds[sc.name][p.name] = m
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%v\t%v\t%.1f\t%d\t\n", sc.name, p.name, m.rps, m.rpc,
+				time.Duration(m.p50).Round(time.Microsecond), time.Duration(m.p99).Round(time.Microsecond), m.bps/(1<<20), errs)
+		}
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Ratios of medians, lbpair / other (above 1 is better for req/s, req/CPU-s and MiB/s; below 1 is better for p99):")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\tvs\treq/s\treq/CPU-s\tp99\tMiB/s\t")
+	for _, sc := range scenarios {
+		ours := meds[sc.name]["lbpair"]
+		for _, other := range []string{"nginx", "haproxy"} {
+			o := meds[sc.name][other]
+			fmt.Fprintf(tw, "%s\t%s\t%.2fx\t%.2fx\t%.2fx\t%.2fx\t\n", sc.name, other,
+				ratio(ours.rps, o.rps), ratio(ours.rpc, o.rpc), ratio(ours.p99, o.p99), ratio(ours.bps, o.bps))
+		}
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(w)
+	if len(mem) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "Resident memory per idle established connection (%d connections, after one request each):\n", idle)
+	for _, p := range proxies {
+		fmt.Fprintf(w, "  %-8s %7.0f bytes\n", p.name, mem[p.name])
+	}
+}
+
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}

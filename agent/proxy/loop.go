@@ -1,0 +1,417 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// An event loop moves the bytes of established connections, as nginx's and HAProxy's
+// workers do: one edge-triggered epoll set for many connections, no goroutine and no
+// buffer per connection, and no read that is known to find nothing. After a read that
+// returns less than the buffer holds, the socket is known to be drained and is not read
+// again until epoll reports new data; Go's own poller cannot skip that read, which costs
+// a system call per message and direction.
+//
+// The loop's epoll descriptor is itself watched by Go's poller (it becomes readable when
+// any of its connections has an event), so the loop goroutine parks like any other when
+// idle and needs no thread of its own.
+//
+// Connections are set up with the net package (accept, connect with timeouts, PROXY
+// header) and then handed over: their descriptors are duplicated, the net.Conns closed
+// (which takes them out of Go's poller), and the duplicates registered here.
+type loop struct {
+	epfd  int
+	file  *os.File // epfd, for Go's poller
+	wake  int      // eventfd: commands are queued
+	mu    sync.Mutex
+	queue []command
+	woken bool
+
+	closed  bool // guarded by mu
+	stopped bool // the loop has seen the close command
+
+	events []unix.EpollEvent
+	pairs  []*pair  // by slot
+	gens   []int32  // by slot, so events of a closed pair never reach its successor
+	free   []int32  // free slots
+	spare  [][]byte // read buffers not in use
+}
+
+type command struct {
+	p     *pair
+	abort bool
+}
+
+// pair is one proxied connection inside the loop.
+type pair struct {
+	c      *conn
+	fd     [2]int // client, backend
+	slot   int32
+	closed bool
+	// canRead and canWrite track edge-triggered readiness per side.
+	canRead, canWrite, rdhup [2]bool
+	dir                      [2]flow // 0: client to backend, 1: backend to client
+}
+
+// flow is one direction: data read but not yet written, and whether the source ended.
+type flow struct {
+	buf      []byte
+	off, end int
+	eof      bool // source sent FIN
+	shut     bool // FIN passed on to the destination
+}
+
+const (
+	epollEvents = 256
+	sideFlag    = 1 // low bit of EpollEvent.Pad: 0 client, 1 backend
+)
+
+func newLoop() (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("creating the epoll set: %w", err)
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("creating the loop's eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: -1}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(wake)
+		return nil, fmt.Errorf("watching the loop's eventfd: %w", err)
+	}
+	// Non-blocking, so that os.NewFile hands it to Go's poller.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		unix.Close(wake)
+		return nil, err
+	}
+	return &loop{
+		epfd:   epfd,
+		file:   os.NewFile(uintptr(epfd), "epoll"),
+		wake:   wake,
+		events: make([]unix.EpollEvent, epollEvents),
+	}, nil
+}
+
+// run processes events until the loop is closed.
+func (lp *loop) run() {
+	rc, err := lp.file.SyscallConn()
+	if err != nil {
+		panic(fmt.Sprintf("the loop's epoll file has no raw conn: %v", err))
+	}
+	// poll returns true (stop) only when the file is closed; false asks Go's poller to
+	// wait until the epoll set is readable.
+	poll := func(fd uintptr) bool {
+		for {
+			n, err := epollWait(int(fd), lp.events)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil || n == 0 {
+				return err != nil
+			}
+			lp.handle(lp.events[:n])
+			if lp.stopped {
+				return true
+			}
+		}
+	}
+	_ = rc.Read(poll)
+	_ = lp.file.Close()
+	unix.Close(lp.wake)
+}
+
+// close stops the loop; connections still in it are closed.
+func (lp *loop) close() {
+	lp.post(command{}) // a nil pair stops the loop
+}
+
+// post queues a command for the loop and wakes it.
+func (lp *loop) post(cmd command) {
+	lp.mu.Lock()
+	if lp.closed {
+		lp.mu.Unlock()
+		return
+	}
+	lp.closed = cmd.p == nil
+	lp.queue = append(lp.queue, cmd)
+	wake := !lp.woken
+	lp.woken = true
+	lp.mu.Unlock()
+	if wake {
+		var one = [8]byte{1}
+		_, _ = unix.Write(lp.wake, one[:])
+	}
+}
+
+func (lp *loop) handle(events []unix.EpollEvent) {
+	for i := range events {
+		ev := &events[i]
+		if ev.Fd < 0 {
+			lp.commands()
+			continue
+		}
+		p := lp.pairs[ev.Fd]
+		if p == nil || lp.gens[ev.Fd] != ev.Pad>>1 {
+			continue // closed earlier in this batch
+		}
+		side := ev.Pad & sideFlag
+		if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			p.canRead[side] = true
+		}
+		if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
+			p.rdhup[side] = true
+		}
+		if ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			p.canWrite[side] = true
+		}
+		lp.pump(p)
+	}
+}
+
+func (lp *loop) commands() {
+	var b [8]byte
+	_, _ = unix.Read(lp.wake, b[:])
+	lp.mu.Lock()
+	q := lp.queue
+	lp.queue = nil
+	lp.woken = false
+	lp.mu.Unlock()
+	for _, cmd := range q {
+		switch {
+		case cmd.p == nil:
+			for _, p := range lp.pairs {
+				if p != nil {
+					lp.finish(p, endShutdown)
+				}
+			}
+			lp.stopped = true
+			return
+		case cmd.abort:
+			if !cmd.p.closed {
+				lp.finish(cmd.p, endClosed) // the reason is already on the conn
+			}
+		default:
+			lp.add(cmd.p)
+		}
+	}
+}
+
+func (lp *loop) add(p *pair) {
+	if n := len(lp.free); n > 0 {
+		p.slot = lp.free[n-1]
+		lp.free = lp.free[:n-1]
+	} else {
+		p.slot = int32(len(lp.pairs))
+		lp.pairs = append(lp.pairs, nil)
+		lp.gens = append(lp.gens, 0)
+	}
+	lp.gens[p.slot] = (lp.gens[p.slot] + 1) & (1<<30 - 1)
+	lp.pairs[p.slot] = p
+	for side, fd := range p.fd {
+		ev := unix.EpollEvent{
+			Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
+			Fd:     p.slot,
+			Pad:    lp.gens[p.slot]<<1 | int32(side),
+		}
+		if err := unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+			p.c.l.s.log.Error(err, "Adding a connection to the event loop", "listener", p.c.l.name)
+			lp.finish(p, endShutdown)
+			return
+		}
+	}
+	// Readiness is reported by the events that adding raises.
+}
+
+// pump moves data both ways as far as readiness allows.
+func (lp *loop) pump(p *pair) {
+	for d := range 2 {
+		if reason, ok := lp.flow(p, d); !ok {
+			lp.finish(p, reason)
+			return
+		}
+	}
+	if p.dir[0].shut && p.dir[1].shut {
+		lp.finish(p, endClosed)
+	}
+}
+
+// flow moves data from side d to the other; it returns false with the reason when the
+// connection must close.
+func (lp *loop) flow(p *pair, d int) (endReason, bool) {
+	src, dst := d, 1-d
+	f := &p.dir[d]
+	srcFault, dstFault := endClientError, endBackendError
+	if d == 1 {
+		srcFault, dstFault = endBackendError, endClientError
+	}
+	count := &p.c.up
+	if d == 1 {
+		count = &p.c.down
+	}
+	for {
+		if f.end > f.off {
+			if !p.canWrite[dst] {
+				return 0, true
+			}
+			n, err := rawWrite(p.fd[dst], f.buf[f.off:f.end])
+			if err == unix.EAGAIN {
+				p.canWrite[dst] = false
+				return 0, true
+			}
+			if err != nil {
+				return dstFault, false
+			}
+			count.Add(int64(n))
+			f.off += n
+			if f.off < f.end {
+				p.canWrite[dst] = false
+				return 0, true
+			}
+			lp.release(f)
+		}
+		if f.eof {
+			if !f.shut {
+				f.shut = true
+				// When the other direction has ended too, closing both sockets (pump
+				// does next) sends this FIN; a shutdown would only cost a system call.
+				if !p.dir[1-d].shut {
+					if err := unix.Shutdown(p.fd[dst], unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+						return dstFault, false
+					}
+				}
+			}
+			return 0, true
+		}
+		if !p.canRead[src] {
+			return 0, true
+		}
+		buf := lp.take()
+		n, err := rawRead(p.fd[src], buf)
+		switch {
+		case err == unix.EAGAIN:
+			p.canRead[src] = false
+			lp.put(buf)
+			return 0, true
+		case err != nil:
+			lp.put(buf)
+			return srcFault, false
+		case n == 0:
+			f.eof = true
+			lp.put(buf)
+			continue
+		}
+		f.buf, f.off, f.end = buf, 0, n
+		if n < len(buf) && !p.rdhup[src] {
+			// Drained: epoll reports the next data.
+			p.canRead[src] = false
+		}
+	}
+}
+
+func (lp *loop) take() []byte {
+	if n := len(lp.spare); n > 0 {
+		b := lp.spare[n-1]
+		lp.spare = lp.spare[:n-1]
+		return b
+	}
+	return make([]byte, bufSize)
+}
+
+// release returns a flow's buffer; a few are kept, the rest left to the collector, so
+// a burst of slow readers does not pin memory.
+func (lp *loop) release(f *flow) {
+	lp.put(f.buf)
+	f.buf, f.off, f.end = nil, 0, 0
+}
+
+func (lp *loop) put(b []byte) {
+	if len(lp.spare) < 16 {
+		lp.spare = append(lp.spare, b)
+	}
+}
+
+// finish closes a pair and completes its connection.
+func (lp *loop) finish(p *pair, reason endReason) {
+	if p.closed {
+		return
+	}
+	p.closed = true
+	lp.pairs[p.slot] = nil
+	lp.free = append(lp.free, p.slot)
+	for d := range p.dir {
+		if p.dir[d].buf != nil {
+			lp.release(&p.dir[d])
+		}
+	}
+	p.c.mu.Lock()
+	if !p.c.aborted.Load() && reason != endClosed {
+		p.c.reason = reason
+	}
+	p.c.aborted.Store(true)
+	p.c.mu.Unlock()
+	unix.Close(p.fd[0])
+	unix.Close(p.fd[1])
+	p.c.done()
+}
+
+// detach takes a connection's socket out of Go's poller: it returns a duplicate
+// descriptor (non-blocking, as the file description is shared) and closes the original.
+func detach(c *net.TCPConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	nfd := -1
+	var derr error
+	if err := rc.Control(func(fd uintptr) {
+		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, fmt.Errorf("duplicating the socket: %w", derr)
+	}
+	if err := c.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		unix.Close(nfd)
+		return -1, err
+	}
+	return nfd, nil
+}
+
+// rawRead and rawWrite are read(2) and write(2) without the scheduler hand-off of
+// syscall.Syscall: on non-blocking sockets they never block.
+func rawRead(fd int, b []byte) (int, error)  { return rawIO(unix.SYS_READ, fd, b) }
+func rawWrite(fd int, b []byte) (int, error) { return rawIO(unix.SYS_WRITE, fd, b) }
+
+func rawIO(trap uintptr, fd int, b []byte) (int, error) {
+	for {
+		n, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+		switch e {
+		case 0:
+			return int(n), nil
+		case unix.EINTR:
+			continue
+		}
+		return 0, e
+	}
+}
+
+// epollWait polls without blocking.
+func epollWait(epfd int, events []unix.EpollEvent) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	if e != 0 {
+		return 0, syscall.Errno(e)
+	}
+	return int(n), nil
+}

@@ -1,0 +1,211 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lbpair/lbpair/agent/proxy/balance"
+	"github.com/lbpair/lbpair/agent/proxy/health"
+)
+
+// backend is one backend of one listener. It outlives configuration changes that keep
+// its address, so its health and connection count carry over.
+type backend struct {
+	addr netip.AddrPort
+	name string // addr.String(), for labels and logs
+
+	conns atomic.Int64 // open proxied connections, for least connections
+	// Hot-path view of the health state machines below.
+	passiveDownUntil atomic.Int64 // unix nanoseconds
+	activeUp         atomic.Bool
+
+	mu      sync.Mutex
+	passive health.Passive
+	active  health.Active
+
+	selections                                       prometheus.Counter
+	healthy                                          prometheus.Gauge
+	errRefused, errTimeout, errUnreachable, errOther prometheus.Counter
+}
+
+func newBackend(addr netip.AddrPort, listener string, m *metrics) *backend {
+	name := addr.String()
+	b := &backend{
+		addr:           addr,
+		name:           name,
+		selections:     m.selections.WithLabelValues(listener, name),
+		healthy:        m.healthy.WithLabelValues(listener, name),
+		errRefused:     m.connectErrs.WithLabelValues(listener, name, "refused"),
+		errTimeout:     m.connectErrs.WithLabelValues(listener, name, "timeout"),
+		errUnreachable: m.connectErrs.WithLabelValues(listener, name, "unreachable"),
+		errOther:       m.connectErrs.WithLabelValues(listener, name, "other"),
+	}
+	b.activeUp.Store(true)
+	b.healthy.Set(1)
+	return b
+}
+
+// usable reports whether the backend may take a new connection at now (unix nanoseconds).
+func (b *backend) usable(now int64) bool {
+	return b.activeUp.Load() && now >= b.passiveDownUntil.Load()
+}
+
+// configure applies a listener's check settings, keeping the state.
+func (b *backend) configure(p PassiveCheck, a *ActiveCheck) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.passive.MaxFails, b.passive.FailTimeout = p.MaxFails, p.FailTimeout
+	if p.MaxFails == 0 {
+		b.passive = health.Passive{}
+		b.passiveDownUntil.Store(0)
+	}
+	if a == nil {
+		b.active = health.Active{}
+		b.activeUp.Store(true)
+		return
+	}
+	b.active.Rise, b.active.Fall = a.Rise, a.Fall
+}
+
+// connectFailed records a failed connect; it returns true when that marks the backend down.
+func (b *backend) connectFailed(err error, now time.Time) bool {
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		b.errRefused.Inc()
+	case errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err):
+		b.errTimeout.Inc()
+	case errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH):
+		b.errUnreachable.Inc()
+	default:
+		b.errOther.Inc()
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	down := b.passive.Failure(now)
+	if down {
+		b.passiveDownUntil.Store(b.passive.DownUntil().UnixNano())
+	}
+	return down
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// connectSucceeded ends a passive probation.
+func (b *backend) connectSucceeded() {
+	b.mu.Lock()
+	b.passive.Success()
+	b.mu.Unlock()
+}
+
+// probed records an active probe; it returns true when the state changed.
+func (b *backend) probed(ok bool) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	changed := b.active.Observe(ok)
+	b.activeUp.Store(b.active.Up())
+	return changed
+}
+
+// plan is a listener's configuration with its backends and balancer. It is immutable
+// once published; a change publishes a new plan.
+type plan struct {
+	cfg      ListenerConfig
+	backends []*backend
+	balancer balance.Balancer
+	// cancel stops the active checks of this plan.
+	cancel context.CancelFunc
+}
+
+// pick chooses a usable backend not in tried, or nil.
+func (p *plan) pick(clientKey []byte, tried []*backend, now int64) *backend {
+	usable := func(i int) bool {
+		b := p.backends[i]
+		for _, t := range tried {
+			if t == b {
+				return false
+			}
+		}
+		return b.usable(now)
+	}
+	i := p.balancer.Pick(clientKey, usable, func(i int) int64 { return p.backends[i].conns.Load() })
+	if i < 0 {
+		return nil
+	}
+	return p.backends[i]
+}
+
+// healthy counts the backends usable at now.
+func (p *plan) healthy(now int64) int {
+	n := 0
+	for _, b := range p.backends {
+		if b.usable(now) {
+			n++
+		}
+	}
+	return n
+}
+
+// runChecks probes every backend of the plan until ctx ends. Probes start at a random
+// offset within the interval, so that checks of many backends do not come in bursts.
+func (p *plan) runChecks(ctx context.Context, l *listener) {
+	a := p.cfg.Active
+	if a == nil {
+		return
+	}
+	for _, b := range p.backends {
+		l.s.wg.Add(1)
+		go func() {
+			defer l.s.wg.Done()
+			t := time.NewTimer(rand.N(a.Interval))
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				err := probe(ctx, l.s.dialer, b.name, a.Timeout)
+				if ctx.Err() != nil {
+					return
+				}
+				if b.probed(err == nil) {
+					if err != nil {
+						l.s.log.Info("Backend down: active check failed", "listener", l.name, "backend", b.name, "fall", a.Fall, "error", err.Error())
+					} else {
+						l.s.log.Info("Backend up: active check passed", "listener", l.name, "backend", b.name, "rise", a.Rise)
+					}
+					l.s.kick()
+				}
+				t.Reset(a.Interval)
+			}
+		}()
+	}
+}
+
+// probe is one active check: a TCP connect, closed at once.
+func probe(ctx context.Context, d Dialer, addr string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	// Reset rather than FIN, so a probe leaves no TIME_WAIT on the agent.
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	return c.Close()
+}

@@ -1,0 +1,541 @@
+// Package proxy is the agent's data plane: it listens on each virtual IP and port and
+// proxies TCP connections to backends, balancing them, checking backend health, writing
+// PROXY protocol headers, and reporting its own health to the VRRP tracker so that a
+// node that cannot serve gives up the virtual IPs.
+//
+// Balancing policies are in package balance, health state machines in package health,
+// PROXY headers in package proxyproto; this package holds the sockets.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lbpair/lbpair/agent/proxy/balance"
+)
+
+// HealthCheckName is the check name under which the proxy reports its health.
+const HealthCheckName = "proxy"
+
+// ErrClosed is returned by Apply and SetBackends after Shutdown.
+var ErrClosed = errors.New("proxy server shut down")
+
+// ErrUnknownListener is returned by SetBackends for a name that Apply did not configure.
+var ErrUnknownListener = errors.New("unknown listener")
+
+// HealthReporter receives the proxy's health; the VRRP tracker implements it.
+type HealthReporter interface {
+	SetHealth(check string, healthy bool, reason string)
+}
+
+// ListenerStatus is a listener's state as Status sees it.
+type ListenerStatus struct {
+	Name string
+	// HealthyBackends of Backends may take new connections.
+	HealthyBackends, Backends int
+	// Active is the number of open client connections.
+	Active int
+	// Listening is true when every address of the listener accepts connections.
+	Listening bool
+}
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithMetrics registers the proxy's metrics with reg.
+func WithMetrics(reg prometheus.Registerer) Option { return func(s *Server) { s.reg = reg } }
+
+// WithHealthReporter reports the proxy's health to r under HealthCheckName: healthy when
+// every listener listens and has at least one usable backend.
+func WithHealthReporter(r HealthReporter) Option { return func(s *Server) { s.reporter = r } }
+
+// WithAccessLog sends access log entries (when Config.AccessLog is on) to log instead of
+// the server's logger.
+func WithAccessLog(log logr.Logger) Option {
+	return func(s *Server) { s.access = func(e accessEntry) { e.log(log) } }
+}
+
+// WithAccessLogWriter writes access log entries (when Config.AccessLog is on) to w, one
+// logfmt line each.
+func WithAccessLogWriter(w io.Writer) Option {
+	var mu sync.Mutex
+	return func(s *Server) {
+		s.access = func(e accessEntry) {
+			line := e.appendLogfmt(nil)
+			mu.Lock()
+			_, _ = w.Write(line)
+			mu.Unlock()
+		}
+	}
+}
+
+// Dialer connects to backends; *net.Dialer is one. Tests inject one that dials from
+// inside a network namespace.
+type Dialer interface {
+	DialContext(ctx context.Context, network, address string) (net.Conn, error)
+}
+
+// WithDialer connects to backends (connections and active checks) through d instead of
+// a net.Dialer. The connections it returns must be *net.TCPConn.
+func WithDialer(d Dialer) Option { return func(s *Server) { s.dialer = d } }
+
+// Server proxies the listeners of the Config it was last given.
+type Server struct {
+	log      logr.Logger
+	reg      prometheus.Registerer
+	reporter HealthReporter
+	access   func(accessEntry)
+	dialer   Dialer
+	metrics  *metrics
+
+	mu        sync.Mutex // serialises Apply, SetBackends, DrainEstablished, Shutdown
+	cfg       Config
+	listeners map[string]*listener
+	sockets   map[netip.AddrPort]*socket
+	closed    bool
+	started   bool
+	accessOn  atomic.Bool
+
+	connMu sync.Mutex
+	conns  map[*conn]struct{}
+
+	kickc  chan struct{}
+	stop   chan struct{}
+	setupq chan setupJob  // accepted connections for idle setup goroutines
+	wg     sync.WaitGroup // every goroutine the server started
+	drain  *time.Timer
+
+	loops    []*loop
+	loopErr  error
+	loopNext atomic.Uint32
+}
+
+// New returns a server with no listeners; Apply starts it.
+func New(log logr.Logger, opts ...Option) *Server {
+	s := &Server{
+		log:       log,
+		listeners: map[string]*listener{},
+		sockets:   map[netip.AddrPort]*socket{},
+		conns:     map[*conn]struct{}{},
+		kickc:     make(chan struct{}, 1),
+		setupq:    make(chan setupJob),
+		stop:      make(chan struct{}),
+		// No TCP keepalive, as nginx and HAProxy by default: idle timeouts end dead
+		// connections, and the probes' system calls are saved.
+		dialer: &net.Dialer{KeepAlive: -1},
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	s.metrics = newMetrics(s.reg)
+	// One event loop per processor the runtime may use.
+	for range runtime.GOMAXPROCS(0) {
+		lp, err := newLoop()
+		if err != nil {
+			s.loopErr = err
+			break
+		}
+		s.loops = append(s.loops, lp)
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); lp.run() }()
+	}
+	if s.access == nil {
+		s.access = func(e accessEntry) { e.log(log) }
+	}
+	return s
+}
+
+// Apply starts the server or changes its configuration live: listeners are added and
+// removed, addresses opened and closed, backends, balancing and checks changed, and
+// established connections keep running, even those of a removed listener. An invalid
+// configuration, or an address that cannot be listened on, returns an error and leaves
+// the running state as it was.
+func (s *Server) Apply(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if s.loopErr != nil {
+		return fmt.Errorf("starting the proxy's event loops: %w", s.loopErr)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+
+	// Open the new addresses first: the only step that can fail.
+	wanted := map[netip.AddrPort]string{}
+	var opened []*socket
+	for _, lc := range cfg.Listeners {
+		for _, a := range lc.Addrs {
+			a = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+			wanted[a] = lc.Name
+			if _, ok := s.sockets[a]; ok {
+				continue
+			}
+			sock, err := listen(a)
+			if err != nil {
+				for _, o := range opened {
+					o.close()
+				}
+				return fmt.Errorf("configuring listener %q: %w", lc.Name, err)
+			}
+			opened = append(opened, sock)
+		}
+	}
+
+	// Commit.
+	for name, l := range s.listeners {
+		if !slices.ContainsFunc(cfg.Listeners, func(lc ListenerConfig) bool { return lc.Name == name }) {
+			l.retire()
+			delete(s.listeners, name)
+			s.metrics.deleteListener(name)
+			s.log.Info("Removed listener", "listener", name)
+		}
+	}
+	for _, lc := range cfg.Listeners {
+		l, ok := s.listeners[lc.Name]
+		if !ok {
+			l = newListener(s, lc.Name)
+			s.listeners[lc.Name] = l
+			s.log.Info("Added listener", "listener", lc.Name, "addrs", lc.Addrs)
+		}
+		backends := lc.Backends
+		if len(backends) == 0 && l.dynamic {
+			backends = l.plan.Load().cfg.Backends
+		} else {
+			l.dynamic = false
+		}
+		l.publish(lc, backends)
+	}
+	for a, sock := range s.sockets {
+		if _, ok := wanted[a]; !ok {
+			sock.close()
+			delete(s.sockets, a)
+		}
+	}
+	for _, sock := range opened {
+		s.sockets[sock.addr] = sock
+		s.startAccepting(sock)
+	}
+	for a, name := range wanted {
+		s.sockets[a].owner.Store(s.listeners[name])
+	}
+	s.cfg = cfg
+	s.accessOn.Store(cfg.AccessLog)
+	if !s.started {
+		s.started = true
+		s.wg.Add(1)
+		go s.housekeeping()
+	}
+	s.kick()
+	return nil
+}
+
+// SetBackends replaces the backends of a listener, as the ready endpoints of its Service
+// change. Backends that stay keep their health and connections. A later Apply whose
+// listener has no static backends keeps this set.
+func (s *Server) SetBackends(listener string, backends []Backend) error {
+	var errs []error
+	validateBackends("backends", backends, func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: %s: %s", ErrInvalidConfig, field, fmt.Sprintf(format, args...)))
+	})
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("setting backends of listener %q: %w", listener, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	l, ok := s.listeners[listener]
+	if !ok {
+		return fmt.Errorf("setting backends of listener %q: %w", listener, ErrUnknownListener)
+	}
+	l.dynamic = true
+	l.publish(l.plan.Load().cfg, slices.Clone(backends))
+	s.kick()
+	return nil
+}
+
+// DrainEstablished closes, after timeout, the connections open now; the listeners stay
+// open (the node is a warm backup). It returns at once. A later call replaces the
+// pending one; connections accepted after the call are left alone.
+func (s *Server) DrainEstablished(timeout time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	victims := s.snapshotConns()
+	s.log.Info("Draining established connections", "connections", len(victims), "timeout", timeout)
+	if s.drain != nil {
+		s.drain.Stop()
+	}
+	s.drain = time.AfterFunc(max(timeout, 0), func() {
+		closed := 0
+		for _, c := range victims {
+			if c.abort(endDrained) {
+				closed++
+			}
+		}
+		if closed > 0 {
+			s.log.Info("Closed connections still open after the drain timeout", "connections", closed)
+		}
+	})
+}
+
+// Shutdown stops accepting, lets established connections finish until ctx is done, then
+// closes those left and waits for the server's goroutines. It returns an error wrapping
+// ctx's error when it had to close connections.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	for a, sock := range s.sockets {
+		sock.close()
+		delete(s.sockets, a)
+	}
+	for _, l := range s.listeners {
+		l.retire()
+	}
+	if s.drain != nil {
+		s.drain.Stop()
+	}
+	close(s.stop)
+	s.mu.Unlock()
+
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+	for len(s.snapshotConns()) > 0 && err == nil {
+		select {
+		case <-ctx.Done():
+			left := s.snapshotConns()
+			for _, c := range left {
+				c.abort(endShutdown)
+			}
+			err = fmt.Errorf("closing %d connections still open at shutdown: %w", len(left), ctx.Err())
+		case <-tick.C:
+		}
+	}
+	for _, lp := range s.loops {
+		lp.close()
+	}
+	s.wg.Wait()
+	return err
+}
+
+// Status returns each listener's state, sorted by name.
+func (s *Server) Status() []ListenerStatus {
+	s.mu.Lock()
+	ls := make([]*listener, 0, len(s.listeners))
+	for _, l := range s.listeners {
+		ls = append(ls, l)
+	}
+	s.mu.Unlock()
+	now := time.Now().UnixNano()
+	out := make([]ListenerStatus, 0, len(ls))
+	for _, l := range ls {
+		p := l.plan.Load()
+		out = append(out, ListenerStatus{
+			Name:            l.name,
+			HealthyBackends: p.healthy(now),
+			Backends:        len(p.backends),
+			Active:          int(l.active.Load()),
+			Listening:       l.listening(),
+		})
+	}
+	slices.SortFunc(out, func(a, b ListenerStatus) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// kick asks the housekeeping loop to re-evaluate health now.
+func (s *Server) kick() {
+	select {
+	case s.kickc <- struct{}{}:
+	default:
+	}
+}
+
+// housekeeping reports health on changes (at once when kicked, and every tick for
+// passive checks, whose backends come back with time), and every second sweeps the
+// connections for idle timeouts and byte counts.
+func (s *Server) housekeeping() {
+	defer s.wg.Done()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	var lastHealthy *bool
+	var lastReason string
+	lastSweep := time.Now()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-s.kickc:
+		case <-tick.C:
+		}
+		now := time.Now()
+		healthy, reason := s.evaluate(now)
+		if lastHealthy == nil || *lastHealthy != healthy || reason != lastReason {
+			if healthy {
+				s.log.Info("Proxy healthy")
+			} else {
+				s.log.Info("Proxy unhealthy", "reason", reason)
+			}
+			if s.reporter != nil {
+				s.reporter.SetHealth(HealthCheckName, healthy, reason)
+			}
+			lastHealthy, lastReason = &healthy, reason
+		}
+		if now.Sub(lastSweep) >= time.Second {
+			lastSweep = now
+			s.sweep(now)
+		}
+	}
+}
+
+// evaluate computes the proxy's health and updates the backend gauges.
+func (s *Server) evaluate(now time.Time) (bool, string) {
+	var problems []string
+	for _, st := range s.Status() {
+		switch {
+		case !st.Listening:
+			problems = append(problems, fmt.Sprintf("listener %q is not listening", st.Name))
+		case st.HealthyBackends == 0:
+			problems = append(problems, fmt.Sprintf("listener %q has no healthy backend (0 of %d)", st.Name, st.Backends))
+		}
+	}
+	s.mu.Lock()
+	for _, l := range s.listeners {
+		for _, b := range l.plan.Load().backends {
+			v := 0.0
+			if b.usable(now.UnixNano()) {
+				v = 1
+			}
+			b.healthy.Set(v)
+		}
+	}
+	s.mu.Unlock()
+	if len(problems) == 0 {
+		return true, ""
+	}
+	return false, strings.Join(problems, "; ")
+}
+
+func (s *Server) snapshotConns() []*conn {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	out := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		out = append(out, c)
+	}
+	return out
+}
+
+// sweep closes idle connections and adds byte counts to the metrics.
+func (s *Server) sweep(now time.Time) {
+	for _, c := range s.snapshotConns() {
+		c.sweep(now)
+	}
+}
+
+// nextLoop spreads connections over the event loops.
+func (s *Server) nextLoop() *loop {
+	return s.loops[int(s.loopNext.Add(1))%len(s.loops)]
+}
+
+// newRand is the balancers' random source.
+func (s *Server) newRand() *rand.Rand { return rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())) }
+
+// listener is one named listener: its sockets point to it, and it holds the plan.
+type listener struct {
+	s    *Server
+	name string
+	m    *listenerMetrics
+
+	plan     atomic.Pointer[plan]
+	backends map[netip.AddrPort]*backend // guarded by s.mu
+	dynamic  bool                        // backends come from SetBackends; guarded by s.mu
+	active   atomic.Int64
+	retired  bool // guarded by s.mu
+}
+
+func newListener(s *Server, name string) *listener {
+	l := &listener{s: s, name: name, m: s.metrics.forListener(name), backends: map[netip.AddrPort]*backend{}}
+	return l
+}
+
+// publish builds and publishes a plan for cfg with backends, reusing the backends that
+// stay, and restarts the active checks. Called with s.mu held.
+func (l *listener) publish(cfg ListenerConfig, backends []Backend) {
+	cfg.Backends = backends
+	bal := make([]balance.Backend, len(backends))
+	bs := make([]*backend, len(backends))
+	keep := map[netip.AddrPort]*backend{}
+	for i, b := range backends {
+		be, ok := l.backends[b.Addr]
+		if !ok {
+			be = newBackend(b.Addr, l.name, l.s.metrics)
+		}
+		be.configure(cfg.Passive, cfg.Active)
+		keep[b.Addr] = be
+		bs[i] = be
+		bal[i] = balance.Backend{Key: be.name, Weight: b.Weight}
+	}
+	for a, be := range l.backends {
+		if _, ok := keep[a]; !ok {
+			l.s.metrics.deleteBackend(l.name, be.name)
+		}
+	}
+	l.backends = keep
+	balancer, err := balance.New(balance.Policy(cfg.Balance), bal, l.s.newRand())
+	if err != nil {
+		// Validate has checked weights and the policy.
+		panic(fmt.Sprintf("building a balancer from a validated configuration: %v", err))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &plan{cfg: cfg, backends: bs, balancer: balancer, cancel: cancel}
+	if old := l.plan.Swap(p); old != nil {
+		old.cancel()
+	}
+	p.runChecks(ctx, l)
+}
+
+// retire stops the listener's checks; its sockets are closed or moved by the caller, and
+// its connections run on. Called with s.mu held.
+func (l *listener) retire() {
+	l.retired = true
+	if p := l.plan.Load(); p != nil {
+		p.cancel()
+	}
+}
+
+// listening reports whether every address of the listener has a live socket.
+func (l *listener) listening() bool {
+	l.s.mu.Lock()
+	defer l.s.mu.Unlock()
+	p := l.plan.Load()
+	for _, a := range p.cfg.Addrs {
+		a = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+		sock, ok := l.s.sockets[a]
+		if !ok || sock.owner.Load() != l || sock.failed.Load() {
+			return false
+		}
+	}
+	return !l.retired
+}
