@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 )
 
 // Options are the agent's command-line settings.
@@ -28,6 +30,8 @@ type Options struct {
 	Kubeconfig string
 	// HealthAddr is where /healthz, /readyz and /metrics are served.
 	HealthAddr string
+	// Log configures the logger.
+	Log zap.Options
 }
 
 // ParseOptions reads the agent's flags. Defaults for the node, namespace and
@@ -42,6 +46,7 @@ func ParseOptions(args []string, output io.Writer) (Options, error) {
 	fs.StringVar(&o.Pair, "pair", os.Getenv("LBPAIR_NAME"), "cluster mode: name of the LoadBalancerPair (default $LBPAIR_NAME)")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "cluster mode: kubeconfig path; in-cluster config when empty")
 	fs.StringVar(&o.HealthAddr, "health-addr", ":9440", "address serving /healthz, /readyz and /metrics")
+	o.Log.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -64,5 +69,6 @@ func Main(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return run(ctx, o)
+	log := zap.New(zap.UseFlagOptions(&o.Log)).WithValues("node", o.NodeName)
+	return run(ctx, o, log)
 }

@@ -1,0 +1,207 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lbpair/lbpair/agent/config"
+	"github.com/lbpair/lbpair/agent/proxy"
+	"github.com/lbpair/lbpair/agent/track"
+	"github.com/lbpair/lbpair/agent/vrrp"
+)
+
+// routerStopTimeout bounds how long a stopping router may take to send its
+// priority-0 advert and remove the virtual IPs.
+const routerStopTimeout = 5 * time.Second
+
+// Agent runs one pair's VRRP router and proxy and applies new settings to
+// them live. It is the part shared by standalone and cluster modes.
+type Agent struct {
+	log   logr.Logger
+	reg   prometheus.Registerer
+	proxy *proxy.Server
+	hook  func(vrrp.Transition)
+
+	// drainTimeout is read by the transition hook, which must not take mu:
+	// stopping a router under mu waits for its last transitions.
+	drainTimeout atomic.Int64
+
+	mu       sync.Mutex
+	settings *config.Settings
+	health   healthRelay
+	router   *vrrp.Router
+	cancel   context.CancelFunc
+	done     chan struct{}
+	runErr   error
+}
+
+// NewAgent makes an agent that has not started anything yet. hook, when not
+// nil, sees every VRRP transition; it must not block.
+func NewAgent(log logr.Logger, reg prometheus.Registerer, hook func(vrrp.Transition)) *Agent {
+	a := &Agent{log: log, reg: reg, hook: hook}
+	a.proxy = proxy.New(log.WithName("proxy"), proxy.WithMetrics(reg), proxy.WithHealthReporter(&a.health))
+	return a
+}
+
+// Proxy is the agent's proxy, for feeding Service backends.
+func (a *Agent) Proxy() *proxy.Server { return a.proxy }
+
+// Apply starts the agent with s, or moves a running agent to s. The proxy is
+// configured first, so its listeners are warm before the router can take the
+// virtual IPs. An error leaves the running agent as it was.
+func (a *Agent) Apply(ctx context.Context, s *config.Settings) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.proxy.Apply(s.Proxy); err != nil {
+		return fmt.Errorf("configuring the proxy: %w", err)
+	}
+	restart := a.router == nil || !reflect.DeepEqual(a.settings.Checks, s.Checks)
+	if !restart {
+		err := a.router.Reconfigure(s.VRRP)
+		switch {
+		case errors.Is(err, vrrp.ErrRestartRequired):
+			a.log.Info("Restarting VRRP: the change needs a new router", "vrid", s.VRRP.VRID, "virtualIPs", s.VRRP.VIPs)
+			restart = true
+		case err != nil:
+			return fmt.Errorf("reconfiguring VRRP: %w", err)
+		}
+	}
+	if restart {
+		if err := a.startRouter(ctx, s); err != nil {
+			return err
+		}
+	}
+	a.settings = s
+	a.drainTimeout.Store(int64(s.Proxy.DrainTimeout))
+	return nil
+}
+
+// startRouter replaces the running router, if any, with a new one. The old
+// one leaves the group first (priority 0, virtual IPs removed), so that two
+// routers of this node never run at once.
+func (a *Agent) startRouter(ctx context.Context, s *config.Settings) error {
+	tracker := track.New(s.Checks...)
+	opts := []vrrp.Option{vrrp.WithTracker(tracker), vrrp.WithTransitionHook(a.transition)}
+	if a.reg != nil {
+		opts = append(opts, vrrp.WithMetrics(a.reg))
+	}
+	r, err := vrrp.NewRouter(s.VRRP, a.log.WithName("vrrp"), opts...)
+	if err != nil {
+		return fmt.Errorf("creating the VRRP router: %w", err)
+	}
+	a.stopRouterLocked()
+	a.health.set(tracker)
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	a.router, a.cancel, a.done, a.runErr = r, cancel, done, nil
+	go func() {
+		defer close(done)
+		if err := r.Run(runCtx); err != nil {
+			a.log.Error(err, "VRRP router stopped")
+			a.mu.Lock()
+			if a.router == r {
+				a.runErr = err
+			}
+			a.mu.Unlock()
+		}
+	}()
+	return nil
+}
+
+func (a *Agent) stopRouterLocked() {
+	if a.router == nil {
+		return
+	}
+	a.cancel()
+	select {
+	case <-a.done:
+	case <-time.After(routerStopTimeout):
+		a.log.Info("VRRP router did not stop in time", "timeout", routerStopTimeout)
+	}
+	a.router = nil
+}
+
+func (a *Agent) transition(t vrrp.Transition) {
+	a.log.Info("VRRP transition", "from", t.From.String(), "to", t.To.String(), "reason", t.Reason, "priority", t.Priority, "master", t.MasterAddr)
+	if t.From == vrrp.Master && t.To != vrrp.Master {
+		go a.proxy.DrainEstablished(time.Duration(a.drainTimeout.Load()))
+	}
+	if a.hook != nil {
+		a.hook(t)
+	}
+}
+
+// Status is a snapshot of the agent for health endpoints and status reports.
+type Status struct {
+	Running bool
+	Err     error
+	VRRP    vrrp.Status
+	Ports   []proxy.ListenerStatus
+}
+
+// Status reports the router's and the proxy's state.
+func (a *Agent) Status() Status {
+	a.mu.Lock()
+	r, err := a.router, a.runErr
+	a.mu.Unlock()
+	st := Status{Err: err, Ports: a.proxy.Status()}
+	if r != nil {
+		st.Running = err == nil
+		st.VRRP = r.Status()
+	}
+	return st
+}
+
+// Stop leaves the VRRP group at once (priority 0, so a backup takes over
+// without waiting for the master-down timer), then drains the proxy until
+// ctx is done.
+func (a *Agent) Stop(ctx context.Context) error {
+	a.mu.Lock()
+	a.stopRouterLocked()
+	a.mu.Unlock()
+	return a.proxy.Shutdown(ctx)
+}
+
+// healthRelay forwards the proxy's health to the current router's tracker;
+// the tracker is replaced when the router restarts, the proxy is not.
+type healthRelay struct {
+	mu      sync.Mutex
+	tracker *track.Tracker
+	last    map[string]healthReport
+}
+
+type healthReport struct {
+	healthy bool
+	reason  string
+}
+
+// SetHealth implements proxy.HealthReporter.
+func (h *healthRelay) SetHealth(check string, healthy bool, reason string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.last == nil {
+		h.last = map[string]healthReport{}
+	}
+	h.last[check] = healthReport{healthy, reason}
+	if h.tracker != nil {
+		h.tracker.SetHealth(check, healthy, reason)
+	}
+}
+
+// set switches to a new tracker and replays the last reports into it.
+func (h *healthRelay) set(t *track.Tracker) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.tracker = t
+	for check, r := range h.last {
+		t.SetHealth(check, r.healthy, r.reason)
+	}
+}

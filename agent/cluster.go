@@ -1,0 +1,314 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/client/config"
+
+	"github.com/lbpair/lbpair/agent/config"
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
+)
+
+// PairLabel is the label the manager puts on a pair's agent pods, naming the
+// pair; agents find their peers by it.
+const PairLabel = "lbpair.io/pair"
+
+// settleDelay coalesces bursts of watch events (a rollout touches many
+// EndpointSlices) into one reconfiguration.
+const settleDelay = 100 * time.Millisecond
+
+// clusterSource feeds an Agent from the apiserver. Everything it reads comes
+// from informers, so when the apiserver is unreachable the agent keeps its
+// last configuration and keeps serving.
+type clusterSource struct {
+	o      Options
+	log    logr.Logger
+	agent  *Agent
+	cache  cache.Cache
+	reader client.Client // uncached: the auth Secret and status writes
+	podIP  netip.Addr
+
+	mu      sync.Mutex
+	secret  *corev1.Secret
+	running bool
+	applied *config.Settings
+}
+
+func newScheme() (*runtime.Scheme, error) {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	if err := lbv1.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// runCluster runs the agent of one pair in a cluster until ctx ends.
+func runCluster(ctx context.Context, o Options, a *Agent, st *statusReporter, log logr.Logger) error {
+	restCfg, err := restConfig(o.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	scheme, err := newScheme()
+	if err != nil {
+		return err
+	}
+	c, err := cache.New(restCfg, cache.Options{
+		Scheme:            scheme,
+		DefaultNamespaces: map[string]cache.Config{o.Namespace: {}},
+		ByObject: map[client.Object]cache.ByObject{
+			&lbv1.LoadBalancerPair{}: {Field: fields.OneTermEqualSelector("metadata.name", o.Pair)},
+			&corev1.Node{}:           {Field: fields.OneTermEqualSelector("metadata.name", o.NodeName)},
+			&corev1.Pod{}:            {Label: labels.SelectorFromSet(labels.Set{PairLabel: o.Pair})},
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("creating the watch cache: %w", err)
+	}
+	reader, err := client.New(restCfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return fmt.Errorf("creating the API client: %w", err)
+	}
+	src := &clusterSource{o: o, log: log, agent: a, cache: c, reader: reader}
+	if ip, err := netip.ParseAddr(os.Getenv("POD_IP")); err == nil {
+		src.podIP = ip.Unmap()
+	}
+
+	trigger := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case trigger <- struct{}{}:
+		default:
+		}
+	}
+	for _, obj := range []client.Object{&lbv1.LoadBalancerPair{}, &corev1.Node{}, &corev1.Pod{}, &corev1.Service{}, &discoveryv1.EndpointSlice{}} {
+		inf, err := c.GetInformer(ctx, obj)
+		if err != nil {
+			return fmt.Errorf("watching %T: %w", obj, err)
+		}
+		if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { poke() },
+			UpdateFunc: func(any, any) { poke() },
+			DeleteFunc: func(any) { poke() },
+		}); err != nil {
+			return fmt.Errorf("watching %T: %w", obj, err)
+		}
+	}
+	cacheCtx, stopCache := context.WithCancel(ctx)
+	defer stopCache()
+	go func() {
+		if err := c.Start(cacheCtx); err != nil {
+			log.Error(err, "Watch cache stopped")
+		}
+	}()
+	log.Info("Waiting for the pair and its endpoints from the apiserver", "pair", types.NamespacedName{Namespace: o.Namespace, Name: o.Pair})
+	if !c.WaitForCacheSync(ctx) {
+		return ctx.Err()
+	}
+
+	st.start(ctx, reader, src.address)
+	for {
+		src.sync(ctx)
+		select {
+		case <-trigger:
+			select {
+			case <-time.After(settleDelay):
+			case <-ctx.Done():
+			}
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			return src.stop(st)
+		}
+	}
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("reading kubeconfig %q: %w", kubeconfig, err)
+		}
+		return cfg, nil
+	}
+	cfg, err := ctrlconfig.GetConfig()
+	if err != nil {
+		return nil, fmt.Errorf("finding the apiserver (in-cluster or --kubeconfig): %w", err)
+	}
+	return cfg, nil
+}
+
+// sync reads the current state from the cache and applies it. A pair that
+// is gone, or a node that no longer matches the pair's nodeSelector, stops
+// the agent: it gives up the virtual IPs and closes its listeners.
+func (s *clusterSource) sync(ctx context.Context) {
+	var pair lbv1.LoadBalancerPair
+	err := s.cache.Get(ctx, types.NamespacedName{Namespace: s.o.Namespace, Name: s.o.Pair}, &pair)
+	switch {
+	case apierrors.IsNotFound(err):
+		s.deactivate(ctx, "the LoadBalancerPair was deleted")
+		return
+	case err != nil:
+		s.log.Error(err, "Reading the LoadBalancerPair from the cache")
+		return
+	}
+	var node *corev1.Node
+	var n corev1.Node
+	if err := s.cache.Get(ctx, types.NamespacedName{Name: s.o.NodeName}, &n); err == nil {
+		node = &n
+	}
+	if node != nil && !labels.SelectorFromSet(pair.Spec.NodeSelector).Matches(labels.Set(node.Labels)) {
+		s.deactivate(ctx, "the node no longer matches spec.nodeSelector")
+		return
+	}
+	in := config.Inputs{Pair: &pair, Node: node, Peers: s.peers(ctx)}
+	if pair.Spec.Authentication != nil {
+		in.Secrets = s.authSecret(ctx, pair.Spec.Authentication.PasswordSecretRef.Name)
+	}
+	settings, err := config.Build(ctx, in)
+	if err != nil {
+		s.log.Error(err, "Invalid pair configuration; keeping the running one")
+		return
+	}
+	for _, w := range settings.Warnings {
+		s.log.Info("Configuration warning", "warning", w)
+	}
+	if err := s.agent.Apply(ctx, settings); err != nil {
+		s.log.Error(err, "Applying the pair's configuration; keeping the running one")
+		return
+	}
+	preferIPv4 := settings.VRRP.VIPs[0].Is4()
+	for _, sp := range settings.Services {
+		var svc corev1.Service
+		svcPtr := &svc
+		if err := s.cache.Get(ctx, types.NamespacedName{Namespace: s.o.Namespace, Name: sp.Service}, &svc); err != nil {
+			svcPtr = nil
+		}
+		var slices discoveryv1.EndpointSliceList
+		if err := s.cache.List(ctx, &slices, client.InNamespace(s.o.Namespace), client.MatchingLabels{discoveryv1.LabelServiceName: sp.Service}); err != nil {
+			s.log.Error(err, "Listing EndpointSlices", "service", sp.Service)
+			continue
+		}
+		backends := serviceBackends(svcPtr, slices.Items, sp.Port, preferIPv4)
+		if err := s.agent.Proxy().SetBackends(sp.Listener, backends); err != nil {
+			s.log.Error(err, "Setting the backends of a Service port", "port", sp.Listener, "service", sp.Service)
+		}
+	}
+	s.mu.Lock()
+	if !s.running {
+		s.log.Info("Agent started", "mode", "cluster", "vrid", settings.VRRP.VRID, "virtualIPs", settings.VRRP.VIPs, "priority", settings.VRRP.Priority, "peers", settings.VRRP.Peers)
+	}
+	s.running, s.applied = true, settings
+	s.mu.Unlock()
+}
+
+// peers lists the addresses of the pair's other agents: hostNetwork pods
+// carry their node's address.
+func (s *clusterSource) peers(ctx context.Context) []netip.Addr {
+	var pods corev1.PodList
+	if err := s.cache.List(ctx, &pods, client.InNamespace(s.o.Namespace), client.MatchingLabels{PairLabel: s.o.Pair}); err != nil {
+		s.log.Error(err, "Listing the pair's agent pods")
+		return nil
+	}
+	var out []netip.Addr
+	for _, p := range pods.Items {
+		if p.Spec.NodeName == s.o.NodeName || p.DeletionTimestamp != nil {
+			continue
+		}
+		for _, ip := range p.Status.PodIPs {
+			if a, err := netip.ParseAddr(ip.IP); err == nil {
+				out = append(out, a.Unmap())
+			}
+		}
+	}
+	return out
+}
+
+// authSecret reads the VRRPv2 password Secret, falling back to the last one
+// read when the apiserver does not answer.
+func (s *clusterSource) authSecret(ctx context.Context, name string) []corev1.Secret {
+	var sec corev1.Secret
+	getCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	err := s.reader.Get(getCtx, types.NamespacedName{Namespace: s.o.Namespace, Name: name}, &sec)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case err == nil:
+		s.secret = &sec
+	case apierrors.IsNotFound(err):
+		s.secret = nil
+	default:
+		s.log.Error(err, "Reading the authentication Secret; using the last one read", "secret", name)
+	}
+	if s.secret == nil {
+		return nil
+	}
+	return []corev1.Secret{*s.secret}
+}
+
+// address is the node address the agent reports: its pod IP (the node's,
+// with hostNetwork) or else the node's internal IP.
+func (s *clusterSource) address() string {
+	if s.podIP.IsValid() {
+		return s.podIP.String()
+	}
+	return ""
+}
+
+func (s *clusterSource) deactivate(ctx context.Context, reason string) {
+	s.mu.Lock()
+	running := s.running
+	s.running = false
+	drain := time.Duration(0)
+	if s.applied != nil {
+		drain = s.applied.Proxy.DrainTimeout
+	}
+	s.mu.Unlock()
+	if !running {
+		return
+	}
+	s.log.Info("Stopping: giving up the virtual IPs and closing the listeners", "reason", reason)
+	drainCtx, cancel := context.WithTimeout(ctx, drain)
+	defer cancel()
+	if err := s.agent.Stop(drainCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		s.log.Error(err, "Stopping the agent")
+	}
+}
+
+func (s *clusterSource) stop(st *statusReporter) error {
+	s.mu.Lock()
+	drain := time.Duration(0)
+	if s.applied != nil {
+		drain = s.applied.Proxy.DrainTimeout
+	}
+	s.mu.Unlock()
+	s.log.Info("Stopping: leaving the VRRP group and draining connections", "drainTimeout", drain)
+	drainCtx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	err := s.agent.Stop(drainCtx)
+	st.remove()
+	return err
+}

@@ -1,0 +1,312 @@
+package config
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/lbpair/lbpair/agent/proxy"
+	"github.com/lbpair/lbpair/agent/track"
+	"github.com/lbpair/lbpair/agent/vrrp"
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
+)
+
+// ProxyCheck is the tracker check the proxy reports its health under.
+const ProxyCheck = "proxy"
+
+// Resolver looks up the addresses of a backend host name; *net.Resolver
+// satisfies it.
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// Inputs is what the agent knows when it builds its settings.
+type Inputs struct {
+	// Pair is the LoadBalancerPair; Build defaults a copy of it.
+	Pair *lbv1.LoadBalancerPair
+	// Node is the node this agent runs on; nil when unknown (then the
+	// pair's default priority applies).
+	Node *corev1.Node
+	// Peers are the addresses of the other agents, used for unicast when
+	// the spec enables it without listing peers.
+	Peers []netip.Addr
+	// Secrets holds the Secrets the pair may reference, by name.
+	Secrets []corev1.Secret
+	// Resolver resolves static backend host names; net.DefaultResolver
+	// when nil.
+	Resolver Resolver
+}
+
+// ServicePort is a listener whose backends are the ready endpoints of a
+// Service; the agent feeds them with proxy.Server.SetBackends.
+type ServicePort struct {
+	Listener string
+	Service  string
+	Port     intstr.IntOrString
+}
+
+// Settings are the agent's runtime settings for one pair.
+type Settings struct {
+	VRRP     vrrp.Config
+	Checks   []track.Check
+	Proxy    proxy.Config
+	Services []ServicePort
+	// Warnings are problems that do not stop the agent, such as an invalid
+	// priority label that falls back to the default.
+	Warnings []string
+}
+
+// Build translates a pair into settings. Errors name the field at fault.
+func Build(ctx context.Context, in Inputs) (*Settings, error) {
+	pair := in.Pair.DeepCopy()
+	if err := Default(pair); err != nil {
+		return nil, err
+	}
+	spec := &pair.Spec
+	var s Settings
+
+	vips := make([]netip.Addr, 0, len(spec.VirtualIPs))
+	for i, v := range spec.VirtualIPs {
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return nil, fmt.Errorf("spec.virtualIPs[%d]: %q is not an IP address", i, v)
+		}
+		if len(vips) > 0 && a.Is4() != vips[0].Is4() {
+			return nil, fmt.Errorf("spec.virtualIPs[%d]: %s mixes address families; use one pair per family", i, a)
+		}
+		vips = append(vips, a.Unmap())
+	}
+	if len(vips) == 0 {
+		return nil, errors.New("spec.virtualIPs: at least one virtual IP is required")
+	}
+
+	// The manager settles VRIDs between pairs and records the one to run
+	// with in status; the spec's is used as is only where no manager runs
+	// (standalone), so a conflicting spec change never moves running agents.
+	vrid := pair.Status.VirtualRouterID
+	if vrid == 0 && spec.VirtualRouterID != nil {
+		vrid = *spec.VirtualRouterID
+	}
+	if vrid < 1 || vrid > 255 {
+		return nil, errors.New("spec.virtualRouterID: not set and none allocated yet (status.virtualRouterID); set it from 1 to 255: a standalone agent has no manager to allocate one")
+	}
+
+	priority, warning := nodePriority(spec.Priority, in.Node)
+	if warning != "" {
+		s.Warnings = append(s.Warnings, warning)
+	}
+
+	password, err := password(spec, in.Secrets)
+	if err != nil {
+		return nil, err
+	}
+
+	var peers []netip.Addr
+	if spec.Unicast != nil && spec.Unicast.Enabled {
+		if len(spec.Unicast.Peers) > 0 {
+			for i, p := range spec.Unicast.Peers {
+				a, err := netip.ParseAddr(p)
+				if err != nil {
+					return nil, fmt.Errorf("spec.unicast.peers[%d]: %q is not an IP address", i, p)
+				}
+				peers = append(peers, a.Unmap())
+			}
+		} else {
+			for _, p := range in.Peers {
+				if p.Is4() == vips[0].Is4() {
+					peers = append(peers, p)
+				}
+			}
+		}
+	}
+
+	s.VRRP = vrrp.Config{
+		Version:        int(spec.VRRPVersion),
+		VRID:           uint8(vrid),
+		Priority:       priority,
+		AdvertInterval: duration(spec.AdvertisementInterval),
+		Preempt:        *spec.Preempt,
+		PreemptDelay:   duration(spec.PreemptDelay),
+		Interface:      spec.Interface,
+		VIPs:           vips,
+		Peers:          peers,
+		AuthPassword:   password,
+		Announce: vrrp.Announce{
+			Repeat:  int(spec.Announcements.Repeat),
+			Delay:   duration(spec.Announcements.Delay),
+			Refresh: duration(spec.Announcements.RefreshInterval),
+		},
+	}
+	if err := s.VRRP.Validate(); err != nil {
+		return nil, fmt.Errorf("spec: %w", err)
+	}
+	s.Checks = []track.Check{{Name: ProxyCheck, Weight: int(spec.Tracking.ProxyWeight)}}
+
+	resolver := in.Resolver
+	if resolver == nil {
+		resolver = net.DefaultResolver
+	}
+	s.Proxy.DrainTimeout = duration(spec.DrainTimeout)
+	for i := range spec.Ports {
+		l, svc, err := listener(ctx, resolver, vips, &spec.Ports[i], fmt.Sprintf("spec.ports[%d]", i))
+		if err != nil {
+			return nil, err
+		}
+		s.Proxy.Listeners = append(s.Proxy.Listeners, l)
+		if svc != nil {
+			s.Services = append(s.Services, *svc)
+		}
+	}
+	if err := s.Proxy.Validate(); err != nil {
+		return nil, fmt.Errorf("spec.ports: %w", err)
+	}
+	return &s, nil
+}
+
+func listener(ctx context.Context, r Resolver, vips []netip.Addr, p *lbv1.PortSpec, path string) (proxy.ListenerConfig, *ServicePort, error) {
+	l := proxy.ListenerConfig{
+		Name:            p.Name,
+		ConnectTimeout:  duration(p.Timeouts.Connect),
+		ConnectAttempts: int(p.Timeouts.ConnectAttempts),
+		IdleTimeout:     duration(p.Timeouts.Idle),
+		MaxConnections:  int(p.MaxConnections),
+		Passive: proxy.PassiveCheck{
+			MaxFails:    int(*p.HealthCheck.Passive.MaxFails),
+			FailTimeout: duration(p.HealthCheck.Passive.FailTimeout),
+		},
+	}
+	for _, v := range vips {
+		l.Addrs = append(l.Addrs, netip.AddrPortFrom(v, uint16(p.Port)))
+	}
+	switch p.Balance {
+	case lbv1.BalanceRoundRobin:
+		l.Balance = proxy.RoundRobin
+	case lbv1.BalanceLeastConnections:
+		l.Balance = proxy.LeastConnections
+	case lbv1.BalanceRandomTwoChoices:
+		l.Balance = proxy.RandomTwoChoices
+	case lbv1.BalanceSourceHash:
+		l.Balance = proxy.SourceHash
+	default:
+		return l, nil, fmt.Errorf("%s.balance: unknown algorithm %q; use RoundRobin, LeastConnections, RandomTwoChoices or SourceHash", path, p.Balance)
+	}
+	switch p.ProxyProtocol {
+	case lbv1.ProxyProtocolNone:
+		l.ProxyProtocol = proxy.ProxyProtocolNone
+	case lbv1.ProxyProtocolV1:
+		l.ProxyProtocol = proxy.ProxyProtocolV1
+	case lbv1.ProxyProtocolV2:
+		l.ProxyProtocol = proxy.ProxyProtocolV2
+	default:
+		return l, nil, fmt.Errorf("%s.proxyProtocol: unknown version %q; use None, V1 or V2", path, p.ProxyProtocol)
+	}
+	if a := p.HealthCheck.Active; a != nil {
+		l.Active = &proxy.ActiveCheck{Interval: duration(a.Interval), Timeout: duration(a.Timeout), Rise: int(a.Rise), Fall: int(a.Fall)}
+	}
+	switch {
+	case p.Backend.Service != nil && len(p.Backend.Static) > 0:
+		return l, nil, fmt.Errorf("%s.backend: give either service or static, not both", path)
+	case p.Backend.Service != nil:
+		return l, &ServicePort{Listener: p.Name, Service: p.Backend.Service.Name, Port: p.Backend.Service.Port}, nil
+	case len(p.Backend.Static) == 0:
+		return l, nil, fmt.Errorf("%s.backend: give a service or at least one static address", path)
+	}
+	for j, b := range p.Backend.Static {
+		addrs, err := resolveBackend(ctx, r, b.Address)
+		if err != nil {
+			return l, nil, fmt.Errorf("%s.backend.static[%d].address: %w", path, j, err)
+		}
+		for _, a := range addrs {
+			l.Backends = append(l.Backends, proxy.Backend{Addr: a, Weight: int(b.Weight)})
+		}
+	}
+	return l, nil, nil
+}
+
+// resolveBackend turns host:port into addresses. A name resolves to all its
+// addresses, each a backend of the same weight, as nginx does with a
+// `server` line naming a host.
+func resolveBackend(ctx context.Context, r Resolver, hostport string) ([]netip.AddrPort, error) {
+	host, portText, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return nil, fmt.Errorf("%q is not host:port: %w", hostport, err)
+	}
+	port, err := strconv.ParseUint(portText, 10, 16)
+	if err != nil || port == 0 {
+		return nil, fmt.Errorf("%q: port must be from 1 to 65535", hostport)
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		return []netip.AddrPort{netip.AddrPortFrom(a.Unmap(), uint16(port))}, nil
+	}
+	ips, err := r.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, fmt.Errorf("resolving %q: %w", host, err)
+	}
+	if len(ips) == 0 {
+		return nil, fmt.Errorf("resolving %q: no addresses", host)
+	}
+	out := make([]netip.AddrPort, 0, len(ips))
+	for _, a := range ips {
+		out = append(out, netip.AddrPortFrom(a.Unmap(), uint16(port)))
+	}
+	return out, nil
+}
+
+// nodePriority reads the agent's priority from the node's label, falling back
+// to the pair's default with a warning when the label is not a valid priority.
+func nodePriority(p *lbv1.PrioritySpec, node *corev1.Node) (uint8, string) {
+	def := uint8(p.Default)
+	if node == nil || p.NodeLabel == "" {
+		return def, ""
+	}
+	v, ok := node.Labels[p.NodeLabel]
+	if !ok {
+		return def, ""
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 254 {
+		return def, fmt.Sprintf("node %s label %s=%q is not a priority from 1 to 254; using spec.priority.default %d", node.Name, p.NodeLabel, v, def)
+	}
+	return uint8(n), ""
+}
+
+// password reads the VRRPv2 password from the referenced Secret.
+func password(spec *lbv1.LoadBalancerPairSpec, secrets []corev1.Secret) (string, error) {
+	if spec.Authentication == nil {
+		return "", nil
+	}
+	ref := spec.Authentication.PasswordSecretRef
+	for _, s := range secrets {
+		if s.Name != ref.Name {
+			continue
+		}
+		v, ok := s.Data[ref.Key]
+		if sv, found := s.StringData[ref.Key]; !ok && found {
+			v, ok = []byte(sv), true
+		}
+		if !ok {
+			return "", fmt.Errorf("spec.authentication.passwordSecretRef: Secret %q has no key %q", ref.Name, ref.Key)
+		}
+		if len(v) == 0 || len(v) > 8 {
+			return "", fmt.Errorf("spec.authentication.passwordSecretRef: the password in Secret %q key %q must be 1 to 8 bytes (VRRPv2 carries 8), it is %d", ref.Name, ref.Key, len(v))
+		}
+		return string(v), nil
+	}
+	return "", fmt.Errorf("spec.authentication.passwordSecretRef: Secret %q not found", ref.Name)
+}
+
+// duration reads an optional duration; absent means zero.
+func duration(d *metav1.Duration) time.Duration {
+	if d == nil {
+		return 0
+	}
+	return d.Duration
+}

@@ -1,0 +1,101 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/lbpair/lbpair/agent/vrrp"
+)
+
+// serveHealth starts the HTTP endpoints: /healthz (the process and its
+// router run), /readyz (the router has joined the group and every listener
+// is up, so this agent can take over) and /metrics.
+func serveHealth(addr string, a *Agent, reg *prometheus.Registry, log logr.Logger) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listening for health and metrics on %q (--health-addr): %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeCheck(w, healthy(a.Status()))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		writeCheck(w, ready(a.Status()))
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error(err, "Health server stopped", "address", addr)
+		}
+	}()
+	return srv, nil
+}
+
+func healthy(st Status) error {
+	if st.Err != nil {
+		return fmt.Errorf("VRRP router failed: %w", st.Err)
+	}
+	if !st.Running {
+		return errors.New("VRRP router not running")
+	}
+	return nil
+}
+
+func ready(st Status) error {
+	if err := healthy(st); err != nil {
+		return err
+	}
+	if st.VRRP.State == vrrp.Init {
+		return errors.New("VRRP router has not joined the group yet")
+	}
+	var down []string
+	for _, p := range st.Ports {
+		if !p.Listening {
+			down = append(down, p.Name)
+		}
+	}
+	if len(down) > 0 {
+		return fmt.Errorf("listeners not up: %s", strings.Join(down, ", "))
+	}
+	return nil
+}
+
+func writeCheck(w http.ResponseWriter, err error) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, err)
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+// peerAddresses lists the internal addresses of every node but self.
+func peerAddresses(nodes []corev1.Node, self string) []netip.Addr {
+	var out []netip.Addr
+	for _, n := range nodes {
+		if n.Name == self {
+			continue
+		}
+		for _, a := range n.Status.Addresses {
+			if a.Type != corev1.NodeInternalIP {
+				continue
+			}
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out
+}

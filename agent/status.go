@@ -1,0 +1,157 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/go-logr/logr"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/lbpair/lbpair/agent/vrrp"
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
+)
+
+const (
+	// statusRefresh is how often an agent rewrites its entry when nothing
+	// changed, so that the manager can tell a live agent from a gone one.
+	statusRefresh = 30 * time.Second
+	// statusTimeout bounds one status write.
+	statusTimeout = 10 * time.Second
+	maxBackoff    = time.Minute
+)
+
+// FieldManager is the server-side apply field manager of the agent on node;
+// each agent owns exactly its own entry of status.agents.
+func FieldManager(node string) string { return "lbpair-agent/" + node }
+
+// statusReporter mirrors the agent's state into its entry of the pair's
+// status.agents. It writes on every transition (signalled by notify, never
+// from the packet path) and every statusRefresh, and backs off while the
+// apiserver fails.
+type statusReporter struct {
+	log   logr.Logger
+	agent *Agent
+	key   types.NamespacedName
+	node  string
+	kick  chan struct{}
+
+	c    client.Client
+	addr func() string
+	done chan struct{}
+}
+
+func newStatusReporter(log logr.Logger, key types.NamespacedName, node string) *statusReporter {
+	return &statusReporter{log: log, key: key, node: node, kick: make(chan struct{}, 1)}
+}
+
+// notify asks for a write soon; it never blocks.
+func (r *statusReporter) notify(vrrp.Transition) {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (r *statusReporter) start(ctx context.Context, c client.Client, addr func() string) {
+	r.c, r.addr, r.done = c, addr, make(chan struct{})
+	go r.loop(ctx)
+}
+
+func (r *statusReporter) loop(ctx context.Context) {
+	defer close(r.done)
+	backoff := time.Second
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.kick:
+		case <-timer.C:
+		}
+		if err := r.write(ctx); err != nil {
+			r.log.Error(err, "Writing this agent's status; retrying", "in", backoff)
+			timer.Reset(backoff)
+			backoff = min(2*backoff, maxBackoff)
+			// Transitions during the backoff are folded into the retry.
+			select {
+			case <-ctx.Done():
+				return
+			case <-timer.C:
+			}
+			timer.Reset(0)
+			continue
+		}
+		backoff = time.Second
+		timer.Reset(statusRefresh)
+	}
+}
+
+// entry is this agent's status.agents item.
+func (r *statusReporter) entry(now time.Time) lbv1.AgentStatus {
+	st := r.agent.Status()
+	e := lbv1.AgentStatus{
+		Node:           r.node,
+		State:          lbv1.StateInit,
+		Since:          metav1.NewTime(now),
+		LastUpdateTime: metav1.NewTime(now),
+		Address:        r.addr(),
+	}
+	if st.Running {
+		e.State = lbv1.VRRPState(st.VRRP.State.String())
+		e.Priority = int32(st.VRRP.EffectivePriority)
+		e.Reason = st.VRRP.Reason
+		if !st.VRRP.Since.IsZero() {
+			e.Since = metav1.NewTime(st.VRRP.Since)
+		}
+	} else if st.Err != nil {
+		e.State, e.Reason = lbv1.StateFault, st.Err.Error()
+	}
+	for _, p := range st.Ports {
+		e.Ports = append(e.Ports, lbv1.PortStatus{Name: p.Name, HealthyBackends: int32(p.HealthyBackends), Backends: int32(p.Backends)})
+	}
+	return e
+}
+
+func (r *statusReporter) write(ctx context.Context) error {
+	e := r.entry(time.Now())
+	item, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&e)
+	if err != nil {
+		return fmt.Errorf("encoding status entry: %w", err)
+	}
+	return r.apply(ctx, []any{item})
+}
+
+// remove gives up this agent's entry, on a graceful stop.
+func (r *statusReporter) remove() {
+	if r.c == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.apply(ctx, []any{}); err != nil && !apierrors.IsNotFound(err) {
+		r.log.Error(err, "Removing this agent's status entry")
+	}
+}
+
+func (r *statusReporter) apply(ctx context.Context, agents []any) error {
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": lbv1.GroupVersion.String(),
+		"kind":       "LoadBalancerPair",
+		"metadata":   map[string]any{"name": r.key.Name, "namespace": r.key.Namespace},
+		"status":     map[string]any{"agents": agents},
+	}}
+	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
+	defer cancel()
+	err := r.c.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldManager(r.node)), client.ForceOwnership)
+	if err != nil {
+		return fmt.Errorf("applying status.agents[%s] of %s: %w", r.node, r.key, err)
+	}
+	return nil
+}
