@@ -130,7 +130,6 @@ func (a *Agent) stopRouterLocked() {
 }
 
 func (a *Agent) transition(t vrrp.Transition) {
-	a.log.Info("VRRP transition", "from", t.From.String(), "to", t.To.String(), "reason", t.Reason, "priority", t.Priority, "master", t.MasterAddr)
 	if t.From == vrrp.Master && t.To != vrrp.Master {
 		go a.proxy.DrainEstablished(time.Duration(a.drainTimeout.Load()))
 	}

@@ -181,9 +181,29 @@ func (m *Manager) Announce() error {
 	return errors.Join(errs...)
 }
 
-// InterfaceFor finds the interface of the route to addr, when the pair does
-// not name one.
+// InterfaceFor finds the interface for addr when the pair does not name
+// one: the interface that already holds it (a virtual IP left by a crashed
+// run makes the route local, through lo), else the interface of the route
+// to it.
 func InterfaceFor(addr netip.Addr) (string, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return "", fmt.Errorf("listing interfaces: %w", err)
+	}
+	for _, l := range links {
+		if l.Attrs().Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == addr {
+				return l.Attrs().Name, nil
+			}
+		}
+	}
 	routes, err := netlink.RouteGet(addr.AsSlice())
 	if err != nil {
 		return "", fmt.Errorf("finding the route to %s (set spec.interface): %w", addr, err)
@@ -194,6 +214,9 @@ func InterfaceFor(addr netip.Addr) (string, error) {
 	link, err := netlink.LinkByIndex(routes[0].LinkIndex)
 	if err != nil {
 		return "", fmt.Errorf("interface of the route to %s: %w", addr, err)
+	}
+	if link.Attrs().Flags&net.FlagLoopback != 0 {
+		return "", fmt.Errorf("%s is routed through the loopback interface: set spec.interface", addr)
 	}
 	return link.Attrs().Name, nil
 }

@@ -39,6 +39,11 @@ func newMetrics(reg prometheus.Registerer, vrid uint8) *metrics {
 			Name: "lbpair_vrrp_packets_dropped_total", Help: "VRRP packets dropped, by reason.", ConstLabels: labels,
 		}, []string{"reason"}),
 	}
+	// Every drop reason is exported from the start, so that alerts on
+	// rate() see the series before the first drop.
+	for _, reason := range []string{"ttl", "malformed", "checksum", "version", "vrid", "auth", "interval", "addresses"} {
+		m.dropped.WithLabelValues(reason)
+	}
 	m.collectors = []prometheus.Collector{m.state, m.priority, m.transitions, m.sent, m.received, m.dropped}
 	if reg != nil {
 		for _, c := range m.collectors {

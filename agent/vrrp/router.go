@@ -114,7 +114,11 @@ func NewRouter(cfg Config, log logr.Logger, opts ...Option) (*Router, error) {
 	}
 	r.links, r.linkEnd = make(chan netlink.LinkUpdate, 16), make(chan struct{})
 	if err := netlink.LinkSubscribeWithOptions(r.links, r.linkEnd, netlink.LinkSubscribeOptions{ErrorCallback: func(err error) {
-		log.Error(err, "Watching the interface's link state")
+		select {
+		case <-r.linkEnd: // Closing the subscription is not an error.
+		default:
+			log.Error(err, "Watching the interface's link state")
+		}
 	}}); err != nil {
 		r.tr.close()
 		r.vips.Close()

@@ -1,0 +1,285 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lbpair/lbpair/agent/internal/netlab"
+	"github.com/lbpair/lbpair/agent/internal/probe"
+)
+
+const (
+	standaloneVIP = "198.18.0.100"
+	lbPort        = 88
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// lbpairBinary builds the lbpair command once per test run.
+func lbpairBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "lbpair-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "lbpair")
+		out, err := exec.Command("go", "build", "-o", binPath, "github.com/lbpair/lbpair").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// pairFile is a standalone agent file: lb1 preferred, 100ms VRRPv3 adverts,
+// port 88 to web01 and web02.
+func pairFile(t *testing.T) string {
+	doc := fmt.Sprintf(`apiVersion: lbpair.io/v1alpha1
+kind: LoadBalancerPair
+metadata: {name: web}
+spec:
+  virtualIPs: [%s]
+  virtualRouterID: 51
+  advertisementInterval: 100ms
+  drainTimeout: 2s
+  announcements: {repeat: 3, delay: 1s}
+  ports:
+  - name: http
+    port: %d
+    backend:
+      static: [{address: "198.18.0.21:80"}, {address: "198.18.0.22:80"}]
+    timeouts: {connect: 200ms}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: lb1, labels: {lbpair.io/priority: "150"}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: lb2, labels: {lbpair.io/priority: "100"}}
+`, standaloneVIP, lbPort)
+	path := filepath.Join(t.TempDir(), "pair.yaml")
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// serveName runs an HTTP server on the host that answers with the host's
+// name; its socket lives in the host's namespace.
+func serveName(t *testing.T, h *netlab.Host, addr string) {
+	t.Helper()
+	var ln net.Listener
+	if err := h.Do(func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, h.Name)
+	}), ReadHeaderTimeout: time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+}
+
+func dialFrom(h *netlab.Host) probe.DialFunc {
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := h.Do(func() (err error) {
+			var d net.Dialer
+			c, err = d.DialContext(ctx, "tcp", addr)
+			return err
+		})
+		return c, err
+	}
+}
+
+type agentProc struct {
+	host *netlab.Host
+	proc *netlab.Proc
+}
+
+func startAgent(t *testing.T, h *netlab.Host, bin, file string) *agentProc {
+	t.Helper()
+	health := hostIP(h) + ":9440"
+	p, err := h.Start(func(line string) { t.Logf("%s: %s", h.Name, line) }, bin, "agent", "--config", file, "--node-name", h.Name, "--health-addr", health)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &agentProc{host: h, proc: p}
+}
+
+func hostIP(h *netlab.Host) string {
+	return map[string]string{"lb1": "198.18.0.11", "lb2": "198.18.0.12"}[h.Name]
+}
+
+func hasVIP(t *testing.T, h *netlab.Host) bool {
+	t.Helper()
+	out, err := h.Exec("ip", "-o", "addr", "show", "dev", netlab.HostLink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Contains(out, " "+standaloneVIP+"/")
+}
+
+func eventually(t *testing.T, what string, timeout time.Duration, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// httpGetFrom fetches a URL from inside a host's namespace.
+func httpGetFrom(h *netlab.Host, url string) (int, string, error) {
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return dialFrom(h)(ctx, addr)
+	}}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 2 * time.Second}).Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+func TestStandalonePairServesAndFailsOver(t *testing.T) {
+	l := netlab.NewT(t)
+	lb1 := netlab.MustAddHost(t, l, "lb1", "198.18.0.11/24")
+	lb2 := netlab.MustAddHost(t, l, "lb2", "198.18.0.12/24")
+	web1 := netlab.MustAddHost(t, l, "web01", "198.18.0.21/24")
+	web2 := netlab.MustAddHost(t, l, "web02", "198.18.0.22/24")
+	client := netlab.MustAddHost(t, l, "client", "198.18.0.30/24")
+	serveName(t, web1, "198.18.0.21:80")
+	serveName(t, web2, "198.18.0.22:80")
+	bin, file := lbpairBinary(t), pairFile(t)
+
+	a1 := startAgent(t, lb1, bin, file)
+	startAgent(t, lb2, bin, file)
+	eventually(t, "lb1 holds the VIP", 10*time.Second, func() error {
+		if !hasVIP(t, lb1) || hasVIP(t, lb2) {
+			return fmt.Errorf("VIP on lb1 %v, lb2 %v", hasVIP(t, lb1), hasVIP(t, lb2))
+		}
+		return nil
+	})
+	for _, h := range []*netlab.Host{lb1, lb2} {
+		h := h
+		eventually(t, h.Name+" ready", 10*time.Second, func() error {
+			code, body, err := httpGetFrom(h, "http://"+hostIP(h)+":9440/readyz")
+			if err != nil || code != 200 {
+				return fmt.Errorf("readyz %d %q %v", code, body, err)
+			}
+			return nil
+		})
+	}
+	_, metrics, err := httpGetFrom(lb1, "http://198.18.0.11:9440/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`lbpair_vrrp_state{state="Master",vrid="51"} 1`, "lbpair_vrrp_adverts_sent_total", "lbpair_vrrp_packets_dropped_total"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+
+	p := &probe.Prober{Addr: fmt.Sprintf("%s:%d", standaloneVIP, lbPort), Period: 10 * time.Millisecond, Timeout: time.Second, Dial: dialFrom(client)}
+	p.Start()
+	defer p.Stop()
+	eventually(t, "clients served through the VIP", 5*time.Second, func() error {
+		rs := p.Results()
+		if len(rs) == 0 || !rs[len(rs)-1].OK {
+			return fmt.Errorf("last probes %v", tail(rs))
+		}
+		return nil
+	})
+
+	// Graceful stop: priority 0, the VIP moves at once.
+	stopAt := time.Now()
+	if err := a1.proc.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "lb2 holds the VIP after lb1 stopped", 10*time.Second, func() error {
+		if hasVIP(t, lb1) || !hasVIP(t, lb2) {
+			return fmt.Errorf("VIP on lb1 %v, lb2 %v", hasVIP(t, lb1), hasVIP(t, lb2))
+		}
+		return nil
+	})
+	<-a1.proc.Done()
+	time.Sleep(300 * time.Millisecond)
+	outage, failed := probe.Outage(p.Results(), stopAt)
+	t.Logf("graceful stop: longest outage %v, %d failed probes", outage, failed)
+
+	// The stopped agent comes back and preempts.
+	a1 = startAgent(t, lb1, bin, file)
+	eventually(t, "lb1 preempts", 10*time.Second, func() error {
+		if !hasVIP(t, lb1) || hasVIP(t, lb2) {
+			return fmt.Errorf("VIP on lb1 %v, lb2 %v", hasVIP(t, lb1), hasVIP(t, lb2))
+		}
+		return nil
+	})
+	time.Sleep(500 * time.Millisecond)
+
+	// kill -9: the crashed agent leaves its VIP behind; lb2 takes over
+	// after Master_Down_Interval and its announcements move the clients.
+	killAt := time.Now()
+	if err := a1.proc.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "lb2 holds the VIP after lb1 was killed", 10*time.Second, func() error {
+		if !hasVIP(t, lb2) {
+			return fmt.Errorf("lb2 has no VIP")
+		}
+		return nil
+	})
+	time.Sleep(time.Second)
+	outage, failed = probe.Outage(p.Results(), killAt)
+	t.Logf("kill -9: longest outage %v, %d failed probes", outage, failed)
+	if rs := p.Results(); !rs[len(rs)-1].OK || rs[len(rs)-1].Backend == "" {
+		t.Errorf("clients not served after the kill: %v", tail(rs))
+	}
+
+	// A restarted agent removes the VIP its crashed run left behind before
+	// joining, then preempts.
+	startAgent(t, lb1, bin, file)
+	eventually(t, "lb1 back", 10*time.Second, func() error {
+		if !hasVIP(t, lb1) || hasVIP(t, lb2) {
+			return fmt.Errorf("VIP on lb1 %v, lb2 %v", hasVIP(t, lb1), hasVIP(t, lb2))
+		}
+		return nil
+	})
+
+}
+
+func tail(rs []probe.Result) []probe.Result {
+	if len(rs) > 3 {
+		return rs[len(rs)-3:]
+	}
+	return rs
+}
