@@ -212,6 +212,11 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 	p := &probe.Prober{Addr: fmt.Sprintf("%s:%d", standaloneVIP, lbPort), Period: 10 * time.Millisecond, Timeout: time.Second, Dial: dialFrom(client)}
 	p.Start()
 	defer p.Stop()
+	// outageSince stops nothing but waits out the probes still in flight.
+	outageSince := func(since time.Time) (time.Duration, int) {
+		time.Sleep(p.Timeout + 100*time.Millisecond)
+		return probe.Outage(p.Results(), since)
+	}
 	eventually(t, "clients served through the VIP", 5*time.Second, func() error {
 		rs := p.Results()
 		if len(rs) == 0 || !rs[len(rs)-1].OK {
@@ -232,8 +237,7 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 		return nil
 	})
 	<-a1.proc.Done()
-	time.Sleep(300 * time.Millisecond)
-	outage, failed := probe.Outage(p.Results(), stopAt)
+	outage, failed := outageSince(stopAt)
 	t.Logf("graceful stop: longest outage %v, %d failed probes", outage, failed)
 
 	// The stopped agent comes back and preempts.
@@ -258,8 +262,7 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(time.Second)
-	outage, failed = probe.Outage(p.Results(), killAt)
+	outage, failed = outageSince(killAt)
 	t.Logf("kill -9: longest outage %v, %d failed probes", outage, failed)
 	if rs := p.Results(); !rs[len(rs)-1].OK || rs[len(rs)-1].Backend == "" {
 		t.Errorf("clients not served after the kill: %v", tail(rs))

@@ -220,7 +220,7 @@ func (r *Router) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			r.exec(r.m.Stop(time.Now(), "stopping"))
+			r.leave(packets)
 			r.tr.close()
 			for range packets {
 			}
@@ -319,15 +319,62 @@ func (r *Router) readLoop(out chan<- packetOrErr) {
 	}
 }
 
-// handle checks a received packet (RFC 5798 7.1, RFC 3768 7.1) and feeds
-// the machine with the ones of this group.
+// leave stops the router. A master hands over without an outage: it sends
+// priority 0, so the best backup takes over after its Skew_Time, but keeps
+// the virtual IPs (and its proxy keeps serving) until the new master's first
+// advert arrives, or Master_Down_Interval passes; then it releases them.
+func (r *Router) leave(packets <-chan packetOrErr) {
+	if r.m.State() == Master {
+		r.sendAdvert(0)
+		deadline := time.NewTimer(r.m.MasterDownInterval())
+		defer deadline.Stop()
+	wait:
+		for {
+			select {
+			case <-deadline.C:
+				break wait
+			case p, ok := <-packets:
+				if !ok {
+					break wait
+				}
+				if p.err != nil {
+					continue
+				}
+				if pkt := r.check(p.rcv); pkt != nil && pkt.Priority > 0 {
+					r.log.Info("Handing over to the new master", "master", p.rcv.src)
+					break wait
+				}
+			}
+		}
+	}
+	step := r.m.Stop(time.Now(), "stopping")
+	// The priority-0 advert went out already.
+	kept := step.Actions[:0]
+	for _, a := range step.Actions {
+		if a.Kind != SendAdvert {
+			kept = append(kept, a)
+		}
+	}
+	step.Actions = kept
+	r.exec(step)
+}
+
+// handle feeds the machine with the packets that pass the checks.
 func (r *Router) handle(p received) {
+	if pkt := r.check(p); pkt != nil {
+		r.exec(r.m.Receive(time.Now(), pkt, p.src))
+	}
+}
+
+// check applies the receive-side checks of RFC 5798 7.1 and RFC 3768 7.1;
+// it returns the packet when it belongs to this group and passes them.
+func (r *Router) check(p received) *Packet {
 	if p.src == r.self {
-		return
+		return nil
 	}
 	if p.ttl != 255 {
 		r.drop("ttl", p.src, fmt.Errorf("TTL %d, want 255: it crossed a router", p.ttl))
-		return
+		return nil
 	}
 	pkt, err := Decode(p.payload, p.src, p.dst)
 	if err != nil {
@@ -341,35 +388,35 @@ func (r *Router) handle(p received) {
 			reason = "auth"
 		}
 		r.drop(reason, p.src, err)
-		return
+		return nil
 	}
 	if pkt.VRID != r.cfg.VRID {
 		// Other groups share the multicast address: routine, not logged.
 		r.metrics.dropped.WithLabelValues("vrid").Inc()
-		return
+		return nil
 	}
 	if pkt.Version != r.cfg.Version {
 		r.drop("version", p.src, fmt.Errorf("VRRPv%d advert, this group runs VRRPv%d", pkt.Version, r.cfg.Version))
-		return
+		return nil
 	}
 	if pkt.Version == 2 {
 		want := Password(r.cfg.AuthPassword)
 		if r.cfg.AuthPassword == "" && pkt.AuthType != AuthNone ||
 			r.cfg.AuthPassword != "" && (pkt.AuthType != AuthSimple || subtle.ConstantTimeCompare(pkt.Auth[:], want[:]) != 1) {
 			r.drop("auth", p.src, errors.New("authentication does not match"))
-			return
+			return nil
 		}
 		if pkt.Interval != r.cfg.AdvertInterval {
 			r.drop("interval", p.src, fmt.Errorf("advert interval %v, this group uses %v", pkt.Interval, r.cfg.AdvertInterval))
-			return
+			return nil
 		}
 	}
 	if pkt.Priority != 255 && !sameAddrs(pkt.Addrs, r.cfg.VIPs) {
 		r.drop("addresses", p.src, fmt.Errorf("virtual IPs %v, this group has %v", pkt.Addrs, r.cfg.VIPs))
-		return
+		return nil
 	}
 	r.metrics.received.Inc()
-	r.exec(r.m.Receive(time.Now(), pkt, p.src))
+	return pkt
 }
 
 func sameAddrs(a, b []netip.Addr) bool {

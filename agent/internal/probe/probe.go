@@ -31,10 +31,11 @@ type Prober struct {
 	Timeout time.Duration
 	Dial    DialFunc
 
-	mu      sync.Mutex
-	results []Result
-	cancel  context.CancelFunc
-	done    chan struct{}
+	mu       sync.Mutex
+	results  []Result
+	cancel   context.CancelFunc
+	done     chan struct{}
+	inFlight sync.WaitGroup
 }
 
 // Start begins probing.
@@ -50,21 +51,25 @@ func (p *Prober) Start() {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				go p.once(ctx)
+				p.inFlight.Add(1)
+				go p.once()
 			}
 		}
 	}()
 }
 
-// Stop ends probing and waits for the loop.
+// Stop ends probing and waits for the probes in flight, so that a slow
+// failure is never missed.
 func (p *Prober) Stop() {
 	p.cancel()
 	<-p.done
+	p.inFlight.Wait()
 }
 
-func (p *Prober) once(ctx context.Context) {
+func (p *Prober) once() {
+	defer p.inFlight.Done()
 	r := Result{At: time.Now()}
-	ctx, cancel := context.WithTimeout(ctx, p.Timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), p.Timeout)
 	defer cancel()
 	c, err := p.Dial(ctx, p.Addr)
 	if err == nil {
@@ -73,9 +78,6 @@ func (p *Prober) once(ctx context.Context) {
 		c.Close()
 	}
 	if err != nil {
-		if ctx.Err() == context.Canceled {
-			return
-		}
 		r.Err = err.Error()
 	} else {
 		r.OK = true
