@@ -20,7 +20,7 @@ import (
 const (
 	// statusRefresh is how often an agent rewrites its entry when nothing
 	// changed, so that the manager can tell a live agent from a gone one.
-	statusRefresh = 30 * time.Second
+	statusRefresh = 10 * time.Second
 	// statusTimeout bounds one status write.
 	statusTimeout = 10 * time.Second
 	maxBackoff    = time.Minute

@@ -12,14 +12,14 @@ import (
 )
 
 // AgentStaleAfter is how long an agent's entry may go without a refresh
-// before the manager treats the agent as gone. Agents refresh every 30s.
+// before the manager treats the agent as gone. Agents refresh every 10s.
 const AgentStaleAfter = 2 * time.Minute
 
 // agentSummary is what the manager derives from the agents' own entries in
 // status.agents.
 type agentSummary struct {
-	// Holder is the master the pair's status names; with several masters
-	// (split brain) the one of highest priority, then lowest node name.
+	// Holder is the master the pair's status names: the one that became
+	// master last.
 	Holder      string
 	HolderSince *metav1.Time
 	HolderEntry *lbv1.AgentStatus
@@ -38,6 +38,12 @@ type agentSummary struct {
 
 // summarizeAgents reads the per-node entries. previous is the pair's
 // current holder, so that holderSince does not move while the holder stays.
+//
+// A master that has not written its entry since another agent became
+// master is superseded: the other took over because it stopped hearing it
+// (it crashed, or lost its link), so it is neither the holder nor a sign of
+// split brain. Masters that keep reporting at once are a split brain; the
+// holder is then the one that became master last.
 func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *metav1.Time, now time.Time) agentSummary {
 	var s agentSummary
 	var masters []*lbv1.AgentStatus
@@ -49,7 +55,6 @@ func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *
 		}
 		switch a.State {
 		case lbv1.StateMaster:
-			s.Live++
 			masters = append(masters, a)
 		case lbv1.StateBackup:
 			s.Live++
@@ -58,12 +63,16 @@ func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *
 		}
 	}
 	sort.Slice(masters, func(i, j int) bool {
-		if masters[i].Priority != masters[j].Priority {
-			return masters[i].Priority > masters[j].Priority
+		if !masters[i].Since.Equal(&masters[j].Since) {
+			return masters[j].Since.Before(&masters[i].Since)
 		}
 		return masters[i].Node < masters[j].Node
 	})
-	for _, m := range masters {
+	for i, m := range masters {
+		if i > 0 && m.LastUpdateTime.Before(&masters[0].Since) {
+			continue
+		}
+		s.Live++
 		s.Masters = append(s.Masters, m.Node)
 	}
 	if len(masters) == 0 {

@@ -66,11 +66,21 @@ func TestSummarizeAgents(t *testing.T) {
 				Conditions: map[string]string{"Ready": "False/NoMaster", "Degraded": "True/Degraded", "SplitBrain": "False/OneMaster"}},
 		},
 		{
-			name:    "split brain names both, holder is the higher priority",
+			name:    "split brain: both keep reporting; the holder is the newer master",
 			agents:  []lbv1.AgentStatus{agent("lb1", lbv1.StateMaster, 90, t1, fresh, healthy), agent("lb2", lbv1.StateMaster, 100, t0, fresh, healthy)},
 			desired: 2,
-			want: result{Holder: "lb2", HolderSince: &t0, Masters: []string{"lb2", "lb1"}, Live: 2,
+			want: result{Holder: "lb1", HolderSince: &t1, Masters: []string{"lb1", "lb2"}, Live: 2,
 				Conditions: map[string]string{"Ready": "True/Serving", "Degraded": "False/AllHealthy", "SplitBrain": "True/SeveralMasters"}},
+		},
+		{
+			name: "a master silent since another took over is superseded, not split brain",
+			agents: []lbv1.AgentStatus{
+				agent("lb1", lbv1.StateMaster, 150, t0, metav1.NewTime(t1.Add(-time.Second)), healthy),
+				agent("lb2", lbv1.StateMaster, 100, t1, fresh, healthy),
+			},
+			desired: 2,
+			want: result{Holder: "lb2", HolderSince: &t1, Masters: []string{"lb2"}, Live: 1,
+				Conditions: map[string]string{"Ready": "True/Serving", "Degraded": "True/Degraded", "SplitBrain": "False/OneMaster"}},
 		},
 		{
 			name:    "stale master is not the holder",
