@@ -99,8 +99,8 @@ func (r *statusReporter) entry(now time.Time) lbv1.AgentStatus {
 	e := lbv1.AgentStatus{
 		Node:           r.node,
 		State:          lbv1.StateInit,
-		Since:          metav1.NewTime(now),
-		LastUpdateTime: metav1.NewTime(now),
+		Since:          metav1.NewMicroTime(now),
+		LastUpdateTime: metav1.NewMicroTime(now),
 		Address:        r.addr(),
 	}
 	if st.Running {
@@ -108,7 +108,7 @@ func (r *statusReporter) entry(now time.Time) lbv1.AgentStatus {
 		e.Priority = int32(st.VRRP.EffectivePriority)
 		e.Reason = st.VRRP.Reason
 		if !st.VRRP.Since.IsZero() {
-			e.Since = metav1.NewTime(st.VRRP.Since)
+			e.Since = metav1.NewMicroTime(st.VRRP.Since)
 		}
 	} else if st.Err != nil {
 		e.State, e.Reason = lbv1.StateFault, st.Err.Error()

@@ -80,7 +80,7 @@ func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *
 	}
 	h := masters[0]
 	s.Holder, s.HolderEntry = h.Node, h
-	since := h.Since
+	since := metav1.NewTime(h.Since.Time)
 	s.HolderSince = &since
 	if previous == h.Node && previousSince != nil {
 		s.HolderSince = previousSince

@@ -17,7 +17,7 @@ func TestSummarizeAgents(t *testing.T) {
 	fresh := metav1.NewTime(now.Add(-10 * time.Second))
 	old := metav1.NewTime(now.Add(-AgentStaleAfter - time.Second))
 	agent := func(node string, state lbv1.VRRPState, prio int32, since, updated metav1.Time, ports ...lbv1.PortStatus) lbv1.AgentStatus {
-		return lbv1.AgentStatus{Node: node, State: state, Priority: prio, Since: since, LastUpdateTime: updated, Ports: ports}
+		return lbv1.AgentStatus{Node: node, State: state, Priority: prio, Since: metav1.NewMicroTime(since.Time), LastUpdateTime: metav1.NewMicroTime(updated.Time), Ports: ports}
 	}
 	healthy := lbv1.PortStatus{Name: "http", HealthyBackends: 2, Backends: 2}
 	partial := lbv1.PortStatus{Name: "http", HealthyBackends: 1, Backends: 2}

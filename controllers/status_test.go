@@ -69,9 +69,10 @@ func TestStatusFollowsTheAgents(t *testing.T) {
 	})
 
 	now := metav1.NewTime(time.Now().Truncate(time.Second))
+	micro := metav1.NewMicroTime(now.Time)
 	up := lbv1.PortStatus{Name: "http", HealthyBackends: 2, Backends: 2}
-	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: lb1, State: lbv1.StateMaster, Priority: 100, Since: now, LastUpdateTime: now, Reason: "preempted a lower priority master", Ports: []lbv1.PortStatus{up}})
-	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: lb2, State: lbv1.StateBackup, Priority: 90, Since: now, LastUpdateTime: now, Ports: []lbv1.PortStatus{up}})
+	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: lb1, State: lbv1.StateMaster, Priority: 100, Since: micro, LastUpdateTime: micro, Reason: "preempted a lower priority master", Ports: []lbv1.PortStatus{up}})
+	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: lb2, State: lbv1.StateBackup, Priority: 90, Since: micro, LastUpdateTime: micro, Ports: []lbv1.PortStatus{up}})
 	eventually(t, "holder and Ready", func() error {
 		p := getPair(t, ns, "web")
 		want := map[string]string{"Ready": "True/Serving", "Degraded": "False/AllHealthy", "SplitBrain": "False/OneMaster"}
@@ -88,7 +89,7 @@ func TestStatusFollowsTheAgents(t *testing.T) {
 	})
 
 	// Both claim the VIPs: split brain, with an Event.
-	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: lb2, State: lbv1.StateMaster, Priority: 90, Since: now, LastUpdateTime: now, Reason: "master down timer expired", Ports: []lbv1.PortStatus{up}})
+	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: lb2, State: lbv1.StateMaster, Priority: 90, Since: micro, LastUpdateTime: micro, Reason: "master down timer expired", Ports: []lbv1.PortStatus{up}})
 	eventually(t, "split brain", func() error {
 		p := getPair(t, ns, "web")
 		if c := apimeta.FindStatusCondition(p.Status.Conditions, lbv1.ConditionSplitBrain); c == nil || c.Status != metav1.ConditionTrue {
@@ -103,8 +104,8 @@ func TestStatusFollowsTheAgents(t *testing.T) {
 	// lb1 stops reporting (its entry goes stale) and lb2 is the only
 	// master: the holder moves, a Failover event names both, and the stale
 	// entry is removed.
-	old := metav1.NewTime(time.Now().Add(-AgentStaleAfter - time.Minute))
-	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: lb1, State: lbv1.StateMaster, Priority: 100, Since: now, LastUpdateTime: old, Ports: []lbv1.PortStatus{up}})
+	old := metav1.NewMicroTime(time.Now().Add(-AgentStaleAfter - time.Minute))
+	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: lb1, State: lbv1.StateMaster, Priority: 100, Since: micro, LastUpdateTime: old, Ports: []lbv1.PortStatus{up}})
 	eventually(t, "failover to lb2", func() error {
 		p := getPair(t, ns, "web")
 		if p.Status.Holder != lb2 {

@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 hack/install-lab-deps.sh
 exec go test -tags failoverbench -count=1 -timeout 60m -run 'TestFailoverBench|TestAdvertStabilityUnderLoad' -v ./agent/ 2>&1 |
-  grep -v '^\s*\(lb[12]\|keepalived\): '
+  grep -Ev ': (lb[0-9]|keepalived [a-z0-9]+): '

@@ -564,7 +564,7 @@ type AgentStatus struct {
 
 	// since is when the agent entered its state.
 	// +required
-	Since metav1.Time `json:"since"`
+	Since metav1.MicroTime `json:"since"`
 
 	// reason is why the agent entered its state, such as MasterDown, Preempted,
 	// HigherPriority, Shutdown, InterfaceDown or ProxyUnhealthy.
@@ -580,7 +580,7 @@ type AgentStatus struct {
 	// lastUpdateTime is when the agent last wrote this entry; the manager treats an entry
 	// not refreshed for a while as stale.
 	// +required
-	LastUpdateTime metav1.Time `json:"lastUpdateTime"`
+	LastUpdateTime metav1.MicroTime `json:"lastUpdateTime"`
 
 	// ports reports the backends each port can reach.
 	// +optional

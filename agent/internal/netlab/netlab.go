@@ -116,8 +116,11 @@ func (l *Lab) AddHost(name string, cidrs ...string) (*Host, error) {
 	if err := h.Sysctl("net.ipv6.conf."+HostLink+".accept_dad", "0"); err != nil {
 		return nil, err
 	}
-	if err := l.ip(h.NS, "link", "set", HostLink, "up"); err != nil {
-		return nil, err
+	// Loopback up too: in-process servers and forwarders on 127.0.0.1.
+	for _, link := range []string{HostLink, "lo"} {
+		if err := l.ip(h.NS, "link", "set", link, "up"); err != nil {
+			return nil, err
+		}
 	}
 	for _, c := range cidrs {
 		if err := h.AddAddr(c); err != nil {

@@ -1,0 +1,415 @@
+// Package clusterlab runs lbpair as a cluster would, on one machine: a real
+// kube-apiserver and etcd (envtest), the manager, and nodes that are network
+// namespaces running the agent binary in cluster mode, with web backends and
+// a client on the same bridge. There is no kubelet: the lab starts the
+// agents itself and maintains Node objects and the backends' EndpointSlices
+// as the kubelet and the endpoint controller would. The e2e tests and the
+// demo run on it.
+package clusterlab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
+	"github.com/lbpair/lbpair/agent/internal/netlab"
+)
+
+// The lab's addresses, all in 198.18.0.0/24.
+const (
+	VIP       = "198.18.0.100"
+	Port      = 88
+	Namespace = "default"
+	PairName  = "web"
+	ClientIP  = "198.18.0.30"
+)
+
+// Node is one lab node: a namespace running an agent.
+type Node struct {
+	Name  string
+	IP    string
+	Host  *netlab.Host
+	Agent *netlab.Proc
+	fwd   *forwarder
+}
+
+// Lab is a running cluster lab.
+type Lab struct {
+	Net        *netlab.Lab
+	Client     client.Client
+	Kubeconfig string
+	Nodes      []*Node
+	Webs       []*netlab.Host
+	ClientHost *netlab.Host
+
+	root, bin, dir, agentKubeconfig string
+	env                             *envtest.Environment
+	manager                         *exec.Cmd
+	managerLog                      *os.File
+	logf                            func(string, ...any)
+	mu                              sync.Mutex
+	servers                         []*http.Server
+}
+
+// Options configure a lab.
+type Options struct {
+	// Root is the repository root (bin/ holds the envtest binaries).
+	Root string
+	// Nodes is how many agent nodes (lb1, lb2, ...); Webs how many backends.
+	Nodes, Webs int
+	// Logf receives the lab's narration and the processes' output.
+	Logf func(format string, args ...any)
+	// Quiet keeps the agents' and manager's logs out of Logf.
+	Quiet bool
+}
+
+// New starts a lab. Close it even when New fails.
+func New(ctx context.Context, o Options) (l *Lab, err error) {
+	l = &Lab{root: o.Root, logf: o.Logf}
+	if l.logf == nil {
+		l.logf = func(string, ...any) {}
+	}
+	if l.dir, err = os.MkdirTemp("", "lbpair-clusterlab"); err != nil {
+		return l, err
+	}
+	l.bin = filepath.Join(l.dir, "lbpair")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", l.bin, "github.com/lbpair/lbpair").CombinedOutput(); err != nil {
+		return l, fmt.Errorf("building lbpair: %v\n%s", err, out)
+	}
+	if l.Net, err = netlab.New(); err != nil {
+		return l, err
+	}
+	if err := l.startAPIServer(); err != nil {
+		return l, err
+	}
+	for i := range o.Nodes {
+		name, ip := fmt.Sprintf("lb%d", i+1), fmt.Sprintf("198.18.0.%d", 11+i)
+		h, err := l.Net.AddHost(name, ip+"/24")
+		if err != nil {
+			return l, err
+		}
+		api, err := url.Parse(l.env.Config.Host)
+		if err != nil {
+			return l, err
+		}
+		fwd, err := newForwarder(h, api.Host)
+		if err != nil {
+			return l, fmt.Errorf("apiserver forwarder on %s: %w", name, err)
+		}
+		l.Nodes = append(l.Nodes, &Node{Name: name, IP: ip, Host: h, fwd: fwd})
+		if err := l.createNode(ctx, name, ip, 150-50*i); err != nil {
+			return l, err
+		}
+	}
+	for i := range o.Webs {
+		h, err := l.AddWeb(fmt.Sprintf("web%02d", i+1), fmt.Sprintf("198.18.0.%d", 21+i))
+		if err != nil {
+			return l, err
+		}
+		_ = h
+	}
+	if l.ClientHost, err = l.Net.AddHost("client", ClientIP+"/24"); err != nil {
+		return l, err
+	}
+	return l, l.startManager(o.Quiet)
+}
+
+func (l *Lab) startAPIServer() error {
+	l.env = &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join(l.root, "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+		BinaryAssetsDirectory: filepath.Join(l.root, "bin"),
+	}
+	if _, err := l.env.Start(); err != nil {
+		return fmt.Errorf("starting kube-apiserver and etcd (bin/ holds them after hack/tools.sh): %w", err)
+	}
+	user, err := l.env.AddUser(envtest.User{Name: "lab-admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return err
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		return err
+	}
+	l.Kubeconfig = filepath.Join(l.dir, "kubeconfig")
+	if err := os.WriteFile(l.Kubeconfig, kc, 0o600); err != nil {
+		return err
+	}
+	// The agents reach the apiserver through their forwarder.
+	cfg, err := clientcmd.Load(kc)
+	if err != nil {
+		return err
+	}
+	for _, c := range cfg.Clusters {
+		u, err := url.Parse(c.Server)
+		if err != nil {
+			return err
+		}
+		u.Host = apiserverLocal
+		c.Server = u.String()
+	}
+	l.agentKubeconfig = filepath.Join(l.dir, "agent-kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, l.agentKubeconfig); err != nil {
+		return err
+	}
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	if err := lbv1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	l.Client, err = client.New(l.env.Config, client.Options{Scheme: scheme})
+	return err
+}
+
+func (l *Lab) startManager(quiet bool) error {
+	f, err := os.Create(filepath.Join(l.dir, "manager.log"))
+	if err != nil {
+		return err
+	}
+	l.managerLog = f
+	cmd := exec.Command(l.bin, "manager", "--kubeconfig", l.Kubeconfig, "--agent-image", "ghcr.io/lbpair/lbpair:lab",
+		"--metrics-bind-address", "0", "--health-probe-bind-address", "0")
+	cmd.Stdout, cmd.Stderr = f, f
+	if !quiet {
+		w := &lineWriter{logf: func(s string) { l.logf("manager: %s", s) }}
+		cmd.Stdout, cmd.Stderr = io2(f, w), io2(f, w)
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting the manager: %w", err)
+	}
+	l.manager = cmd
+	return nil
+}
+
+// createNode makes the Node object the kubelet would have registered.
+func (l *Lab) createNode(ctx context.Context, name, ip string, priority int) error {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
+		"lbpair.io/lb": "true", "lbpair.io/priority": fmt.Sprint(priority),
+	}}}
+	if err := l.Client.Create(ctx, n); err != nil {
+		return fmt.Errorf("creating Node %s: %w", name, err)
+	}
+	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}
+	return l.Client.Status().Update(ctx, n)
+}
+
+// AddWeb adds a backend host answering HTTP on :80 with its name.
+func (l *Lab) AddWeb(name, ip string) (*netlab.Host, error) {
+	h, err := l.Net.AddHost(name, ip+"/24")
+	if err != nil {
+		return nil, err
+	}
+	var ln net.Listener
+	if err := h.Do(func() (err error) { ln, err = net.Listen("tcp", ip+":80"); return err }); err != nil {
+		return nil, err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, name)
+	}), ReadHeaderTimeout: time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	l.mu.Lock()
+	l.servers = append(l.servers, srv)
+	l.Webs = append(l.Webs, h)
+	l.mu.Unlock()
+	return h, nil
+}
+
+// SetEndpoints makes Service "web" and its EndpointSlice list the given
+// backends (by host name) as ready: the endpoint controller's job.
+func (l *Lab) SetEndpoints(ctx context.Context, webs ...*netlab.Host) error {
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: "web"}}
+	if err := l.Client.Get(ctx, client.ObjectKeyFromObject(svc), svc); apierrors.IsNotFound(err) {
+		svc.Spec = corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(80)}}}
+		if err := l.Client.Create(ctx, svc); err != nil {
+			return fmt.Errorf("creating Service web: %w", err)
+		}
+	} else if err != nil {
+		return err
+	}
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: Namespace, Name: "web-lab", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(int32(80)), Protocol: ptr.To(corev1.ProtocolTCP)}},
+	}
+	for _, h := range webs {
+		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
+			Addresses:  []string{webIP(h)},
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
+		})
+	}
+	existing := &discoveryv1.EndpointSlice{}
+	if err := l.Client.Get(ctx, client.ObjectKeyFromObject(slice), existing); apierrors.IsNotFound(err) {
+		return l.Client.Create(ctx, slice)
+	} else if err != nil {
+		return err
+	}
+	existing.Endpoints = slice.Endpoints
+	return l.Client.Update(ctx, existing)
+}
+
+func webIP(h *netlab.Host) string {
+	var n int
+	fmt.Sscanf(h.Name, "web%d", &n)
+	return fmt.Sprintf("198.18.0.%d", 20+n)
+}
+
+// PairYAML is the lab's pair: the seed recipe on port 88 with the Service
+// "web" as backend, 100 ms adverts so failovers are quick.
+func PairYAML(interval string) string {
+	return fmt.Sprintf(`apiVersion: lbpair.io/v1alpha1
+kind: LoadBalancerPair
+metadata: {name: %s, namespace: %s}
+spec:
+  virtualIPs: [%s]
+  virtualRouterID: 51
+  advertisementInterval: %s
+  drainTimeout: 5s
+  nodeSelector: {lbpair.io/lb: "true"}
+  ports:
+  - name: http
+    port: %d
+    backend: {service: {name: web, port: http}}
+    healthCheck: {active: {interval: 200ms, timeout: 100ms, rise: 1, fall: 2}}
+    timeouts: {connect: 200ms}
+`, PairName, Namespace, VIP, interval, Port)
+}
+
+// ApplyPair creates the pair from YAML.
+func (l *Lab) ApplyPair(ctx context.Context, doc string) error {
+	var p lbv1.LoadBalancerPair
+	if err := yaml.UnmarshalStrict([]byte(doc), &p); err != nil {
+		return err
+	}
+	return l.Client.Create(ctx, &p)
+}
+
+// Pair reads the pair.
+func (l *Lab) Pair(ctx context.Context) (*lbv1.LoadBalancerPair, error) {
+	var p lbv1.LoadBalancerPair
+	err := l.Client.Get(ctx, client.ObjectKey{Namespace: Namespace, Name: PairName}, &p)
+	return &p, err
+}
+
+// StartAgent starts the node's agent in cluster mode.
+func (l *Lab) StartAgent(n *Node, quiet bool) error {
+	var logw func(string)
+	if !quiet {
+		logw = func(s string) { l.logf("%s: %s", n.Name, s) }
+	}
+	p, err := n.Host.Start(logw, "env", "POD_IP="+n.IP, "POD_NAMESPACE="+Namespace, l.bin, "agent",
+		"--kubeconfig", l.agentKubeconfig, "--pair", PairName, "--node-name", n.Name, "--health-addr", n.IP+":9440")
+	if err != nil {
+		return err
+	}
+	n.Agent = p
+	return nil
+}
+
+// SignalAgent sends sig to the node's agent (the agent itself: `ip netns
+// exec` and env exec in place).
+func (l *Lab) SignalAgent(n *Node, sig syscall.Signal) error {
+	if n.Agent == nil {
+		return errors.New("no agent running")
+	}
+	return n.Agent.Signal(sig)
+}
+
+// PauseAPI cuts the node off the apiserver; ResumeAPI reconnects it.
+func (n *Node) PauseAPI()        { n.fwd.Pause() }
+func (n *Node) ResumeAPI() error { return n.fwd.Resume() }
+
+// VIPHolders lists the nodes that have the VIP on their link: the ground
+// truth the status must match.
+func (l *Lab) VIPHolders() []string {
+	var out []string
+	for _, n := range l.Nodes {
+		o, err := n.Host.Exec("ip", "-o", "addr", "show", "dev", netlab.HostLink)
+		if err == nil && strings.Contains(o, " "+VIP+"/") {
+			out = append(out, n.Name)
+		}
+	}
+	return out
+}
+
+// Listening tells whether anything listens on VIP:Port on the node.
+func (n *Node) Listening() bool {
+	o, err := n.Host.Exec("ss", "-Hltn", "sport", "= :"+fmt.Sprint(Port))
+	return err == nil && strings.TrimSpace(o) != ""
+}
+
+// DialFromClient opens a TCP connection from the client host.
+func (l *Lab) DialFromClient(ctx context.Context, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := l.ClientHost.Do(func() (err error) {
+		var d net.Dialer
+		c, err = d.DialContext(ctx, "tcp", addr)
+		return err
+	})
+	return c, err
+}
+
+// Kubectl runs bin/kubectl against the lab's apiserver.
+func (l *Lab) Kubectl(ctx context.Context, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, filepath.Join(l.root, "bin", "kubectl"), append([]string{"--kubeconfig", l.Kubeconfig}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// Close stops everything the lab started and removes its namespaces.
+func (l *Lab) Close() error {
+	var errs []error
+	if l.manager != nil && l.manager.Process != nil {
+		_ = l.manager.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = l.manager.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = l.manager.Process.Kill()
+			<-done
+		}
+	}
+	if l.Net != nil {
+		errs = append(errs, l.Net.Close())
+	}
+	l.mu.Lock()
+	for _, s := range l.servers {
+		_ = s.Close()
+	}
+	l.mu.Unlock()
+	if l.env != nil {
+		errs = append(errs, l.env.Stop())
+	}
+	if l.managerLog != nil {
+		l.managerLog.Close()
+	}
+	if l.dir != "" {
+		os.RemoveAll(l.dir)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,348 @@
+package clusterlab
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
+	"github.com/lbpair/lbpair/agent/internal/probe"
+)
+
+// TestClusterE2E runs the product end to end on one lab: the manager and two
+// agents in cluster mode against a real apiserver, a Service backend, and a
+// client probing the VIP every 10 ms. Each phase checks the data plane (the
+// VIP, the client) and the status the manager derives (holder, conditions)
+// and logs the measured outage and how long the status took to follow.
+func TestClusterE2E(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the cluster lab needs root for network namespaces")
+	}
+	root, err := filepath.Abs("../../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	quiet := os.Getenv("E2E_VERBOSE") == ""
+	l, err := New(ctx, Options{Root: root, Nodes: 2, Webs: 3, Logf: t.Logf, Quiet: quiet})
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("closing the lab: %v", err)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb1, lb2 := l.Nodes[0], l.Nodes[1]
+	web1, web2, web3 := l.Webs[0], l.Webs[1], l.Webs[2]
+	must(t, l.SetEndpoints(ctx, web1, web2))
+	must(t, l.ApplyPair(ctx, PairYAML("100ms")))
+	for _, n := range l.Nodes {
+		must(t, l.StartAgent(n, quiet))
+	}
+	p := &probe.Prober{Addr: fmt.Sprintf("%s:%d", VIP, Port), Period: 10 * time.Millisecond, Timeout: 500 * time.Millisecond, Dial: l.DialFromClient}
+	p.Start()
+	defer p.Stop()
+	settle := func() { time.Sleep(p.Timeout + 100*time.Millisecond) }
+
+	waitHolder(t, l, "lb1 elected", lb1.Name, 30*time.Second)
+	waitCondition(t, l, lbv1.ConditionReady, metav1.ConditionTrue, 10*time.Second)
+	eventually(t, "client served", 10*time.Second, func() error { return lastOK(p, 10) })
+	out, _ := l.Kubectl(ctx, "get", "lbpair", "-o", "wide")
+	t.Logf("kubectl get lbpair -o wide:\n%s", out)
+
+	// failover runs one failure of lb1 and reports the client's outage and
+	// how long status.holder took to follow the VIP.
+	failover := func(kind string, fail func(), want *Node) {
+		t.Helper()
+		start := time.Now()
+		fail()
+		var moved time.Time
+		eventually(t, kind+": VIP on "+want.Name, 15*time.Second, func() error {
+			if !contains(l.VIPHolders(), want.Name) {
+				return fmt.Errorf("VIP on %v", l.VIPHolders())
+			}
+			moved = time.Now()
+			return nil
+		})
+		followed := waitHolder(t, l, kind, want.Name, 15*time.Second)
+		eventually(t, kind+": client served again", 15*time.Second, func() error { return lastOK(p, 10) })
+		settle()
+		outage, failed := probe.Outage(p.Results(), start)
+		lag := followed.Sub(moved)
+		if lag < 0 {
+			lag = 0
+		}
+		t.Logf("%s: client outage %v (%d failed probes); status.holder followed the VIP after %v", kind, outage.Round(time.Millisecond), failed, lag.Round(time.Millisecond))
+		if lag > time.Second {
+			t.Errorf("%s: status.holder took %v to follow the VIP, want within 1s", kind, lag)
+		}
+	}
+
+	t.Run("agent crash", func(t *testing.T) {
+		failover("agent crash (kill -9)", func() { must(t, l.SignalAgent(lb1, syscall.SIGKILL)) }, lb2)
+		<-lb1.Agent.Done()
+		must(t, l.StartAgent(lb1, quiet))
+		waitHolder(t, l, "lb1 back after restart", lb1.Name, 30*time.Second)
+		eventually(t, "the restarted agent removed the stale VIP and lb2 released", 15*time.Second, func() error {
+			if h := l.VIPHolders(); len(h) != 1 || h[0] != lb1.Name {
+				return fmt.Errorf("VIP on %v", h)
+			}
+			return nil
+		})
+	})
+
+	t.Run("link loss", func(t *testing.T) {
+		failover("link loss", func() { must(t, lb1.Host.SetLinkUp(false)) }, lb2)
+		must(t, lb1.Host.SetLinkUp(true))
+		waitHolder(t, l, "lb1 back after its link returned", lb1.Name, 30*time.Second)
+	})
+
+	t.Run("proxy failure", func(t *testing.T) {
+		// lb1 loses its way to every backend: its active checks fail, its
+		// proxy reports unhealthy, and it gives up the VIP.
+		blackhole := func(add bool) {
+			for _, w := range []string{"198.18.0.21", "198.18.0.22", "198.18.0.23"} {
+				op := "add"
+				if !add {
+					op = "del"
+				}
+				if _, err := lb1.Host.Exec("ip", "route", op, "blackhole", w+"/32"); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		failover("proxy failure (no backend reachable)", func() { blackhole(true) }, lb2)
+		pair, err := l.Pair(ctx)
+		must(t, err)
+		for _, a := range pair.Status.Agents {
+			if a.Node == lb1.Name && (a.State != lbv1.StateFault || !strings.Contains(a.Reason, "proxy")) {
+				t.Errorf("lb1's entry %+v does not say its proxy failed", a)
+			}
+		}
+		blackhole(false)
+		waitHolder(t, l, "lb1 back after its backends returned", lb1.Name, 30*time.Second)
+	})
+
+	t.Run("split brain", func(t *testing.T) {
+		must(t, lb2.Host.SetConnected(false))
+		start := time.Now()
+		waitCondition(t, l, lbv1.ConditionSplitBrain, metav1.ConditionTrue, 40*time.Second)
+		t.Logf("SplitBrain reported %v after the partition", time.Since(start).Round(time.Millisecond))
+		must(t, lb2.Host.SetConnected(true))
+		waitCondition(t, l, lbv1.ConditionSplitBrain, metav1.ConditionFalse, 40*time.Second)
+		waitHolder(t, l, "lb1 after healing", lb1.Name, 10*time.Second)
+		eventually(t, "client served after healing", 15*time.Second, func() error { return lastOK(p, 10) })
+	})
+
+	t.Run("apiserver unreachable", func(t *testing.T) {
+		d := time.Minute
+		if v, err := time.ParseDuration(os.Getenv("E2E_API_OUTAGE")); err == nil {
+			d = v
+		}
+		settle()
+		start := time.Now()
+		for _, n := range l.Nodes {
+			n.PauseAPI()
+		}
+		time.Sleep(d)
+		for _, n := range l.Nodes {
+			must(t, n.ResumeAPI())
+		}
+		settle()
+		outage, failed := probe.Outage(p.Results(), start)
+		t.Logf("apiserver unreachable for %v: client outage %v, %d failed probes", d, outage, failed)
+		if failed > 0 {
+			t.Errorf("%d requests failed while the apiserver was unreachable", failed)
+		}
+		eventually(t, "agents report again", 30*time.Second, func() error {
+			pair, err := l.Pair(ctx)
+			if err != nil {
+				return err
+			}
+			for _, a := range pair.Status.Agents {
+				if a.LastUpdateTime.Time.Before(start.Add(d)) {
+					return fmt.Errorf("%s last reported at %v", a.Node, a.LastUpdateTime)
+				}
+			}
+			return nil
+		})
+	})
+
+	t.Run("service scaled under load", func(t *testing.T) {
+		settle()
+		start := time.Now()
+		must(t, l.SetEndpoints(ctx, web1, web2, web3))
+		eventually(t, "web03 serves", 15*time.Second, func() error {
+			for _, r := range p.Results() {
+				if r.At.After(start) && r.Backend == "web03" {
+					return nil
+				}
+			}
+			return fmt.Errorf("no answer from web03 yet")
+		})
+		mid := time.Now()
+		must(t, l.SetEndpoints(ctx, web2, web3))
+		time.Sleep(2 * time.Second)
+		settle()
+		_, failed := probe.Outage(p.Results(), start)
+		served := 0
+		for _, r := range p.Results() {
+			if r.At.After(mid.Add(time.Second)) && r.Backend == "web01" {
+				served++
+			}
+		}
+		t.Logf("scaled 2 -> 3 -> 2 backends: %d failed probes", failed)
+		if failed > 0 {
+			t.Errorf("%d requests failed while the Service scaled", failed)
+		}
+		if served > 0 {
+			t.Errorf("web01 still got %d requests a second after it left the Service", served)
+		}
+	})
+
+	t.Run("rolling restart", func(t *testing.T) {
+		// Preemption moves the VIP away from a serving master; production
+		// rollouts turn it off (as keepalived's nopreempt) so that every
+		// handover is a graceful one.
+		pair, err := l.Pair(ctx)
+		must(t, err)
+		pair.Spec.Preempt = new(bool)
+		must(t, l.Client.Update(ctx, pair))
+		time.Sleep(time.Second)
+		settle()
+		start := time.Now()
+		for _, n := range []*Node{lb2, lb1} {
+			must(t, l.SignalAgent(n, syscall.SIGTERM))
+			<-n.Agent.Done()
+			must(t, l.StartAgent(n, quiet))
+			eventually(t, n.Name+" back", 30*time.Second, func() error {
+				pair, err := l.Pair(ctx)
+				if err != nil {
+					return err
+				}
+				for _, a := range pair.Status.Agents {
+					if a.Node == n.Name && (a.State == lbv1.StateBackup || a.State == lbv1.StateMaster) && a.Since.After(start) {
+						return nil
+					}
+				}
+				return fmt.Errorf("%s not back yet", n.Name)
+			})
+		}
+		settle()
+		_, failed := probe.Outage(p.Results(), start)
+		t.Logf("rolling restart of both agents: %d failed probes, holder now %v", failed, l.VIPHolders())
+		if failed > 0 {
+			t.Errorf("%d requests failed during the rolling restart", failed)
+		}
+	})
+
+	t.Run("pair deleted", func(t *testing.T) {
+		pair, err := l.Pair(ctx)
+		must(t, err)
+		must(t, l.Client.Delete(ctx, pair))
+		eventually(t, "no VIP and no listener left", 20*time.Second, func() error {
+			if h := l.VIPHolders(); len(h) > 0 {
+				return fmt.Errorf("VIP still on %v", h)
+			}
+			for _, n := range l.Nodes {
+				if n.Listening() {
+					return fmt.Errorf("%s still listens on :%d", n.Name, Port)
+				}
+			}
+			return nil
+		})
+	})
+}
+
+func waitHolder(t *testing.T, l *Lab, what, want string, timeout time.Duration) time.Time {
+	t.Helper()
+	var at time.Time
+	eventually(t, what+": status.holder "+want, timeout, func() error {
+		p, err := l.Pair(context.Background())
+		if err != nil {
+			return err
+		}
+		if p.Status.Holder != want {
+			return fmt.Errorf("holder %q, agents %+v", p.Status.Holder, brief(p.Status.Agents))
+		}
+		at = time.Now()
+		return nil
+	})
+	return at
+}
+
+func waitCondition(t *testing.T, l *Lab, typ string, want metav1.ConditionStatus, timeout time.Duration) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("condition %s=%s", typ, want), timeout, func() error {
+		p, err := l.Pair(context.Background())
+		if err != nil {
+			return err
+		}
+		c := apimeta.FindStatusCondition(p.Status.Conditions, typ)
+		if c == nil || c.Status != want {
+			return fmt.Errorf("%s is %+v; agents %+v", typ, c, brief(p.Status.Agents))
+		}
+		return nil
+	})
+}
+
+func brief(as []lbv1.AgentStatus) []string {
+	var out []string
+	for _, a := range as {
+		out = append(out, fmt.Sprintf("%s=%s(%s)", a.Node, a.State, a.Reason))
+	}
+	return out
+}
+
+func lastOK(p *probe.Prober, n int) error {
+	rs := p.Results()
+	if len(rs) < n {
+		return fmt.Errorf("%d probes so far", len(rs))
+	}
+	for _, r := range rs[len(rs)-n:] {
+		if !r.OK {
+			return fmt.Errorf("probe failed: %s", r.Err)
+		}
+	}
+	return nil
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+func eventually(t *testing.T, what string, timeout time.Duration, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
