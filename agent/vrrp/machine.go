@@ -43,6 +43,8 @@ const (
 	TakeVIPs
 	// ReleaseVIPs removes the virtual IPs.
 	ReleaseVIPs
+	// Reannounce repeats the announcements of the virtual IPs.
+	Reannounce
 )
 
 // Action is one thing to do, in order.
@@ -95,6 +97,9 @@ type Machine struct {
 	masterInterval time.Duration
 	masterDown     time.Time
 	adver          time.Time
+	// masterLeft is set when the master announced it is leaving
+	// (priority 0), for the reason of the takeover.
+	masterLeft bool
 }
 
 // NewMachine returns a machine in Init.
@@ -192,9 +197,13 @@ func (m *Machine) Tick(now time.Time) Step {
 	case Backup:
 		if !m.masterDown.IsZero() && !now.Before(m.masterDown) {
 			reason := fmt.Sprintf("no advertisement from a master for %v", m.MasterDownInterval().Round(time.Millisecond))
-			if m.masterAddr.IsValid() {
+			switch {
+			case m.masterLeft:
+				reason = "the master left (priority 0)"
+			case m.masterAddr.IsValid():
 				reason = fmt.Sprintf("no advertisement from master %s for %v", m.masterAddr, m.MasterDownInterval().Round(time.Millisecond))
 			}
+			m.masterLeft = false
 			m.becomeMaster(now, reason, &step)
 		}
 	case Master:
@@ -215,6 +224,7 @@ func (m *Machine) Receive(now time.Time, p *Packet, from netip.Addr) Step {
 		if p.Priority == 0 {
 			// The master is leaving: take over after Skew_Time only.
 			m.masterDown = now.Add(m.skew())
+			m.masterLeft = true
 			return step
 		}
 		inPreemptDelay := now.Sub(m.startedAt) < m.cfg.PreemptDelay
@@ -224,14 +234,17 @@ func (m *Machine) Receive(now time.Time, p *Packet, from netip.Addr) Step {
 			}
 			m.masterAddr = from
 			m.masterDown = now.Add(m.MasterDownInterval())
+			m.masterLeft = false
 		}
 		// A lower-priority master is ignored: its adverts do not reset
 		// the timer, so this router preempts it when the timer expires.
 	case Master:
 		if p.Priority == 0 {
-			// Another router left: answer at once so backups do not
-			// start an election.
-			step.Actions = append(step.Actions, Action{Kind: SendAdvert, Priority: m.cfg.Priority})
+			// Another router left the master role (shut down, or stepped
+			// down after a split brain): answer at once so backups do not
+			// start an election, and announce the VIPs again, since the
+			// clients may still point at the router that left.
+			step.Actions = append(step.Actions, Action{Kind: SendAdvert, Priority: m.cfg.Priority}, Action{Kind: Reannounce})
 			m.adver = now.Add(m.cfg.Interval)
 			return step
 		}
@@ -244,8 +257,19 @@ func (m *Machine) Receive(now time.Time, p *Packet, from netip.Addr) Step {
 			if p.Priority == m.cfg.Priority {
 				reason = fmt.Sprintf("master %s has our priority %d and a higher address", from, p.Priority)
 			}
+			// Two masters means a split brain healed, and clients may
+			// point at this one: say it leaves (priority 0), so the other
+			// announces the VIPs again even if it never hears our adverts.
+			step.Actions = append(step.Actions, Action{Kind: SendAdvert, Priority: 0})
 			m.becomeBackup(now, reason, &step)
+			return step
 		}
+		// Another master with a lower priority: a split brain is healing
+		// and the other side's announcements may have taken the clients.
+		// Win them back at once, and tell it to step down, as keepalived's
+		// garp_lower_prio_repeat does.
+		step.Actions = append(step.Actions, Action{Kind: SendAdvert, Priority: m.cfg.Priority}, Action{Kind: Reannounce})
+		m.adver = now.Add(m.cfg.Interval)
 	}
 	return step
 }

@@ -111,23 +111,23 @@ func TestMachine(t *testing.T) {
 		{"master steps down for a higher priority", cfg(100), []event{
 			{0, start(), Backup, nil},
 			{down100, tick(), Master, []Action{send100, take}},
-			{5 * time.Second, recv(advert(150, time.Second), upper), Backup, []Action{release}},
+			{5 * time.Second, recv(advert(150, time.Second), upper), Backup, []Action{sendZero, release}},
 		}},
-		{"master keeps the VIPs against a lower priority", cfg(100), []event{
+		{"master keeps the VIPs against a lower priority and re-announces them", cfg(100), []event{
 			{0, start(), Backup, nil},
 			{down100, tick(), Master, []Action{send100, take}},
-			{5 * time.Second, recv(advert(90, time.Second), upper), Master, nil},
+			{5 * time.Second, recv(advert(90, time.Second), upper), Master, []Action{send100, {Kind: Reannounce}}},
 		}},
 		{"equal priority: the higher address wins", cfg(100), []event{
 			{0, start(), Backup, nil},
 			{down100, tick(), Master, []Action{send100, take}},
-			{5 * time.Second, recv(advert(100, time.Second), lower), Master, nil},
-			{5 * time.Second, recv(advert(100, time.Second), upper), Backup, []Action{release}},
+			{5 * time.Second, recv(advert(100, time.Second), lower), Master, []Action{send100, {Kind: Reannounce}}},
+			{5 * time.Second, recv(advert(100, time.Second), upper), Backup, []Action{sendZero, release}},
 		}},
 		{"master answers a priority 0 at once", cfg(100), []event{
 			{0, start(), Backup, nil},
 			{down100, tick(), Master, []Action{send100, take}},
-			{down100 + 100*time.Millisecond, recv(advert(0, time.Second), upper), Master, []Action{send100}},
+			{down100 + 100*time.Millisecond, recv(advert(0, time.Second), upper), Master, []Action{send100, {Kind: Reannounce}}},
 		}},
 		{"a tracked priority change is advertised at once", cfg(100), []event{
 			{0, start(), Backup, nil},

@@ -462,6 +462,10 @@ func (r *Router) exec(step Step) {
 			} else if r.cfg.Announce.Refresh > 0 {
 				r.nextAnnounce = time.Now().Add(r.cfg.Announce.Refresh)
 			}
+		case Reannounce:
+			for range max(r.cfg.Announce.Repeat, 1) {
+				r.announce()
+			}
 		case ReleaseVIPs:
 			r.nextAnnounce = time.Time{}
 			if err := r.vips.Remove(); err != nil {

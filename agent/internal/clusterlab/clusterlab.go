@@ -35,8 +35,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
-	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
 	"github.com/lbpair/lbpair/agent/internal/netlab"
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
 )
 
 // The lab's addresses, all in 198.18.0.0/24.
@@ -412,4 +412,31 @@ func (l *Lab) Close() error {
 		os.RemoveAll(l.dir)
 	}
 	return errors.Join(errs...)
+}
+
+// PartitionNodes cuts (or restores) the nodes off each other while each
+// still reaches the backends, the client and the apiserver: every node drops
+// packets from the other nodes by reverse-path filtering against a blackhole
+// route, which also stops their multicast VRRP adverts.
+func (l *Lab) PartitionNodes(cut bool) error {
+	op := "del"
+	if cut {
+		op = "add"
+	}
+	for _, n := range l.Nodes {
+		for _, key := range []string{"net.ipv4.conf.all.rp_filter", "net.ipv4.conf." + netlab.HostLink + ".rp_filter"} {
+			if err := n.Host.Sysctl(key, "1"); err != nil {
+				return err
+			}
+		}
+		for _, other := range l.Nodes {
+			if other == n {
+				continue
+			}
+			if _, err := n.Host.Exec("ip", "route", op, "blackhole", other.IP+"/32"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
