@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -222,6 +223,10 @@ type keepalivedNode struct {
 // startKeepalivedNode runs keepalived (VRRPv3) and, standing in for nginx,
 // an HTTP server bound with IP_FREEBIND to VIP:88 on the host.
 func startKeepalivedNode(t *testing.T, h *netlab.Host, prio int, interval time.Duration) *keepalivedNode {
+	return startKeepalivedLogged(t, h, prio, interval, nil)
+}
+
+func startKeepalivedLogged(t *testing.T, h *netlab.Host, prio int, interval time.Duration, logw func(string)) *keepalivedNode {
 	t.Helper()
 	dir := t.TempDir()
 	conf := fmt.Sprintf(`global_defs {
@@ -243,7 +248,7 @@ vrrp_instance VI_51 {
 `, h.Name, netlab.HostLink, prio, strconv.FormatFloat(interval.Seconds(), 'f', -1, 64), standaloneVIP)
 	path := filepath.Join(dir, "keepalived.conf")
 	must(t, os.WriteFile(path, []byte(conf), 0o600))
-	p, err := h.Start(nil, "keepalived", "--dont-fork", "--log-console", "--no-syslog", "--vrrp",
+	p, err := h.Start(logw, "keepalived", "--dont-fork", "--log-console", "--no-syslog", "--vrrp",
 		"--use-file="+path, "--pid="+filepath.Join(dir, "k.pid"), "--vrrp_pid="+filepath.Join(dir, "v.pid"))
 	must(t, err)
 	t.Cleanup(func() { _ = p.Stop(5 * time.Second) })
@@ -281,41 +286,84 @@ func (k *keepalivedNode) crash(t *testing.T) {
 }
 
 // TestAdvertStabilityUnderLoad runs a pair with 20 ms adverts while busy
-// loops load every CPU, and counts transitions after the election: there
-// should be none.
+// loops load every CPU, and counts transitions after the election (there
+// should be none); then a keepalived pair in the same conditions.
 func TestAdvertStabilityUnderLoad(t *testing.T) {
 	d := 2 * time.Minute
 	if v, err := time.ParseDuration(os.Getenv("BENCH_STABILITY")); err == nil {
 		d = v
 	}
+	loops := 2 * cpuCount()
+	bin := lbpairBinary(t)
+	var ours, theirs int
+	t.Run("lbpair", func(t *testing.T) {
+		lb1, lb2 := stabilityLab(t)
+		file := benchPairFile(t, 20*time.Millisecond)
+		startAgent(t, lb1, bin, file)
+		startAgent(t, lb2, bin, file)
+		waitVIPOn(t, lb1, lb2)
+		time.Sleep(time.Second)
+		before := transitions(t, lb1) + transitions(t, lb2)
+		load(t, loops, lb1, lb2)
+		time.Sleep(d)
+		ours = int(transitions(t, lb1) + transitions(t, lb2) - before)
+	})
+	t.Run("keepalived", func(t *testing.T) {
+		lb1, lb2 := stabilityLab(t)
+		var mu sync.Mutex
+		count := 0
+		counting := false
+		logw := func(line string) {
+			if strings.Contains(line, "Entering MASTER STATE") || strings.Contains(line, "Entering BACKUP STATE") {
+				mu.Lock()
+				if counting {
+					count++
+				}
+				mu.Unlock()
+			}
+		}
+		startKeepalivedLogged(t, lb1, 150, 20*time.Millisecond, logw)
+		startKeepalivedLogged(t, lb2, 100, 20*time.Millisecond, logw)
+		waitVIPOn(t, lb1, lb2)
+		time.Sleep(time.Second)
+		mu.Lock()
+		counting = true
+		mu.Unlock()
+		load(t, loops, lb1, lb2)
+		time.Sleep(d)
+		mu.Lock()
+		theirs = count
+		mu.Unlock()
+	})
+	fmt.Printf("\nStability: 20 ms adverts for %v with %d busy loops on %d CPUs, transitions after the election: lbpair %d, keepalived %d\n\n",
+		d, loops, cpuCount(), ours, theirs)
+}
+
+func stabilityLab(t *testing.T) (*netlab.Host, *netlab.Host) {
 	l := netlab.NewT(t)
 	lb1 := netlab.MustAddHost(t, l, "lb1", "198.18.0.11/24")
 	lb2 := netlab.MustAddHost(t, l, "lb2", "198.18.0.12/24")
 	web1 := netlab.MustAddHost(t, l, "web01", "198.18.0.21/24")
 	netlab.MustAddHost(t, l, "web02", "198.18.0.22/24")
 	serveName(t, web1, "198.18.0.21:80")
-	bin := lbpairBinary(t)
-	file := benchPairFile(t, 20*time.Millisecond)
-	startAgent(t, lb1, bin, file)
-	startAgent(t, lb2, bin, file)
-	eventually(t, "lb1 holds the VIP", 20*time.Second, func() error {
-		if !hasVIP(t, lb1) || hasVIP(t, lb2) {
-			return fmt.Errorf("VIP on lb1 %v, lb2 %v", hasVIP(t, lb1), hasVIP(t, lb2))
+	return lb1, lb2
+}
+
+func waitVIPOn(t *testing.T, holder, other *netlab.Host) {
+	eventually(t, holder.Name+" holds the VIP", 20*time.Second, func() error {
+		if !hasVIP(t, holder) || hasVIP(t, other) {
+			return fmt.Errorf("VIP on %s %v, %s %v", holder.Name, hasVIP(t, holder), other.Name, hasVIP(t, other))
 		}
 		return nil
 	})
-	time.Sleep(time.Second)
-	before := transitions(t, lb1) + transitions(t, lb2)
-	// Two busy loops per CPU, in the lab's hosts, stopped by the lab.
-	for i := range 2 * cpuCount() {
-		h := []*netlab.Host{lb1, lb2}[i%2]
-		_, err := h.Start(nil, "sh", "-c", "while :; do :; done")
+}
+
+// load starts busy loops in the lab's hosts; the lab stops them.
+func load(t *testing.T, n int, hosts ...*netlab.Host) {
+	for i := range n {
+		_, err := hosts[i%len(hosts)].Start(nil, "sh", "-c", "while :; do :; done")
 		must(t, err)
 	}
-	time.Sleep(d)
-	after := transitions(t, lb1) + transitions(t, lb2)
-	fmt.Printf("\nStability: 20 ms adverts for %v with %d busy loops on %d CPUs: %d transitions after the election (lb1 holds the VIP: %v)\n\n",
-		d, 2*cpuCount(), cpuCount(), int(after-before), hasVIP(t, lb1))
 }
 
 var transitionsRE = regexp.MustCompile(`(?m)^lbpair_vrrp_transitions_total\{[^}]*\} ([0-9.e+]+)$`)
