@@ -60,7 +60,7 @@ func runBench(args []string) error {
 	duration := fs.Duration("duration", 4*time.Second, "length of each wrk run")
 	idleConns := fs.Int("idle-conns", 4000, "idle connections for the memory figure")
 	procs := fs.Int("gomaxprocs", 1, "GOMAXPROCS of the lbpair proxy")
-	only := fs.String("scenarios", "small50,small500,bulk", "scenarios to run, comma-separated (also: connclose, a new connection per request)")
+	only := fs.String("scenarios", "small50,small500,bulk,connclose", "scenarios to run, comma-separated: small50, small500 (keep-alive requests), bulk (8 MiB responses), connclose (a new connection per request)")
 	skipMem := fs.Bool("skip-memory", false, "skip the idle-connection memory figure")
 	_ = fs.Parse(args)
 
