@@ -103,7 +103,6 @@ type Server struct {
 	metrics  *metrics
 
 	mu        sync.Mutex // serialises Apply, SetBackends, DrainEstablished, Shutdown
-	cfg       Config
 	listeners map[string]*listener
 	sockets   map[netip.AddrPort]*socket
 	closed    bool
@@ -124,7 +123,8 @@ type Server struct {
 	loopNext atomic.Uint32
 }
 
-// New returns a server with no listeners; Apply starts it.
+// New returns a server with no listeners; Apply starts it. Its event loops run from
+// here on, one per GOMAXPROCS, until Shutdown, which every server needs in the end.
 func New(log logr.Logger, opts ...Option) *Server {
 	s := &Server{
 		log:       log,
@@ -235,7 +235,6 @@ func (s *Server) Apply(cfg Config) error {
 	for a, name := range wanted {
 		s.sockets[a].owner.Store(s.listeners[name])
 	}
-	s.cfg = cfg
 	s.accessOn.Store(cfg.AccessLog)
 	if !s.started {
 		s.started = true
