@@ -88,7 +88,7 @@ func (l *listener) serve(fd int, remote netip.AddrPort, lp *loop) {
 		return
 	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	st := &setup{plan: p, started: c.start}
+	st := &setup{plan: p}
 	if p.cfg.Balance == SourceHash {
 		st.key = remote.Addr().Unmap().AsSlice()
 	}

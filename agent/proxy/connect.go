@@ -21,7 +21,6 @@ type setup struct {
 	be      *backend // the backend of the attempt in flight
 	attempt int32    // numbers attempts, so a late timeout of an old one is ignored
 	timer   *time.Timer
-	started time.Time
 }
 
 // errConnectTimeout is a connect attempt that ran out of time.
