@@ -1,10 +1,6 @@
 package proxy
 
 import (
-	"context"
-	"errors"
-	"fmt"
-	"net"
 	"net/netip"
 	"strconv"
 	"sync"
@@ -13,8 +9,6 @@ import (
 
 	"github.com/go-logr/logr"
 	"golang.org/x/sys/unix"
-
-	"github.com/lbpair/lbpair/agent/proxy/proxyproto"
 )
 
 // endReason says why a connection ended, for the access log.
@@ -37,9 +31,6 @@ func (r endReason) String() string {
 		"noBackend", "maxConnections", "proxyHeaderFailed"}[r]
 }
 
-// errNoBackend means every attempt failed or no backend was usable.
-var errNoBackend = errors.New("no usable backend")
-
 // bufSize is the event loop's read buffer. A connection holds one only while data it
 // read waits to be written, so an idle connection holds none.
 const bufSize = 64 << 10
@@ -55,21 +46,20 @@ type conn struct {
 	up, down atomic.Int64 // bytes client->backend and backend->client
 	aborted  atomic.Bool
 
-	mu         sync.Mutex
-	backend    *net.TCPConn
-	be         *backend
-	reason     endReason
-	cancelDial context.CancelFunc
-	pair       *pair // set once handed to loop
-	loop       *loop
+	mu     sync.Mutex
+	be     *backend // once connected
+	reason endReason
+	pair   *pair // set once handed to the loop
+	loop   *loop
 	// Seen by sweep: byte counts at the last sweep, and when they last moved.
 	seenUp, seenDown       int64
 	flushedUp, flushedDown int64
 	lastActive             time.Time
 }
 
-// serve sets up one accepted connection: it picks and connects a backend, writes the
-// PROXY header, and hands the pair to an event loop, which completes it (done).
+// serve takes one accepted connection: it applies the connection cap and hands the
+// client socket to an event loop, which connects a backend and completes it (done). It
+// never blocks, so the accept loop calls it directly.
 func (l *listener) serve(fd int, remote netip.AddrPort, lp *loop) {
 	p := l.plan.Load()
 	l.m.accepted.Inc()
@@ -86,10 +76,10 @@ func (l *listener) serve(fd int, remote netip.AddrPort, lp *loop) {
 		l.m.refusedMax.Inc()
 		c.refuse(endMaxConnections)
 		l.active.Add(-1)
-		l.s.wg.Done()
 		return
 	}
 	l.m.active.Inc()
+	l.s.wg.Add(1)
 	if !l.s.register(c) {
 		c.refuse(endShutdown)
 		l.active.Add(-1)
@@ -98,49 +88,24 @@ func (l *listener) serve(fd int, remote netip.AddrPort, lp *loop) {
 		return
 	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-
-	bc, be, err := c.connect(p)
-	if err != nil {
-		if !c.aborted.Load() {
-			l.m.refusedNoBackend.Inc()
-			l.s.log.V(1).Info("Refused a connection: no backend could take it", "listener", l.name, "client", c.clientAddr)
-		}
-		c.abort(endNoBackend)
-		c.closeClient(true)
+	st := &setup{plan: p}
+	if p.cfg.Balance == SourceHash {
+		st.key = remote.Addr().Unmap().AsSlice()
+	}
+	// Under c.mu, so that abort either sees the pair (and asks the loop to close it) or
+	// is seen here.
+	c.mu.Lock()
+	if c.aborted.Load() {
+		c.mu.Unlock()
+		c.closeClient(false)
 		c.done()
 		return
 	}
-	if p.cfg.ProxyProtocol != ProxyProtocolNone {
-		var buf [proxyHeaderMax]byte
-		hdr, err := c.proxyHeader(buf[:0], p.cfg.ProxyProtocol)
-		if err == nil {
-			_, err = bc.Write(hdr)
-		}
-		if err != nil {
-			l.s.log.Error(err, "Writing the PROXY header", "listener", l.name, "client", c.clientAddr, "backend", be.name)
-			c.abort(endProxyHeader)
-			c.closeClient(false)
-			c.done()
-			return
-		}
-	}
-	if err := c.handOff(lp, bc); err != nil {
-		if !errors.Is(err, net.ErrClosed) {
-			l.s.log.Error(err, "Handing a connection to the event loop", "listener", l.name, "client", c.clientAddr)
-		}
-		c.abort(endShutdown)
-		c.closeClient(false)
-		c.done()
-	}
-}
-
-// proxyHeader appends the PROXY header: the client's address and the one it connected to.
-func (c *conn) proxyHeader(b []byte, v ProxyProtocol) ([]byte, error) {
-	sa, err := unix.Getsockname(c.clientFD)
-	if err != nil {
-		return nil, fmt.Errorf("reading the address the client connected to: %w", err)
-	}
-	return proxyproto.Append(b, proxyproto.Version(v), c.clientAddr, sockaddrAddrPort(sa))
+	c.pair = &pair{c: c, fd: [2]int{fd, -1}, setup: st}
+	c.loop = lp
+	c.clientFD = -1 // the loop's now
+	c.mu.Unlock()
+	lp.post(command{p: c.pair, kind: cmdSetup})
 }
 
 // closeClient closes the client socket before any hand-off; reset sends a reset, so the
@@ -156,26 +121,6 @@ func (c *conn) closeClient(reset bool) {
 	c.clientFD = -1
 }
 
-// handOff moves the connection's sockets into the event loop. Under c.mu, so that abort
-// either sees the pair (and asks the loop to close it) or stops the hand-off.
-func (c *conn) handOff(lp *loop, bc *net.TCPConn) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.aborted.Load() {
-		return net.ErrClosed
-	}
-	bfd, err := detach(bc)
-	if err != nil {
-		return err
-	}
-	c.pair = &pair{c: c, fd: [2]int{c.clientFD, bfd}}
-	c.loop = lp
-	// The closed net.Conn is of no further use; an idle connection should not keep it.
-	c.clientFD, c.backend, c.cancelDial = -1, nil, nil
-	lp.post(command{p: c.pair})
-	return nil
-}
-
 // done completes a connection: counts, metrics, access log. Called once, by whoever
 // ended it.
 func (c *conn) done() {
@@ -189,91 +134,20 @@ func (c *conn) done() {
 	c.l.s.wg.Done()
 }
 
-// proxyHeaderMax is the longest PROXY header written: v1 with two IPv6 addresses.
-const proxyHeaderMax = 108
-
-// connect dials backends until one answers, up to the listener's attempts.
-func (c *conn) connect(p *plan) (*net.TCPConn, *backend, error) {
-	var key []byte
-	if p.cfg.Balance == SourceHash {
-		key = c.clientAddr.Addr().Unmap().AsSlice()
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	c.mu.Lock()
-	c.cancelDial = cancel
-	c.mu.Unlock()
-	if c.aborted.Load() {
-		return nil, nil, errNoBackend
-	}
-	timeout := p.cfg.connectTimeout()
-	var triedBuf [4]*backend
-	tried := triedBuf[:0]
-	for range p.cfg.connectAttempts() {
-		now := time.Now()
-		be := p.pick(key, tried, now.UnixNano())
-		if be == nil {
-			break
-		}
-		tried = append(tried, be)
-		be.selections.Inc()
-		be.conns.Add(1)
-		dctx, dcancel := context.WithTimeout(ctx, timeout)
-		nc, err := c.l.s.dialer.DialContext(dctx, "tcp", be.name)
-		dcancel()
-		if err != nil {
-			be.conns.Add(-1)
-			if c.aborted.Load() {
-				return nil, nil, err
-			}
-			if be.connectFailed(err, now) {
-				c.l.s.log.Info("Backend down: connects failing", "listener", c.l.name, "backend", be.name,
-					"maxFails", p.cfg.Passive.MaxFails, "failTimeout", p.cfg.Passive.FailTimeout, "error", err.Error())
-				c.l.s.kick()
-			}
-			c.l.s.log.V(1).Info("Connecting to backend failed", "listener", c.l.name, "backend", be.name, "error", err.Error())
-			continue
-		}
-		if p.cfg.Passive.MaxFails > 0 {
-			be.connectSucceeded()
-		}
-		bc := nc.(*net.TCPConn)
-		c.mu.Lock()
-		c.backend, c.be = bc, be
-		c.mu.Unlock()
-		if c.aborted.Load() {
-			// abort ran before the backend was recorded.
-			_ = bc.Close()
-			be.conns.Add(-1)
-			return nil, nil, net.ErrClosed
-		}
-		return bc, be, nil
-	}
-	return nil, nil, errNoBackend
-}
-
-// abort closes the connection, or asks its event loop to; the first caller's reason is
-// kept. It returns true for the call that closed it.
+// abort asks the connection's event loop to close it; the first caller's reason is
+// kept. It returns true for the call that did.
 func (c *conn) abort(reason endReason) bool {
 	if !c.aborted.CompareAndSwap(false, true) {
 		return false
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if reason != endClosed {
 		c.reason = reason
 	}
-	if c.pair != nil {
-		c.loop.post(command{p: c.pair, abort: true})
-		return true
-	}
-	// Before the hand-off, serve owns the client socket and closes it once the dial or
-	// the header write that this interrupts has returned.
-	if c.cancelDial != nil {
-		c.cancelDial()
-	}
-	if c.backend != nil {
-		_ = c.backend.Close()
+	p := c.pair
+	c.mu.Unlock()
+	if p != nil {
+		c.loop.post(command{p: p, kind: cmdAbort})
 	}
 	return true
 }

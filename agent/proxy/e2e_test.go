@@ -484,3 +484,34 @@ func TestDrainAndShutdown(t *testing.T) {
 		t.Errorf("Apply after Shutdown = %v, want ErrClosed", err)
 	}
 }
+
+// TestConnectTimeoutRetries partitions a backend, so that connects to it time out rather
+// than fail, and expects every connection to reach the other one in time.
+func TestConnectTimeoutRetries(t *testing.T) {
+	tl := newTestLab(t, 2)
+	serve(t, tl.backends[0], backendAddr(1, 8080), echo)
+	serve(t, tl.backends[1], backendAddr(2, 8080), echo)
+	withVIP(t, tl)
+	// Unreachable, the backend answers neither ARP nor SYN: connects hang until the timeout.
+	if err := tl.backends[0].SetConnected(false); err != nil {
+		t.Fatal(err)
+	}
+	lc := listenerCfg("web", 80, backendAddr(1, 8080), backendAddr(2, 8080))
+	lc.ConnectTimeout = 200 * time.Millisecond
+	lc.ConnectAttempts = 2
+	lc.Passive = PassiveCheck{MaxFails: 2, FailTimeout: time.Minute}
+	reg := prometheus.NewRegistry()
+	s := startProxy(t, tl, Config{Listeners: []ListenerConfig{lc}}, WithMetrics(reg))
+	for i := range 6 {
+		if err := roundTrip(tl, vip(80), fmt.Sprintf("r%d", i)); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+	}
+	timeouts := testutil.ToFloat64(s.metrics.connectErrs.WithLabelValues("web", backendAddr(1, 8080).String(), "timeout"))
+	if timeouts != 2 {
+		t.Errorf("connect timeouts counted for the partitioned backend = %v, want 2 (then passive checks take it out)", timeouts)
+	}
+	if st := s.Status(); st[0].HealthyBackends != 1 {
+		t.Errorf("Status = %+v, want the partitioned backend down", st)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/testr"
+	"golang.org/x/sys/unix"
 
 	"github.com/lbpair/lbpair/agent/internal/netlab"
 )
@@ -122,7 +123,13 @@ func (h *healthRecorder) wait(t *testing.T, want bool) healthReport {
 // end of the test.
 func startProxy(t *testing.T, tl *testLab, cfg Config, opts ...Option) *Server {
 	t.Helper()
-	opts = append([]Option{WithDialer(nsDialer{tl.proxy})}, opts...)
+	inNS := func(s *Server) {
+		s.newSocket = func(domain, typ, proto int) (fd int, err error) {
+			err = tl.proxy.Do(func() (err error) { fd, err = unix.Socket(domain, typ, proto); return err })
+			return fd, err
+		}
+	}
+	opts = append([]Option{WithDialer(nsDialer{tl.proxy}), inNS}, opts...)
 	s := New(testr.New(t), opts...)
 	if err := apply(tl, s, cfg); err != nil {
 		t.Fatalf("Apply: %v", err)

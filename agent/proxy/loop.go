@@ -1,9 +1,7 @@
 package proxy
 
 import (
-	"errors"
 	"fmt"
-	"net"
 	"os"
 	"sync"
 	"syscall"
@@ -23,9 +21,9 @@ import (
 // any of its connections has an event), so the loop goroutine parks like any other when
 // idle and needs no thread of its own.
 //
-// Connections are set up with the net package (accept, connect with timeouts, PROXY
-// header) and then handed over: their descriptors are duplicated, the net.Conns closed
-// (which takes them out of Go's poller), and the duplicates registered here.
+// Connections never enter Go's poller: the accept loop takes client sockets with
+// accept4(2) and hands them here, and the loop connects the backend side itself (see
+// connect.go).
 type loop struct {
 	epfd  int
 	file  *os.File // epfd, for Go's poller
@@ -42,19 +40,32 @@ type loop struct {
 	gens   []int32  // by slot, so events of a closed pair never reach its successor
 	free   []int32  // free slots
 	spare  [][]byte // read buffers not in use
+	socket socketFunc
 }
 
 type command struct {
-	p     *pair
-	abort bool
+	p       *pair
+	kind    commandKind
+	attempt int32 // of cmdTimeout
 }
+
+type commandKind int
+
+const (
+	cmdStop    commandKind = iota // close every pair and stop the loop
+	cmdSetup                      // connect a new pair to a backend, or add a connected one
+	cmdAbort                      // close a pair; the reason is on its conn
+	cmdTimeout                    // a connect attempt ran out of time
+)
 
 // pair is one proxied connection inside the loop.
 type pair struct {
 	c      *conn
-	fd     [2]int // client, backend
+	fd     [2]int // client, backend (-1 until an attempt starts)
 	slot   int32
 	closed bool
+	setup  *setup // while connecting
+	header int    // bytes of PROXY header still to send, not counted as client data
 	// canRead and canWrite track edge-triggered readiness per side.
 	canRead, canWrite, rdhup [2]bool
 	dir                      [2]flow // 0: client to backend, 1: backend to client
@@ -73,7 +84,7 @@ const (
 	sideFlag    = 1 // low bit of EpollEvent.Pad: 0 client, 1 backend
 )
 
-func newLoop() (*loop, error) {
+func newLoop(socket socketFunc) (*loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("creating the epoll set: %w", err)
@@ -100,6 +111,7 @@ func newLoop() (*loop, error) {
 		file:   os.NewFile(uintptr(epfd), "epoll"),
 		wake:   wake,
 		events: make([]unix.EpollEvent, epollEvents),
+		socket: socket,
 	}, nil
 }
 
@@ -133,7 +145,7 @@ func (lp *loop) run() {
 
 // close stops the loop; connections still in it are closed.
 func (lp *loop) close() {
-	lp.post(command{}) // a nil pair stops the loop
+	lp.post(command{kind: cmdStop})
 }
 
 // post queues a command for the loop and wakes it.
@@ -143,7 +155,7 @@ func (lp *loop) post(cmd command) {
 		lp.mu.Unlock()
 		return
 	}
-	lp.closed = cmd.p == nil
+	lp.closed = cmd.kind == cmdStop
 	lp.queue = append(lp.queue, cmd)
 	wake := !lp.woken
 	lp.woken = true
@@ -166,6 +178,13 @@ func (lp *loop) handle(events []unix.EpollEvent) {
 			continue // closed earlier in this batch
 		}
 		side := ev.Pad & sideFlag
+		if p.setup != nil {
+			// Connecting: the client's readiness is kept for later.
+			if side == 1 {
+				lp.connecting(p, ev.Events)
+				continue
+			}
+		}
 		if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 			p.canRead[side] = true
 		}
@@ -175,7 +194,9 @@ func (lp *loop) handle(events []unix.EpollEvent) {
 		if ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 			p.canWrite[side] = true
 		}
-		lp.pump(p)
+		if p.setup == nil {
+			lp.pump(p)
+		}
 	}
 }
 
@@ -188,8 +209,8 @@ func (lp *loop) commands() {
 	lp.woken = false
 	lp.mu.Unlock()
 	for _, cmd := range q {
-		switch {
-		case cmd.p == nil:
+		switch cmd.kind {
+		case cmdStop:
 			for _, p := range lp.pairs {
 				if p != nil {
 					lp.finish(p, endShutdown)
@@ -197,16 +218,24 @@ func (lp *loop) commands() {
 			}
 			lp.stopped = true
 			return
-		case cmd.abort:
-			if !cmd.p.closed {
-				lp.finish(cmd.p, endClosed) // the reason is already on the conn
-			}
-		default:
+		case cmdAbort:
+			lp.finish(cmd.p, endClosed) // the reason is already on the conn
+		case cmdTimeout:
+			lp.timeout(cmd.p, cmd.attempt)
+		case cmdSetup:
 			lp.add(cmd.p)
+			if cmd.p.setup != nil {
+				lp.startSetup(cmd.p)
+			} else if lp.register(cmd.p, 0, cmd.p.fd[0]) {
+				// Both sides already connected (socket pairs in tests).
+				lp.register(cmd.p, 1, cmd.p.fd[1])
+			}
 		}
 	}
 }
 
+// add gives a pair a slot; its generation tells the pair's events from those of an
+// earlier pair in the same slot.
 func (lp *loop) add(p *pair) {
 	if n := len(lp.free); n > 0 {
 		p.slot = lp.free[n-1]
@@ -218,19 +247,6 @@ func (lp *loop) add(p *pair) {
 	}
 	lp.gens[p.slot] = (lp.gens[p.slot] + 1) & (1<<30 - 1)
 	lp.pairs[p.slot] = p
-	for side, fd := range p.fd {
-		ev := unix.EpollEvent{
-			Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
-			Fd:     p.slot,
-			Pad:    lp.gens[p.slot]<<1 | int32(side),
-		}
-		if err := unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-			p.c.l.s.log.Error(err, "Adding a connection to the event loop", "listener", p.c.l.name)
-			lp.finish(p, endShutdown)
-			return
-		}
-	}
-	// Readiness is reported by the events that adding raises.
 }
 
 // pump moves data both ways as far as readiness allows.
@@ -272,7 +288,13 @@ func (lp *loop) flow(p *pair, d int) (endReason, bool) {
 			if err != nil {
 				return dstFault, false
 			}
-			count.Add(int64(n))
+			if p.header > 0 {
+				k := min(p.header, n)
+				p.header -= k
+				count.Add(int64(n - k))
+			} else {
+				count.Add(int64(n))
+			}
 			f.off += n
 			if f.off < f.end {
 				p.canWrite[dst] = false
@@ -360,33 +382,20 @@ func (lp *loop) finish(p *pair, reason endReason) {
 	}
 	p.c.aborted.Store(true)
 	p.c.mu.Unlock()
-	unix.Close(p.fd[0])
-	unix.Close(p.fd[1])
+	if st := p.setup; st != nil {
+		if st.timer != nil {
+			st.timer.Stop()
+		}
+		if st.be != nil {
+			st.be.conns.Add(-1)
+		}
+	}
+	for _, fd := range p.fd {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
 	p.c.done()
-}
-
-// detach takes a connection's socket out of Go's poller: it returns a duplicate
-// descriptor (non-blocking, as the file description is shared) and closes the original.
-func detach(c *net.TCPConn) (int, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	nfd := -1
-	var derr error
-	if err := rc.Control(func(fd uintptr) {
-		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
-	}); err != nil {
-		return -1, err
-	}
-	if derr != nil {
-		return -1, fmt.Errorf("duplicating the socket: %w", derr)
-	}
-	if err := c.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
-		unix.Close(nfd)
-		return -1, err
-	}
-	return nfd, nil
 }
 
 // rawRead and rawWrite are read(2) and write(2) without the scheduler hand-off of

@@ -54,7 +54,7 @@ func newLoopFixture(t *testing.T) *loopFixture {
 	s.register(c)
 	c.pair = &pair{c: c, fd: [2]int{cfd, bfd}}
 	c.loop = s.loops[0]
-	c.loop.post(command{p: c.pair})
+	c.loop.post(command{p: c.pair, kind: cmdSetup})
 	return &loopFixture{s: s, lp: c.loop, c: c, client: client, backend: backend}
 }
 

@@ -24,6 +24,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"github.com/lbpair/lbpair/agent/proxy/balance"
 )
@@ -83,14 +84,14 @@ func WithAccessLogWriter(w io.Writer) Option {
 	}
 }
 
-// Dialer connects to backends; *net.Dialer is one. Tests inject one that dials from
-// inside a network namespace.
+// Dialer connects to backends for active health checks; *net.Dialer is one. Tests
+// inject one that dials from inside a network namespace. (Proxied connections are
+// connected by the event loops with non-blocking system calls.)
 type Dialer interface {
 	DialContext(ctx context.Context, network, address string) (net.Conn, error)
 }
 
-// WithDialer connects to backends (connections and active checks) through d instead of
-// a net.Dialer. The connections it returns must be *net.TCPConn.
+// WithDialer makes the active health checks connect through d instead of a net.Dialer.
 func WithDialer(d Dialer) Option { return func(s *Server) { s.dialer = d } }
 
 // Server proxies the listeners of the Config it was last given.
@@ -103,7 +104,6 @@ type Server struct {
 	metrics  *metrics
 
 	mu        sync.Mutex // serialises Apply, SetBackends, DrainEstablished, Shutdown
-	cfg       Config
 	listeners map[string]*listener
 	sockets   map[netip.AddrPort]*socket
 	closed    bool
@@ -113,18 +113,19 @@ type Server struct {
 	connMu sync.Mutex
 	conns  map[*conn]struct{}
 
-	kickc  chan struct{}
-	stop   chan struct{}
-	setupq chan setupJob  // accepted connections for idle setup goroutines
-	wg     sync.WaitGroup // every goroutine the server started
-	drain  *time.Timer
+	kickc     chan struct{}
+	stop      chan struct{}
+	wg        sync.WaitGroup // every goroutine and connection of the server
+	drain     *time.Timer
+	newSocket socketFunc
 
 	loops    []*loop
 	loopErr  error
 	loopNext atomic.Uint32
 }
 
-// New returns a server with no listeners; Apply starts it.
+// New returns a server with no listeners; Apply starts it. Its event loops run from
+// here on, one per GOMAXPROCS, until Shutdown, which every server needs in the end.
 func New(log logr.Logger, opts ...Option) *Server {
 	s := &Server{
 		log:       log,
@@ -132,11 +133,11 @@ func New(log logr.Logger, opts ...Option) *Server {
 		sockets:   map[netip.AddrPort]*socket{},
 		conns:     map[*conn]struct{}{},
 		kickc:     make(chan struct{}, 1),
-		setupq:    make(chan setupJob),
 		stop:      make(chan struct{}),
 		// No TCP keepalive, as nginx and HAProxy by default: idle timeouts end dead
 		// connections, and the probes' system calls are saved.
-		dialer: &net.Dialer{KeepAlive: -1},
+		dialer:    &net.Dialer{KeepAlive: -1},
+		newSocket: unix.Socket,
 	}
 	for _, o := range opts {
 		o(s)
@@ -144,7 +145,7 @@ func New(log logr.Logger, opts ...Option) *Server {
 	s.metrics = newMetrics(s.reg)
 	// One event loop per processor the runtime may use.
 	for range runtime.GOMAXPROCS(0) {
-		lp, err := newLoop()
+		lp, err := newLoop(s.newSocket)
 		if err != nil {
 			s.loopErr = err
 			break
@@ -235,7 +236,6 @@ func (s *Server) Apply(cfg Config) error {
 	for a, name := range wanted {
 		s.sockets[a].owner.Store(s.listeners[name])
 	}
-	s.cfg = cfg
 	s.accessOn.Store(cfg.AccessLog)
 	if !s.started {
 		s.started = true

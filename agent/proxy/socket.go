@@ -136,8 +136,7 @@ func (s *Server) startAccepting(sk *socket) {
 				return
 			}
 			delay = 0
-			s.wg.Add(1)
-			s.setup(setupJob{l: sk.owner.Load(), fd: a.fd, remote: a.remote, lp: s.nextLoop()})
+			sk.owner.Load().serve(a.fd, a.remote, s.nextLoop())
 		}
 	}()
 }
@@ -181,41 +180,4 @@ func isTemporary(err error) bool {
 	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
 		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM) ||
 		errors.Is(err, syscall.ECONNABORTED) || isTimeout(err)
-}
-
-// setupJob is an accepted connection waiting for serve.
-type setupJob struct {
-	l      *listener
-	fd     int
-	remote netip.AddrPort
-	lp     *loop
-}
-
-// setupIdle is how long a setup goroutine waits for more work before it exits.
-const setupIdle = 10 * time.Second
-
-// setup runs serve for an accepted connection on an idle setup goroutine, or on a new
-// one when none is idle. Reused goroutines keep the stack that dialing grew, which a new
-// goroutine per connection would grow again by copying.
-func (s *Server) setup(j setupJob) {
-	select {
-	case s.setupq <- j:
-		return
-	default:
-	}
-	go func() {
-		t := time.NewTimer(setupIdle)
-		defer t.Stop()
-		for {
-			j.l.serve(j.fd, j.remote, j.lp)
-			t.Reset(setupIdle)
-			select {
-			case j = <-s.setupq:
-			case <-t.C:
-				return
-			case <-s.stop:
-				return
-			}
-		}
-	}()
 }

@@ -35,6 +35,7 @@ var backendIPs = []string{"198.18.0.11", "198.18.0.12"}
 
 type benchProxy struct {
 	name string
+	cmd  []string // how to start it, for a fresh start before the memory figure
 	port int
 	proc *netlab.Proc
 }
@@ -60,7 +61,7 @@ func runBench(args []string) error {
 	duration := fs.Duration("duration", 4*time.Second, "length of each wrk run")
 	idleConns := fs.Int("idle-conns", 4000, "idle connections for the memory figure")
 	procs := fs.Int("gomaxprocs", 1, "GOMAXPROCS of the lbpair proxy")
-	only := fs.String("scenarios", "small50,small500,bulk", "scenarios to run, comma-separated (also: connclose, a new connection per request)")
+	only := fs.String("scenarios", "small50,small500,bulk,connclose", "scenarios to run, comma-separated: small50, small500 (keep-alive requests), bulk (8 MiB responses), connclose (a new connection per request)")
 	skipMem := fs.Bool("skip-memory", false, "skip the idle-connection memory figure")
 	_ = fs.Parse(args)
 
@@ -119,26 +120,20 @@ func runBench(args []string) error {
 	for _, b := range backends {
 		ourArgs = append(ourArgs, "-backend", b)
 	}
-	if proxies[0].proc, err = proxyHost.Start(nil, self, ourArgs...); err != nil {
-		return err
-	}
+	proxies[0].cmd = append([]string{self}, ourArgs...)
 	nginxConf, err := writeNginxStream(dir, proxies[1].port, backends)
 	if err != nil {
 		return err
 	}
-	if proxies[1].proc, err = proxyHost.Start(nil, bins["nginx"], "-p", dir, "-c", nginxConf, "-e", "stderr"); err != nil {
-		return err
-	}
+	proxies[1].cmd = []string{bins["nginx"], "-p", dir, "-c", nginxConf, "-e", "stderr"}
 	haproxyConf, err := writeHAProxy(dir, proxies[2].port, backends)
 	if err != nil {
 		return err
 	}
-	if proxies[2].proc, err = proxyHost.Start(nil, bins["haproxy"], "-db", "-f", haproxyConf); err != nil {
-		return err
-	}
+	proxies[2].cmd = []string{bins["haproxy"], "-db", "-f", haproxyConf}
 	for _, p := range proxies {
-		if err := waitHTTP(client, fmt.Sprintf("%s:%d", proxyIP, p.port), p.proc); err != nil {
-			return fmt.Errorf("%s not answering: %w", p.name, err)
+		if err := p.start(proxyHost, client); err != nil {
+			return err
 		}
 	}
 
@@ -153,7 +148,7 @@ func runBench(args []string) error {
 		{"bulk", "bulk 8MiB, 4 conns", 4, "/big"},
 		{"connclose", "new conn per request, 50", 50, "/close"},
 	} {
-		if slices.Contains(strings.Split(*only, ","), sc.id) {
+		if slices.Contains(strings.Split(*only, ","), sc.id) { // an empty list: memory only
 			scenarios = append(scenarios, sc)
 		}
 	}
@@ -181,11 +176,22 @@ func runBench(args []string) error {
 		fmt.Fprintf(os.Stderr, "round %d of %d done\n", r+1, *rounds)
 	}
 	// Memory last: holding and closing thousands of connections disturbs the latency of
-	// the runs after it (sockets in TIME_WAIT on every host).
+	// the runs after it (sockets in TIME_WAIT on every host). Each proxy is started
+	// afresh and warmed up, so that no proxy serves the connections from memory an earlier
+	// run left it.
 	mem := map[string]float64{}
 	for _, p := range proxies {
 		if *skipMem {
 			break
+		}
+		if err := p.proc.Stop(5 * time.Second); err != nil {
+			return err
+		}
+		if err := p.start(proxyHost, client); err != nil {
+			return err
+		}
+		if _, err := wrk(client, bins["wrk"], p, 10, "/", time.Second); err != nil {
+			return err
 		}
 		per, err := idleMemory(client, self, p, *idleConns)
 		if err != nil {
@@ -195,6 +201,19 @@ func runBench(args []string) error {
 	}
 
 	report(os.Stdout, scenarios, proxies, results, mem, *idleConns)
+	return nil
+}
+
+// start starts the proxy in host h and waits until it answers the client.
+func (p *benchProxy) start(h, client *netlab.Host) error {
+	proc, err := h.Start(nil, p.cmd[0], p.cmd[1:]...)
+	if err != nil {
+		return err
+	}
+	p.proc = proc
+	if err := waitHTTP(client, fmt.Sprintf("%s:%d", proxyIP, p.port), p.proc); err != nil {
+		return fmt.Errorf("%s not answering: %w", p.name, err)
+	}
 	return nil
 }
 
@@ -506,6 +525,19 @@ func pick(ss []sample, f func(sample) float64) []float64 {
 }
 
 func report(w io.Writer, scenarios []scenario, proxies []*benchProxy, results map[string]map[string][]sample, mem map[string]float64, idle int) {
+	if len(scenarios) > 0 {
+		reportRuns(w, scenarios, proxies, results)
+	}
+	if len(mem) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "Resident memory per idle established connection (fresh process, %d connections, after one request each):\n", idle)
+	for _, p := range proxies {
+		fmt.Fprintf(w, "  %-8s %7.0f bytes\n", p.name, mem[p.name])
+	}
+}
+
+func reportRuns(w io.Writer, scenarios []scenario, proxies []*benchProxy, results map[string]map[string][]sample) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\tproxy\treq/s\treq/CPU-s\tp50\tp99\tMiB/s\terrors\t")
 	type med struct{ rps, rpc, p50, p99, bps float64 }
@@ -545,13 +577,6 @@ func report(w io.Writer, scenarios []scenario, proxies []*benchProxy, results ma
 	}
 	_ = tw.Flush()
 	fmt.Fprintln(w)
-	if len(mem) == 0 {
-		return
-	}
-	fmt.Fprintf(w, "Resident memory per idle established connection (%d connections, after one request each):\n", idle)
-	for _, p := range proxies {
-		fmt.Fprintf(w, "  %-8s %7.0f bytes\n", p.name, mem[p.name])
-	}
 }
 
 func ratio(a, b float64) float64 {

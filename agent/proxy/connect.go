@@ -1,0 +1,198 @@
+package proxy
+
+import (
+	"net/netip"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lbpair/lbpair/agent/proxy/proxyproto"
+)
+
+// setup is a pair's state while the loop connects it to a backend. Connecting in the
+// loop, with a non-blocking connect(2) whose completion epoll reports, spares a new
+// connection Go's dialer and the hand-over of its socket.
+type setup struct {
+	plan    *plan
+	key     []byte // client address, for SourceHash
+	tried   []*backend
+	be      *backend // the backend of the attempt in flight
+	attempt int32    // numbers attempts, so a late timeout of an old one is ignored
+	timer   *time.Timer
+}
+
+// errConnectTimeout is a connect attempt that ran out of time.
+var errConnectTimeout = os.NewSyscallError("connect", syscall.ETIMEDOUT)
+
+// socketFunc makes a socket; tests make them inside a network namespace.
+type socketFunc func(domain, typ, proto int) (int, error)
+
+// startSetup registers the client and starts the first connect attempt.
+func (lp *loop) startSetup(p *pair) {
+	if !lp.register(p, 0, p.fd[0]) {
+		return
+	}
+	lp.nextAttempt(p)
+}
+
+// nextAttempt connects to the next backend the balancer picks, or refuses the client
+// when none is left.
+func (lp *loop) nextAttempt(p *pair) {
+	st := p.setup
+	c := p.c
+	for len(st.tried) < st.plan.cfg.connectAttempts() {
+		now := time.Now()
+		be := st.plan.pick(st.key, st.tried, now.UnixNano())
+		if be == nil {
+			break
+		}
+		st.tried = append(st.tried, be)
+		be.selections.Inc()
+		fd, err := lp.connect(be.addr)
+		if err != nil {
+			lp.attemptFailed(p, be, err, now)
+			continue
+		}
+		be.conns.Add(1)
+		st.be = be
+		st.attempt++
+		p.fd[1] = fd
+		p.canRead[1], p.canWrite[1], p.rdhup[1] = false, false, false
+		if !lp.register(p, 1, fd) {
+			return
+		}
+		attempt := st.attempt
+		st.timer = time.AfterFunc(st.plan.cfg.connectTimeout(), func() {
+			lp.post(command{p: p, kind: cmdTimeout, attempt: attempt})
+		})
+		return
+	}
+	// No backend could take it: a reset, so the client sees the refusal at once.
+	c.l.m.refusedNoBackend.Inc()
+	c.l.s.log.V(1).Info("Refused a connection: no backend could take it", "listener", c.l.name, "client", c.clientAddr)
+	_ = unix.SetsockoptLinger(p.fd[0], unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	lp.finish(p, endNoBackend)
+}
+
+// connect starts a non-blocking connect to addr.
+func (lp *loop) connect(addr netip.AddrPort) (int, error) {
+	domain := unix.AF_INET
+	var sa unix.Sockaddr
+	if addr.Addr().Is4() || addr.Addr().Is4In6() {
+		sa = &unix.SockaddrInet4{Addr: addr.Addr().Unmap().As4(), Port: int(addr.Port())}
+	} else {
+		domain = unix.AF_INET6
+		sa = &unix.SockaddrInet6{Addr: addr.Addr().As16(), Port: int(addr.Port())}
+	}
+	fd, err := lp.socket(domain, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	for {
+		err = unix.Connect(fd, sa)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil && err != unix.EINPROGRESS {
+		unix.Close(fd)
+		return -1, os.NewSyscallError("connect", err)
+	}
+	return fd, nil
+}
+
+// connecting handles an event on the backend socket of a pair still connecting.
+func (lp *loop) connecting(p *pair, ev uint32) {
+	if ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
+		return
+	}
+	st := p.setup
+	soerr, err := unix.GetsockoptInt(p.fd[1], unix.SOL_SOCKET, unix.SO_ERROR)
+	if err == nil && soerr != 0 {
+		err = os.NewSyscallError("connect", syscall.Errno(soerr))
+	}
+	if err == nil && ev&unix.EPOLLOUT == 0 {
+		err = os.NewSyscallError("connect", syscall.ECONNRESET)
+	}
+	if err != nil {
+		lp.retry(p, err)
+		return
+	}
+	st.timer.Stop()
+	be := st.be
+	if st.plan.cfg.Passive.MaxFails > 0 {
+		be.connectSucceeded()
+	}
+	c := p.c
+	c.mu.Lock()
+	c.be = be
+	c.mu.Unlock()
+	p.setup = nil
+	p.canWrite[1] = true
+	if v := st.plan.cfg.ProxyProtocol; v != ProxyProtocolNone {
+		local, err := unix.Getsockname(p.fd[0])
+		var hdr []byte
+		if err == nil {
+			hdr, err = proxyproto.Append(lp.take()[:0], proxyproto.Version(v), c.clientAddr, sockaddrAddrPort(local))
+		}
+		if err != nil {
+			c.l.s.log.Error(err, "Building the PROXY header", "listener", c.l.name, "client", c.clientAddr)
+			lp.finish(p, endProxyHeader)
+			return
+		}
+		// Sent before anything the client wrote, which waits in the socket meanwhile.
+		p.dir[0].buf, p.dir[0].off, p.dir[0].end = hdr[:cap(hdr)], 0, len(hdr)
+		p.header = len(hdr) // not client data, so not counted
+	}
+	lp.pump(p)
+}
+
+// retry records a failed attempt and starts the next.
+func (lp *loop) retry(p *pair, err error) {
+	st := p.setup
+	st.timer.Stop()
+	unix.Close(p.fd[1]) // also takes it out of the epoll set
+	p.fd[1] = -1
+	st.be.conns.Add(-1)
+	be := st.be
+	st.be = nil
+	lp.attemptFailed(p, be, err, time.Now())
+	lp.nextAttempt(p)
+}
+
+// timeout handles the connect timer of attempt.
+func (lp *loop) timeout(p *pair, attempt int32) {
+	if p.closed || p.setup == nil || p.setup.attempt != attempt || p.setup.be == nil {
+		return
+	}
+	lp.retry(p, errConnectTimeout)
+}
+
+func (lp *loop) attemptFailed(p *pair, be *backend, err error, now time.Time) {
+	c := p.c
+	cfg := &p.setup.plan.cfg
+	if be.connectFailed(err, now) {
+		c.l.s.log.Info("Backend down: connects failing", "listener", c.l.name, "backend", be.name,
+			"maxFails", cfg.Passive.MaxFails, "failTimeout", cfg.Passive.FailTimeout, "error", err.Error())
+		c.l.s.kick()
+	}
+	c.l.s.log.V(1).Info("Connecting to backend failed", "listener", c.l.name, "backend", be.name, "error", err.Error())
+}
+
+// register adds one side of a pair to the epoll set; on failure it closes the pair.
+func (lp *loop) register(p *pair, side int, fd int) bool {
+	ev := unix.EpollEvent{
+		Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
+		Fd:     p.slot,
+		Pad:    lp.gens[p.slot]<<1 | int32(side),
+	}
+	if err := unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		p.c.l.s.log.Error(err, "Adding a connection to the event loop", "listener", p.c.l.name)
+		lp.finish(p, endShutdown)
+		return false
+	}
+	return true
+}
