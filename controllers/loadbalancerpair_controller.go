@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 
@@ -206,6 +207,7 @@ func (r *LoadBalancerPairReconciler) updateFromAgents(ctx context.Context, pair 
 	}
 	pair.Status.Holder = s.Holder
 	pair.Status.HolderSince = s.HolderSince
+	pair.Status.Nodes = nodesSummary(pair.Status.Agents, s.Stale)
 	for _, c := range agentConditions(s, desired, pair.Generation) {
 		apimeta.SetStatusCondition(&pair.Status.Conditions, c)
 	}
@@ -255,13 +257,8 @@ func (r *LoadBalancerPairReconciler) removeAgentEntries(ctx context.Context, pai
 		return fmt.Errorf("removing status entries of gone agents %v: %w", nodes, err)
 	}
 	r.Recorder.Eventf(pair, nil, corev1.EventTypeNormal, "AgentGone", "Cleanup", "removed the status of agents that stopped reporting: %s", strings.Join(nodes, ", "))
-	kept := pair.Status.Agents[:0:0]
-	for _, a := range pair.Status.Agents {
-		if !stale[a.Node] {
-			kept = append(kept, a)
-		}
-	}
-	pair.Status.Agents = kept
+	// pair.Status.Agents is left as read: the status merge patch must never
+	// carry the list, which the agents own.
 	return nil
 }
 
@@ -303,4 +300,20 @@ func (r *LoadBalancerPairReconciler) otherPairs(ctx context.Context, obj client.
 		}
 	}
 	return out
+}
+
+// nodesSummary lists the agents as node:state, for the NODES column.
+func nodesSummary(agents []lbv1.AgentStatus, stale []string) string {
+	gone := map[string]bool{}
+	for _, n := range stale {
+		gone[n] = true
+	}
+	var parts []string
+	for _, a := range agents {
+		if !gone[a.Node] {
+			parts = append(parts, a.Node+":"+string(a.State))
+		}
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ",")
 }

@@ -21,7 +21,7 @@ import (
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:printcolumn:name="VRID",type=integer,JSONPath=`.status.virtualRouterID`,priority=1
-// +kubebuilder:printcolumn:name="Nodes",type=string,JSONPath=`.status.agents[*].node`,priority=1
+// +kubebuilder:printcolumn:name="Nodes",type=string,JSONPath=`.status.nodes`,priority=1
 type LoadBalancerPair struct {
 	metav1.TypeMeta `json:",inline"`
 	// metadata is the object's metadata.
@@ -527,6 +527,11 @@ type LoadBalancerPairStatus struct {
 	// holderSince is when the holder took the virtual IPs.
 	// +optional
 	HolderSince *metav1.Time `json:"holderSince,omitempty"`
+
+	// nodes sums up the agents for `kubectl get -o wide`, as node:state pairs
+	// (lb1:Master,lb2:Backup); the manager writes it from agents.
+	// +optional
+	Nodes string `json:"nodes,omitempty"`
 
 	// agents is each agent's own report, one entry per node, written by that agent.
 	// +optional
