@@ -56,9 +56,13 @@ lab-deps: ## Install the Debian packages the namespace labs use (root).
 	hack/install-lab-deps.sh
 
 .PHONY: test
-test: tools lab-deps verify ## Everything CI runs: tools, generated-file drift, vet, unit, envtest, namespace and e2e tests.
+test: tools lab-deps verify ## Everything CI runs: tools, generated-file drift, vet, unit, envtest, namespace and e2e (make e2e) tests.
 	$(GO) vet ./...
 	KUBEBUILDER_ASSETS=$(BIN) $(GO) test -count=1 -timeout 20m ./...
+
+.PHONY: e2e
+e2e: tools lab-deps ## The cluster e2e suite: apiserver, manager and agents in network namespaces (root).
+	KUBEBUILDER_ASSETS=$(BIN) $(GO) test -count=1 -timeout 15m -run TestClusterE2E -v ./agent/internal/clusterlab/
 
 .PHONY: bench
 bench: tools lab-deps ## Proxy benchmark: lbpair vs nginx stream vs HAProxy.
