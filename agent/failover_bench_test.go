@@ -141,7 +141,7 @@ func failoverTrial(t *testing.T, impl pairImpl, interval time.Duration, mode fai
 	serveName(t, web1, "198.18.0.21:80")
 	serveName(t, web2, "198.18.0.22:80")
 	fail := impl.start(t, lb1, lb2, interval)
-	eventually(t, "lb1 holds the VIP", 20*time.Second, func() error {
+	netlab.Eventually(t, "lb1 holds the VIP", 20*time.Second, func() error {
 		if !hasVIP(t, lb1) || hasVIP(t, lb2) {
 			return fmt.Errorf("VIP on lb1 %v, lb2 %v", hasVIP(t, lb1), hasVIP(t, lb2))
 		}
@@ -155,14 +155,14 @@ func failoverTrial(t *testing.T, impl pairImpl, interval time.Duration, mode fai
 			p.Stop()
 		}
 	}()
-	eventually(t, "served through the VIP", 10*time.Second, func() error { return lastOK(p, 20) })
+	netlab.Eventually(t, "served through the VIP", 10*time.Second, func() error { return p.LastOK(20) })
 	failAt := time.Now()
 	fail(mode)
-	eventually(t, "served again after the failure", 30*time.Second, func() error {
+	netlab.Eventually(t, "served again after the failure", 30*time.Second, func() error {
 		if !hasVIP(t, lb2) {
 			return fmt.Errorf("lb2 has no VIP")
 		}
-		return lastOK(p, 20)
+		return p.LastOK(20)
 	})
 	// Probes sent during the outage may still be waiting for their
 	// timeout: Stop waits for them.
@@ -170,20 +170,6 @@ func failoverTrial(t *testing.T, impl pairImpl, interval time.Duration, mode fai
 	stopped = true
 	outage, _ := probe.Outage(p.Results(), failAt)
 	return outage
-}
-
-// lastOK is nil when the last n probes succeeded.
-func lastOK(p *probe.Prober, n int) error {
-	rs := p.Results()
-	if len(rs) < n {
-		return fmt.Errorf("%d probes so far", len(rs))
-	}
-	for _, r := range rs[len(rs)-n:] {
-		if !r.OK {
-			return fmt.Errorf("probe failed: %s", r.Err)
-		}
-	}
-	return nil
 }
 
 func benchPairFile(t *testing.T, interval time.Duration) string {
@@ -350,7 +336,7 @@ func stabilityLab(t *testing.T) (*netlab.Host, *netlab.Host) {
 }
 
 func waitVIPOn(t *testing.T, holder, other *netlab.Host) {
-	eventually(t, holder.Name+" holds the VIP", 20*time.Second, func() error {
+	netlab.Eventually(t, holder.Name+" holds the VIP", 20*time.Second, func() error {
 		if !hasVIP(t, holder) || hasVIP(t, other) {
 			return fmt.Errorf("VIP on %s %v, %s %v", holder.Name, hasVIP(t, holder), other.Name, hasVIP(t, other))
 		}

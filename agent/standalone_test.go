@@ -131,30 +131,6 @@ func hostIP(h *netlab.Host) string {
 	return map[string]string{"lb1": "198.18.0.11", "lb2": "198.18.0.12"}[h.Name]
 }
 
-func hasVIP(t *testing.T, h *netlab.Host) bool {
-	t.Helper()
-	out, err := h.Exec("ip", "-o", "addr", "show", "dev", netlab.HostLink)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.Contains(out, " "+standaloneVIP+"/")
-}
-
-func eventually(t *testing.T, what string, timeout time.Duration, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // httpGetFrom fetches a URL from inside a host's namespace.
 func httpGetFrom(h *netlab.Host, url string) (int, string, error) {
 	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -183,7 +159,7 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 
 	a1 := startAgent(t, lb1, bin, file)
 	startAgent(t, lb2, bin, file)
-	eventually(t, "lb1 holds the VIP", 10*time.Second, func() error {
+	netlab.Eventually(t, "lb1 holds the VIP", 10*time.Second, func() error {
 		if !hasVIP(t, lb1) || hasVIP(t, lb2) {
 			return fmt.Errorf("VIP on lb1 %v, lb2 %v", hasVIP(t, lb1), hasVIP(t, lb2))
 		}
@@ -191,7 +167,7 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 	})
 	for _, h := range []*netlab.Host{lb1, lb2} {
 		h := h
-		eventually(t, h.Name+" ready", 10*time.Second, func() error {
+		netlab.Eventually(t, h.Name+" ready", 10*time.Second, func() error {
 			code, body, err := httpGetFrom(h, "http://"+hostIP(h)+":9440/readyz")
 			if err != nil || code != 200 {
 				return fmt.Errorf("readyz %d %q %v", code, body, err)
@@ -217,7 +193,7 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 		time.Sleep(p.Timeout + 100*time.Millisecond)
 		return probe.Outage(p.Results(), since)
 	}
-	eventually(t, "clients served through the VIP", 5*time.Second, func() error {
+	netlab.Eventually(t, "clients served through the VIP", 5*time.Second, func() error {
 		rs := p.Results()
 		if len(rs) == 0 || !rs[len(rs)-1].OK {
 			return fmt.Errorf("last probes %v", tail(rs))
@@ -230,7 +206,7 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 	if err := a1.proc.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "lb2 holds the VIP after lb1 stopped", 10*time.Second, func() error {
+	netlab.Eventually(t, "lb2 holds the VIP after lb1 stopped", 10*time.Second, func() error {
 		if hasVIP(t, lb1) || !hasVIP(t, lb2) {
 			return fmt.Errorf("VIP on lb1 %v, lb2 %v", hasVIP(t, lb1), hasVIP(t, lb2))
 		}
@@ -242,7 +218,7 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 
 	// The stopped agent comes back and preempts.
 	a1 = startAgent(t, lb1, bin, file)
-	eventually(t, "lb1 preempts", 10*time.Second, func() error {
+	netlab.Eventually(t, "lb1 preempts", 10*time.Second, func() error {
 		if !hasVIP(t, lb1) || hasVIP(t, lb2) {
 			return fmt.Errorf("VIP on lb1 %v, lb2 %v", hasVIP(t, lb1), hasVIP(t, lb2))
 		}
@@ -256,7 +232,7 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 	if err := a1.proc.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "lb2 holds the VIP after lb1 was killed", 10*time.Second, func() error {
+	netlab.Eventually(t, "lb2 holds the VIP after lb1 was killed", 10*time.Second, func() error {
 		if !hasVIP(t, lb2) {
 			return fmt.Errorf("lb2 has no VIP")
 		}
@@ -271,7 +247,7 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 	// A restarted agent removes the VIP its crashed run left behind before
 	// joining, then preempts.
 	startAgent(t, lb1, bin, file)
-	eventually(t, "lb1 back", 10*time.Second, func() error {
+	netlab.Eventually(t, "lb1 back", 10*time.Second, func() error {
 		if !hasVIP(t, lb1) || hasVIP(t, lb2) {
 			return fmt.Errorf("VIP on lb1 %v, lb2 %v", hasVIP(t, lb1), hasVIP(t, lb2))
 		}
@@ -285,4 +261,13 @@ func tail(rs []probe.Result) []probe.Result {
 		return rs[len(rs)-3:]
 	}
 	return rs
+}
+
+func hasVIP(t *testing.T, h *netlab.Host) bool {
+	t.Helper()
+	out, err := h.Exec("ip", "-o", "addr", "show", "dev", netlab.HostLink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Contains(out, " "+standaloneVIP+"/")
 }

@@ -13,6 +13,7 @@ import (
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/lbpair/lbpair/agent/internal/netlab"
 	"github.com/lbpair/lbpair/agent/internal/probe"
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
 )
@@ -55,7 +56,7 @@ func TestClusterE2E(t *testing.T) {
 
 	waitHolder(t, l, "lb1 elected", lb1.Name, 30*time.Second)
 	waitCondition(t, l, lbv1.ConditionReady, metav1.ConditionTrue, 10*time.Second)
-	eventually(t, "client served", 10*time.Second, func() error { return lastOK(p, 10) })
+	netlab.Eventually(t, "client served", 10*time.Second, func() error { return p.LastOK(10) })
 	out, _ := l.Kubectl(ctx, "get", "lbpair", "-o", "wide")
 	t.Logf("kubectl get lbpair -o wide:\n%s", out)
 
@@ -66,7 +67,7 @@ func TestClusterE2E(t *testing.T) {
 		start := time.Now()
 		fail()
 		var moved time.Time
-		eventually(t, kind+": VIP on "+want.Name, 15*time.Second, func() error {
+		netlab.Eventually(t, kind+": VIP on "+want.Name, 15*time.Second, func() error {
 			if !contains(l.VIPHolders(), want.Name) {
 				return fmt.Errorf("VIP on %v", l.VIPHolders())
 			}
@@ -74,7 +75,7 @@ func TestClusterE2E(t *testing.T) {
 			return nil
 		})
 		followed := waitHolder(t, l, kind, want.Name, 15*time.Second)
-		eventually(t, kind+": client served again", 15*time.Second, func() error { return lastOK(p, 10) })
+		netlab.Eventually(t, kind+": client served again", 15*time.Second, func() error { return p.LastOK(10) })
 		settle()
 		outage, failed := probe.Outage(p.Results(), start)
 		lag := followed.Sub(moved)
@@ -92,7 +93,7 @@ func TestClusterE2E(t *testing.T) {
 		<-lb1.Agent.Done()
 		must(t, l.StartAgent(lb1, quiet))
 		waitHolder(t, l, "lb1 back after restart", lb1.Name, 30*time.Second)
-		eventually(t, "the restarted agent removed the stale VIP and lb2 released", 15*time.Second, func() error {
+		netlab.Eventually(t, "the restarted agent removed the stale VIP and lb2 released", 15*time.Second, func() error {
 			if h := l.VIPHolders(); len(h) != 1 || h[0] != lb1.Name {
 				return fmt.Errorf("VIP on %v", h)
 			}
@@ -155,7 +156,7 @@ func TestClusterE2E(t *testing.T) {
 		healed = true
 		waitCondition(t, l, lbv1.ConditionSplitBrain, metav1.ConditionFalse, 40*time.Second)
 		waitHolder(t, l, "lb1 after healing", lb1.Name, 10*time.Second)
-		eventually(t, "client served after healing", 15*time.Second, func() error { return lastOK(p, 10) })
+		netlab.Eventually(t, "client served after healing", 15*time.Second, func() error { return p.LastOK(10) })
 	})
 
 	t.Run("apiserver unreachable", func(t *testing.T) {
@@ -178,7 +179,7 @@ func TestClusterE2E(t *testing.T) {
 		if failed > 0 {
 			t.Errorf("%d requests failed while the apiserver was unreachable", failed)
 		}
-		eventually(t, "agents report again", 30*time.Second, func() error {
+		netlab.Eventually(t, "agents report again", 30*time.Second, func() error {
 			pair, err := l.Pair(ctx)
 			if err != nil {
 				return err
@@ -196,7 +197,7 @@ func TestClusterE2E(t *testing.T) {
 		settle()
 		start := time.Now()
 		must(t, l.SetEndpoints(ctx, web1, web2, web3))
-		eventually(t, "web03 serves", 15*time.Second, func() error {
+		netlab.Eventually(t, "web03 serves", 15*time.Second, func() error {
 			for _, r := range p.Results() {
 				if r.At.After(start) && r.Backend == "web03" {
 					return nil
@@ -239,7 +240,7 @@ func TestClusterE2E(t *testing.T) {
 			must(t, l.SignalAgent(n, syscall.SIGTERM))
 			<-n.Agent.Done()
 			must(t, l.StartAgent(n, quiet))
-			eventually(t, n.Name+" back", 30*time.Second, func() error {
+			netlab.Eventually(t, n.Name+" back", 30*time.Second, func() error {
 				pair, err := l.Pair(ctx)
 				if err != nil {
 					return err
@@ -268,7 +269,7 @@ func TestClusterE2E(t *testing.T) {
 		pair, err := l.Pair(ctx)
 		must(t, err)
 		must(t, l.Client.Delete(ctx, pair))
-		eventually(t, "no VIP and no listener left", 20*time.Second, func() error {
+		netlab.Eventually(t, "no VIP and no listener left", 20*time.Second, func() error {
 			if h := l.VIPHolders(); len(h) > 0 {
 				return fmt.Errorf("VIP still on %v", h)
 			}
@@ -285,7 +286,7 @@ func TestClusterE2E(t *testing.T) {
 func waitHolder(t *testing.T, l *Lab, what, want string, timeout time.Duration) time.Time {
 	t.Helper()
 	var at time.Time
-	eventually(t, what+": status.holder "+want, timeout, func() error {
+	netlab.Eventually(t, what+": status.holder "+want, timeout, func() error {
 		p, err := l.Pair(context.Background())
 		if err != nil {
 			return err
@@ -301,7 +302,7 @@ func waitHolder(t *testing.T, l *Lab, what, want string, timeout time.Duration) 
 
 func waitCondition(t *testing.T, l *Lab, typ string, want metav1.ConditionStatus, timeout time.Duration) {
 	t.Helper()
-	eventually(t, fmt.Sprintf("condition %s=%s", typ, want), timeout, func() error {
+	netlab.Eventually(t, fmt.Sprintf("condition %s=%s", typ, want), timeout, func() error {
 		p, err := l.Pair(context.Background())
 		if err != nil {
 			return err
@@ -314,25 +315,19 @@ func waitCondition(t *testing.T, l *Lab, typ string, want metav1.ConditionStatus
 	})
 }
 
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 func brief(as []lbv1.AgentStatus) []string {
 	var out []string
 	for _, a := range as {
 		out = append(out, fmt.Sprintf("%s=%s(%s)", a.Node, a.State, a.Reason))
 	}
 	return out
-}
-
-func lastOK(p *probe.Prober, n int) error {
-	rs := p.Results()
-	if len(rs) < n {
-		return fmt.Errorf("%d probes so far", len(rs))
-	}
-	for _, r := range rs[len(rs)-n:] {
-		if !r.OK {
-			return fmt.Errorf("probe failed: %s", r.Err)
-		}
-	}
-	return nil
 }
 
 func contains(s []string, v string) bool {
@@ -342,26 +337,4 @@ func contains(s []string, v string) bool {
 		}
 	}
 	return false
-}
-
-func eventually(t *testing.T, what string, timeout time.Duration, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func must(t *testing.T, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
 }

@@ -3,6 +3,7 @@ package netlab
 import (
 	"errors"
 	"testing"
+	"time"
 )
 
 // NewT makes a lab for a test and removes it when the test ends, pass or fail. When the
@@ -33,4 +34,21 @@ func MustAddHost(t testing.TB, l *Lab, name string, cidrs ...string) *Host {
 		t.Fatalf("adding lab host %s: %v", name, err)
 	}
 	return h
+}
+
+// Eventually retries check every 20 ms until it returns nil, and fails the
+// test with check's last error when timeout passes.
+func Eventually(t testing.TB, what string, timeout time.Duration, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -156,3 +156,17 @@ func Outage(rs []Result, since time.Time) (longest time.Duration, failures int) 
 	}
 	return longest, failures
 }
+
+// LastOK is nil when the last n probes, in start order, succeeded.
+func (p *Prober) LastOK(n int) error {
+	rs := p.Results()
+	if len(rs) < n {
+		return fmt.Errorf("%d probes so far", len(rs))
+	}
+	for _, r := range rs[len(rs)-n:] {
+		if !r.OK {
+			return fmt.Errorf("probe failed: %s", r.Err)
+		}
+	}
+	return nil
+}
