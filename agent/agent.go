@@ -159,6 +159,22 @@ func (a *Agent) Status() Status {
 	return st
 }
 
+// Deactivate leaves the VRRP group (a master hands over) and closes the
+// listeners, draining established connections, but keeps the agent able to
+// Apply again: the pair was deleted or the node deselected, and may come
+// back.
+func (a *Agent) Deactivate() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.stopRouterLocked()
+	a.settings = nil
+	if err := a.proxy.Apply(proxy.Config{}); err != nil {
+		return fmt.Errorf("closing the listeners: %w", err)
+	}
+	a.proxy.DrainEstablished(time.Duration(a.drainTimeout.Load()))
+	return nil
+}
+
 // Stop leaves the VRRP group at once (priority 0, so a backup takes over
 // without waiting for the master-down timer), then drains the proxy until
 // ctx is done.

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -282,18 +281,12 @@ func (s *clusterSource) deactivate(ctx context.Context, reason string) {
 	s.mu.Lock()
 	running := s.running
 	s.running = false
-	drain := time.Duration(0)
-	if s.applied != nil {
-		drain = s.applied.Proxy.DrainTimeout
-	}
 	s.mu.Unlock()
 	if !running {
 		return
 	}
 	s.log.Info("Stopping: giving up the virtual IPs and closing the listeners", "reason", reason)
-	drainCtx, cancel := context.WithTimeout(ctx, drain)
-	defer cancel()
-	if err := s.agent.Stop(drainCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+	if err := s.agent.Deactivate(); err != nil {
 		s.log.Error(err, "Stopping the agent")
 	}
 }

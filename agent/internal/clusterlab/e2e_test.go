@@ -265,6 +265,50 @@ func TestClusterE2E(t *testing.T) {
 		}
 	})
 
+	t.Run("node deselected and selected again", func(t *testing.T) {
+		relabel := func(v string) {
+			out, err := l.Kubectl(ctx, "label", "node", lb2.Name, "--overwrite", "lbpair.io/lb="+v)
+			if err != nil {
+				t.Fatalf("kubectl label: %v\n%s", err, out)
+			}
+		}
+		if !contains(l.VIPHolders(), lb2.Name) {
+			// Make lb2 the holder, so deselection must hand over.
+			must(t, l.SignalAgent(lb1, syscall.SIGTERM))
+			<-lb1.Agent.Done()
+			must(t, l.StartAgent(lb1, quiet))
+		}
+		netlab.Eventually(t, "lb2 holds the VIP", 15*time.Second, func() error {
+			if h := l.VIPHolders(); len(h) != 1 || h[0] != lb2.Name {
+				return fmt.Errorf("VIP on %v", h)
+			}
+			return nil
+		})
+		settle()
+		start := time.Now()
+		relabel("false")
+		netlab.Eventually(t, "lb2 gave up the VIP and closed its listener", 15*time.Second, func() error {
+			if lb2.Listening() || contains(l.VIPHolders(), lb2.Name) {
+				return fmt.Errorf("lb2 listening %v, VIP on %v", lb2.Listening(), l.VIPHolders())
+			}
+			return nil
+		})
+		waitHolder(t, l, "lb1 after lb2 was deselected", lb1.Name, 15*time.Second)
+		settle()
+		_, failed := probe.Outage(p.Results(), start)
+		t.Logf("deselecting the holder's node: %d failed probes", failed)
+		if failed > 1 {
+			t.Errorf("%d requests failed when the holder's node was deselected, want at most the one in flight at the handover", failed)
+		}
+		relabel("true")
+		netlab.Eventually(t, "lb2 back as backup", 15*time.Second, func() error {
+			if !lb2.Listening() {
+				return fmt.Errorf("lb2 does not listen")
+			}
+			return nil
+		})
+	})
+
 	t.Run("pair deleted", func(t *testing.T) {
 		pair, err := l.Pair(ctx)
 		must(t, err)
