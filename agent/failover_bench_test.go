@@ -132,14 +132,7 @@ func TestFailoverBench(t *testing.T) {
 // failoverTrial runs one pair in a fresh lab, fails its master and returns
 // the longest outage the client saw.
 func failoverTrial(t *testing.T, impl pairImpl, interval time.Duration, mode failMode) time.Duration {
-	l := netlab.NewT(t)
-	lb1 := netlab.MustAddHost(t, l, "lb1", "198.18.0.11/24")
-	lb2 := netlab.MustAddHost(t, l, "lb2", "198.18.0.12/24")
-	web1 := netlab.MustAddHost(t, l, "web01", "198.18.0.21/24")
-	web2 := netlab.MustAddHost(t, l, "web02", "198.18.0.22/24")
-	client := netlab.MustAddHost(t, l, "client", "198.18.0.30/24")
-	serveName(t, web1, "198.18.0.21:80")
-	serveName(t, web2, "198.18.0.22:80")
+	lb1, lb2, client := pairLab(t)
 	fail := impl.start(t, lb1, lb2, interval)
 	netlab.Eventually(t, "lb1 holds the VIP", 20*time.Second, func() error {
 		if !hasVIP(t, lb1) || hasVIP(t, lb2) {
@@ -283,7 +276,7 @@ func TestAdvertStabilityUnderLoad(t *testing.T) {
 	bin := lbpairBinary(t)
 	var ours, theirs int
 	t.Run("lbpair", func(t *testing.T) {
-		lb1, lb2 := stabilityLab(t)
+		lb1, lb2, _ := pairLab(t)
 		file := benchPairFile(t, 20*time.Millisecond)
 		startAgent(t, lb1, bin, file)
 		startAgent(t, lb2, bin, file)
@@ -295,7 +288,7 @@ func TestAdvertStabilityUnderLoad(t *testing.T) {
 		ours = int(transitions(t, lb1) + transitions(t, lb2) - before)
 	})
 	t.Run("keepalived", func(t *testing.T) {
-		lb1, lb2 := stabilityLab(t)
+		lb1, lb2, _ := pairLab(t)
 		var mu sync.Mutex
 		count := 0
 		counting := false
@@ -323,16 +316,6 @@ func TestAdvertStabilityUnderLoad(t *testing.T) {
 	})
 	fmt.Printf("\nStability: 20 ms adverts for %v with %d busy loops on %d CPUs, transitions after the election: lbpair %d, keepalived %d\n\n",
 		d, loops, cpuCount(), ours, theirs)
-}
-
-func stabilityLab(t *testing.T) (*netlab.Host, *netlab.Host) {
-	l := netlab.NewT(t)
-	lb1 := netlab.MustAddHost(t, l, "lb1", "198.18.0.11/24")
-	lb2 := netlab.MustAddHost(t, l, "lb2", "198.18.0.12/24")
-	web1 := netlab.MustAddHost(t, l, "web01", "198.18.0.21/24")
-	netlab.MustAddHost(t, l, "web02", "198.18.0.22/24")
-	serveName(t, web1, "198.18.0.21:80")
-	return lb1, lb2
 }
 
 func waitVIPOn(t *testing.T, holder, other *netlab.Host) {

@@ -146,15 +146,22 @@ func httpGetFrom(h *netlab.Host, url string) (int, string, error) {
 	return resp.StatusCode, string(b), err
 }
 
-func TestStandalonePairServesAndFailsOver(t *testing.T) {
+// pairLab makes the hosts of a pair's lab: lb1 and lb2 for the pair, web01
+// and web02 serving their names on :80, and a client.
+func pairLab(t *testing.T) (lb1, lb2, client *netlab.Host) {
 	l := netlab.NewT(t)
-	lb1 := netlab.MustAddHost(t, l, "lb1", "198.18.0.11/24")
-	lb2 := netlab.MustAddHost(t, l, "lb2", "198.18.0.12/24")
+	lb1 = netlab.MustAddHost(t, l, "lb1", "198.18.0.11/24")
+	lb2 = netlab.MustAddHost(t, l, "lb2", "198.18.0.12/24")
 	web1 := netlab.MustAddHost(t, l, "web01", "198.18.0.21/24")
 	web2 := netlab.MustAddHost(t, l, "web02", "198.18.0.22/24")
-	client := netlab.MustAddHost(t, l, "client", "198.18.0.30/24")
+	client = netlab.MustAddHost(t, l, "client", "198.18.0.30/24")
 	serveName(t, web1, "198.18.0.21:80")
 	serveName(t, web2, "198.18.0.22:80")
+	return lb1, lb2, client
+}
+
+func TestStandalonePairServesAndFailsOver(t *testing.T) {
+	lb1, lb2, client := pairLab(t)
 	bin, file := lbpairBinary(t), pairFile(t)
 
 	a1 := startAgent(t, lb1, bin, file)
