@@ -440,3 +440,24 @@ func (l *Lab) PartitionNodes(cut bool) error {
 	}
 	return nil
 }
+
+// CreateAgentPods registers the Pods the DaemonSet would run, one per node
+// with the node's address (host network), as the kubelet would: agents find
+// their unicast peers from them.
+func (l *Lab) CreateAgentPods(ctx context.Context) error {
+	for _, n := range l.Nodes {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: "lbpair-" + PairName + "-" + n.Name, Labels: map[string]string{"lbpair.io/pair": PairName}},
+			Spec:       corev1.PodSpec{NodeName: n.Name, HostNetwork: true, Containers: []corev1.Container{{Name: "agent", Image: "ghcr.io/lbpair/lbpair:lab"}}},
+		}
+		if err := l.Client.Create(ctx, pod); err != nil {
+			return fmt.Errorf("creating pod %s: %w", pod.Name, err)
+		}
+		pod.Status.PodIP = n.IP
+		pod.Status.PodIPs = []corev1.PodIP{{IP: n.IP}}
+		if err := l.Client.Status().Update(ctx, pod); err != nil {
+			return fmt.Errorf("setting pod %s's IP: %w", pod.Name, err)
+		}
+	}
+	return nil
+}

@@ -15,6 +15,8 @@ import (
 
 	"github.com/lbpair/lbpair/agent/internal/netlab"
 	"github.com/lbpair/lbpair/agent/internal/probe"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
 )
 
@@ -231,8 +233,9 @@ func TestClusterE2E(t *testing.T) {
 		// handover is a graceful one.
 		pair, err := l.Pair(ctx)
 		must(t, err)
+		before := pair.DeepCopy()
 		pair.Spec.Preempt = new(bool)
-		must(t, l.Client.Update(ctx, pair))
+		must(t, l.Client.Patch(ctx, pair, client.MergeFrom(before)))
 		time.Sleep(time.Second)
 		settle()
 		start := time.Now()
@@ -307,6 +310,27 @@ func TestClusterE2E(t *testing.T) {
 			}
 			return nil
 		})
+	})
+
+	t.Run("unicast peers found from the agent pods", func(t *testing.T) {
+		must(t, l.CreateAgentPods(ctx))
+		pair, err := l.Pair(ctx)
+		must(t, err)
+		before := pair.DeepCopy()
+		pair.Spec.Unicast = &lbv1.UnicastSpec{Enabled: true}
+		must(t, l.Client.Patch(ctx, pair, client.MergeFrom(before)))
+		// The master's adverts now go to the backup's address, which nobody
+		// listed: tcpdump on the backup sees one addressed to it.
+		backup := lb1
+		if contains(l.VIPHolders(), lb1.Name) {
+			backup = lb2
+		}
+		netlab.Eventually(t, "a unicast VRRP advert to "+backup.Name, 20*time.Second, func() error {
+			_, err := backup.Host.Exec("timeout", "2", "tcpdump", "-i", "eth0", "-c", "1", "-n", "ip proto 112 and dst host "+backup.IP)
+			return err
+		})
+		waitCondition(t, l, lbv1.ConditionReady, metav1.ConditionTrue, 10*time.Second)
+		netlab.Eventually(t, "client served over unicast VRRP", 10*time.Second, func() error { return p.LastOK(10) })
 	})
 
 	t.Run("pair deleted", func(t *testing.T) {
