@@ -53,6 +53,10 @@ type Action struct {
 	Priority uint8
 }
 
+// ReasonMasterLeft is the reason of a backup's takeover after the master
+// announced it was leaving (a priority-0 advert).
+const ReasonMasterLeft = "the master left (priority 0)"
+
 // Transition is a change of state, with why it happened.
 type Transition struct {
 	From, To   State
@@ -93,13 +97,21 @@ type Machine struct {
 	startedAt  time.Time
 	masterAddr netip.Addr
 	// masterInterval is Master_Adver_Interval: the master's, learnt from
-	// its adverts in VRRPv3.
+	// its adverts in VRRPv3 (then learnt is set).
 	masterInterval time.Duration
+	learnt         bool
 	masterDown     time.Time
 	adver          time.Time
 	// masterLeft is set when the master announced it is leaving
 	// (priority 0), for the reason of the takeover.
 	masterLeft bool
+	// lowerAddr and lowerPrio name a lower-priority master whose adverts a
+	// preempting backup ignores, for the reason of the takeover.
+	lowerAddr netip.Addr
+	lowerPrio uint8
+	// lastReannounce is when a master last re-announced the VIPs against a
+	// lower-priority master.
+	lastReannounce time.Time
 }
 
 // NewMachine returns a machine in Init.
@@ -122,6 +134,10 @@ func (m *Machine) MasterAddr() netip.Addr { return m.masterAddr }
 
 // Config is the machine's configuration.
 func (m *Machine) Config() MachineConfig { return m.cfg }
+
+// MasterInterval is Master_Adver_Interval: the master's advert interval as
+// learnt from its VRRPv3 adverts, else the configured one.
+func (m *Machine) MasterInterval() time.Duration { return m.masterInterval }
 
 // Next is when Tick must be called next; zero when no timer runs.
 func (m *Machine) Next() time.Time {
@@ -161,6 +177,7 @@ func (m *Machine) enter(now time.Time, to State, reason string, step *Step) {
 func (m *Machine) becomeMaster(now time.Time, reason string, step *Step) {
 	step.Actions = append(step.Actions, Action{Kind: SendAdvert, Priority: m.cfg.Priority}, Action{Kind: TakeVIPs})
 	m.adver = now.Add(m.cfg.Interval)
+	m.lastReannounce = time.Time{}
 	m.enter(now, Master, reason, step)
 }
 
@@ -169,6 +186,7 @@ func (m *Machine) becomeBackup(now time.Time, reason string, step *Step) {
 		step.Actions = append(step.Actions, Action{Kind: ReleaseVIPs})
 	}
 	m.masterDown = now.Add(m.MasterDownInterval())
+	m.lowerAddr, m.lowerPrio = netip.Addr{}, 0
 	m.enter(now, Backup, reason, step)
 }
 
@@ -180,7 +198,7 @@ func (m *Machine) Start(now time.Time) Step {
 		return step
 	}
 	m.startedAt = now
-	m.masterInterval = m.cfg.Interval
+	m.masterInterval, m.learnt = m.cfg.Interval, false
 	if m.cfg.Priority == 255 {
 		m.becomeMaster(now, "address owner (priority 255)", &step)
 		return step
@@ -199,7 +217,9 @@ func (m *Machine) Tick(now time.Time) Step {
 			reason := fmt.Sprintf("no advertisement from a master for %v", m.MasterDownInterval().Round(time.Millisecond))
 			switch {
 			case m.masterLeft:
-				reason = "the master left (priority 0)"
+				reason = ReasonMasterLeft
+			case m.lowerAddr.IsValid():
+				reason = fmt.Sprintf("preempting master %s: its priority %d is below our %d", m.lowerAddr, m.lowerPrio, m.cfg.Priority)
 			case m.masterAddr.IsValid():
 				reason = fmt.Sprintf("no advertisement from master %s for %v", m.masterAddr, m.MasterDownInterval().Round(time.Millisecond))
 			}
@@ -229,15 +249,16 @@ func (m *Machine) Receive(now time.Time, p *Packet, from netip.Addr) Step {
 		}
 		inPreemptDelay := now.Sub(m.startedAt) < m.cfg.PreemptDelay
 		if !m.cfg.Preempt || inPreemptDelay || p.Priority >= m.cfg.Priority {
-			if m.cfg.Version == 3 {
-				m.masterInterval = p.Interval
-			}
+			m.learn(p)
 			m.masterAddr = from
 			m.masterDown = now.Add(m.MasterDownInterval())
 			m.masterLeft = false
+			m.lowerAddr, m.lowerPrio = netip.Addr{}, 0
+			return step
 		}
 		// A lower-priority master is ignored: its adverts do not reset
 		// the timer, so this router preempts it when the timer expires.
+		m.lowerAddr, m.lowerPrio = from, p.Priority
 	case Master:
 		if p.Priority == 0 {
 			// Another router left the master role (shut down, or stepped
@@ -249,9 +270,7 @@ func (m *Machine) Receive(now time.Time, p *Packet, from netip.Addr) Step {
 			return step
 		}
 		if p.Priority > m.cfg.Priority || p.Priority == m.cfg.Priority && from.Compare(m.cfg.Self) > 0 {
-			if m.cfg.Version == 3 {
-				m.masterInterval = p.Interval
-			}
+			m.learn(p)
 			m.masterAddr = from
 			reason := fmt.Sprintf("master %s has priority %d, above our %d", from, p.Priority, m.cfg.Priority)
 			if p.Priority == m.cfg.Priority {
@@ -264,14 +283,30 @@ func (m *Machine) Receive(now time.Time, p *Packet, from netip.Addr) Step {
 			m.becomeBackup(now, reason, &step)
 			return step
 		}
-		// Another master with a lower priority: a split brain is healing
-		// and the other side's announcements may have taken the clients.
-		// Win them back at once, and tell it to step down, as keepalived's
-		// garp_lower_prio_repeat does.
-		step.Actions = append(step.Actions, Action{Kind: SendAdvert, Priority: m.cfg.Priority}, Action{Kind: Reannounce})
+		// Another master with a lower priority: a split brain is healing.
+		// Tell it to step down at once, as keepalived does by default (RFC
+		// 5798 only discards the advert; the answer costs one packet per
+		// advert of the other master). Its announcements may have taken
+		// the clients, so win them back, as keepalived's
+		// garp_lower_prio_repeat does, but at most once per
+		// Master_Down_Interval: a lower master that does not hear us would
+		// otherwise trigger a GARP/NA burst with every advert it sends.
+		step.Actions = append(step.Actions, Action{Kind: SendAdvert, Priority: m.cfg.Priority})
+		if m.lastReannounce.IsZero() || now.Sub(m.lastReannounce) >= m.MasterDownInterval() {
+			step.Actions = append(step.Actions, Action{Kind: Reannounce})
+			m.lastReannounce = now
+		}
 		m.adver = now.Add(m.cfg.Interval)
 	}
 	return step
+}
+
+// learn takes Master_Adver_Interval from a VRRPv3 advert; VRRPv2 adverts
+// carry the group's fixed interval, which the router already checked.
+func (m *Machine) learn(p *Packet) {
+	if m.cfg.Version == 3 {
+		m.masterInterval, m.learnt = p.Interval, true
+	}
 }
 
 // SetPriority changes the effective priority (tracking). A master
@@ -333,11 +368,17 @@ func (m *Machine) Stop(now time.Time, reason string) Step {
 }
 
 // Reconfigure changes interval, preemption and priority in place.
+// Master_Adver_Interval follows the new interval unless a VRRPv3 backup
+// learnt the master's own; a backup re-arms its master-down timer, since
+// Master_Down_Interval may have changed with the interval or the priority.
 func (m *Machine) Reconfigure(now time.Time, cfg MachineConfig) Step {
 	step := m.SetPriority(now, cfg.Priority)
 	m.cfg.Interval, m.cfg.Preempt, m.cfg.PreemptDelay = cfg.Interval, cfg.Preempt, cfg.PreemptDelay
-	if m.state == Master {
-		m.masterInterval = cfg.Interval
+	if m.state == Master || m.cfg.Version == 2 || !m.learnt {
+		m.masterInterval, m.learnt = cfg.Interval, false
+	}
+	if m.state == Backup {
+		m.masterDown = now.Add(m.MasterDownInterval())
 	}
 	return step
 }

@@ -51,9 +51,25 @@ func fault(f bool) func(*Machine, time.Time) Step {
 func stop() func(*Machine, time.Time) Step {
 	return func(m *Machine, n time.Time) Step { return m.Stop(n, "stopped") }
 }
+func reconf(c MachineConfig) func(*Machine, time.Time) Step {
+	return func(m *Machine, n time.Time) Step { return m.Reconfigure(n, c) }
+}
+
+func cfg2(prio uint8, interval time.Duration) MachineConfig {
+	return MachineConfig{Version: 2, Priority: prio, Interval: interval, Preempt: true, Self: self}
+}
+
+func advert2(prio uint8, interval time.Duration) *Packet {
+	p := advert(prio, interval)
+	p.Version = 2
+	return p
+}
 
 var (
 	send100  = Action{Kind: SendAdvert, Priority: 100}
+	send150  = Action{Kind: SendAdvert, Priority: 150}
+	send255  = Action{Kind: SendAdvert, Priority: 255}
+	announce = Action{Kind: Reannounce}
 	sendZero = Action{Kind: SendAdvert, Priority: 0}
 	take     = Action{Kind: TakeVIPs}
 	release  = Action{Kind: ReleaseVIPs}
@@ -62,45 +78,51 @@ var (
 func TestMachine(t *testing.T) {
 	// Master_Down_Interval at priority 100 and 1s: 3s + (156/256)s.
 	down100 := 3*time.Second + 156*time.Second/256
+	// At 3s in VRRPv2, whose Skew_Time stays in seconds: 9s + (156/256)s.
+	down100v2at3s := 9*time.Second + 156*time.Second/256
+	// At 100ms in VRRPv3: 300ms + (156/256) x 100ms.
+	down100at100ms := 300*time.Millisecond + 156*100*time.Millisecond/256
 	tests := []struct {
 		name   string
 		config MachineConfig
+		// reason is the machine's reason after the last event.
+		reason string
 		events []event
 	}{
-		{"backup takes over when the master goes silent", cfg(100), []event{
+		{"backup takes over when the master goes silent", cfg(100), "no advertisement from a master for 3.609s", []event{
 			{0, start(), Backup, nil},
 			{down100 - time.Millisecond, tick(), Backup, nil},
 			{down100, tick(), Master, []Action{send100, take}},
 			{down100 + 999*time.Millisecond, tick(), Master, nil},
 			{down100 + time.Second, tick(), Master, []Action{send100}},
 		}},
-		{"adverts of a higher master keep the backup waiting", cfg(100), []event{
+		{"adverts of a higher master keep the backup waiting", cfg(100), "no advertisement from master 198.18.0.12 for 3.609s", []event{
 			{0, start(), Backup, nil},
 			{3 * time.Second, recv(advert(150, time.Second), upper), Backup, nil},
 			{3*time.Second + down100 - time.Millisecond, tick(), Backup, nil},
 			{3*time.Second + down100, tick(), Master, []Action{send100, take}},
 		}},
-		{"address owner is master at once", cfg(255), []event{
+		{"address owner is master at once", cfg(255), "address owner (priority 255)", []event{
 			{0, start(), Master, []Action{{Kind: SendAdvert, Priority: 255}, take}},
 		}},
-		{"master priority 0 makes the backup take over after Skew_Time", cfg(100), []event{
+		{"master priority 0 makes the backup take over after Skew_Time", cfg(100), ReasonMasterLeft, []event{
 			{0, start(), Backup, nil},
 			{time.Second, recv(advert(150, time.Second), upper), Backup, nil},
 			{2 * time.Second, recv(advert(0, time.Second), upper), Backup, nil},
 			{2*time.Second + 609*time.Millisecond, tick(), Backup, nil},
 			{2*time.Second + 610*time.Millisecond, tick(), Master, []Action{send100, take}},
 		}},
-		{"preempt: a lower master's adverts are ignored", cfg(100), []event{
+		{"preempt: a lower master's adverts are ignored", cfg(100), "preempting master 198.18.0.12: its priority 50 is below our 100", []event{
 			{0, start(), Backup, nil},
 			{time.Second, recv(advert(50, time.Second), upper), Backup, nil},
 			{down100, tick(), Master, []Action{send100, take}},
 		}},
-		{"no preempt: a lower master is followed", MachineConfig{Version: 3, Priority: 100, Interval: time.Second, Self: self}, []event{
+		{"no preempt: a lower master is followed", MachineConfig{Version: 3, Priority: 100, Interval: time.Second, Self: self}, "started", []event{
 			{0, start(), Backup, nil},
 			{time.Second, recv(advert(50, time.Second), upper), Backup, nil},
 			{down100, tick(), Backup, nil},
 		}},
-		{"preempt delay: a lower master is followed until the delay ends", MachineConfig{Version: 3, Priority: 100, Interval: time.Second, Preempt: true, PreemptDelay: 10 * time.Second, Self: self}, []event{
+		{"preempt delay: a lower master is followed until the delay ends", MachineConfig{Version: 3, Priority: 100, Interval: time.Second, Preempt: true, PreemptDelay: 10 * time.Second, Self: self}, "preempting master 198.18.0.12: its priority 50 is below our 100", []event{
 			{0, start(), Backup, nil},
 			{3 * time.Second, recv(advert(50, time.Second), upper), Backup, nil},
 			{6 * time.Second, recv(advert(50, time.Second), upper), Backup, nil},
@@ -108,33 +130,33 @@ func TestMachine(t *testing.T) {
 			{12 * time.Second, recv(advert(50, time.Second), upper), Backup, nil},
 			{9*time.Second + down100, tick(), Master, []Action{send100, take}},
 		}},
-		{"master steps down for a higher priority", cfg(100), []event{
+		{"master steps down for a higher priority", cfg(100), "master 198.18.0.12 has priority 150, above our 100", []event{
 			{0, start(), Backup, nil},
 			{down100, tick(), Master, []Action{send100, take}},
 			{5 * time.Second, recv(advert(150, time.Second), upper), Backup, []Action{sendZero, release}},
 		}},
-		{"master keeps the VIPs against a lower priority and re-announces them", cfg(100), []event{
+		{"master keeps the VIPs against a lower priority and re-announces them", cfg(100), "no advertisement from a master for 3.609s", []event{
 			{0, start(), Backup, nil},
 			{down100, tick(), Master, []Action{send100, take}},
 			{5 * time.Second, recv(advert(90, time.Second), upper), Master, []Action{send100, {Kind: Reannounce}}},
 		}},
-		{"equal priority: the higher address wins", cfg(100), []event{
+		{"equal priority: the higher address wins", cfg(100), "master 198.18.0.12 has our priority 100 and a higher address", []event{
 			{0, start(), Backup, nil},
 			{down100, tick(), Master, []Action{send100, take}},
 			{5 * time.Second, recv(advert(100, time.Second), lower), Master, []Action{send100, {Kind: Reannounce}}},
 			{5 * time.Second, recv(advert(100, time.Second), upper), Backup, []Action{sendZero, release}},
 		}},
-		{"master answers a priority 0 at once", cfg(100), []event{
+		{"master answers a priority 0 at once", cfg(100), "no advertisement from a master for 3.609s", []event{
 			{0, start(), Backup, nil},
 			{down100, tick(), Master, []Action{send100, take}},
 			{down100 + 100*time.Millisecond, recv(advert(0, time.Second), upper), Master, []Action{send100, {Kind: Reannounce}}},
 		}},
-		{"a tracked priority change is advertised at once", cfg(100), []event{
+		{"a tracked priority change is advertised at once", cfg(100), "no advertisement from a master for 3.609s", []event{
 			{0, start(), Backup, nil},
 			{down100, tick(), Master, []Action{send100, take}},
 			{5 * time.Second, prio(80), Master, []Action{{Kind: SendAdvert, Priority: 80}}},
 		}},
-		{"fault releases the VIPs with priority 0 and recovers as backup", cfg(100), []event{
+		{"fault releases the VIPs with priority 0 and recovers as backup", cfg(100), "recovered: test", []event{
 			{0, start(), Backup, nil},
 			{down100, tick(), Master, []Action{send100, take}},
 			{5 * time.Second, fault(true), Fault, []Action{sendZero, release}},
@@ -142,14 +164,71 @@ func TestMachine(t *testing.T) {
 			{21 * time.Second, recv(advert(50, time.Second), upper), Fault, nil},
 			{22 * time.Second, fault(false), Backup, nil},
 		}},
-		{"stop sends priority 0 and releases", cfg(100), []event{
+		{"stop sends priority 0 and releases", cfg(100), "stopped", []event{
 			{0, start(), Backup, nil},
 			{down100, tick(), Master, []Action{send100, take}},
 			{5 * time.Second, stop(), Init, []Action{sendZero, release}},
 		}},
-		{"stop as backup sends nothing", cfg(100), []event{
+		{"stop as backup sends nothing", cfg(100), "stopped", []event{
 			{0, start(), Backup, nil},
 			{time.Second, stop(), Init, nil},
+		}},
+		{"init to fault sends nothing", cfg(100), "test", []event{
+			{0, fault(true), Fault, nil},
+			{10 * time.Second, tick(), Fault, nil},
+		}},
+		{"backup to fault stops the master-down timer", cfg(100), "test", []event{
+			{0, start(), Backup, nil},
+			{time.Second, fault(true), Fault, nil},
+			{2 * down100, tick(), Fault, nil},
+		}},
+		{"fault from init recovers as backup and takes over later", cfg(100), "no advertisement from a master for 3.609s", []event{
+			{0, fault(true), Fault, nil},
+			{time.Second, fault(false), Backup, nil},
+			{time.Second + down100 - time.Millisecond, tick(), Backup, nil},
+			{time.Second + down100, tick(), Master, []Action{send100, take}},
+		}},
+		{"the address owner recovers from fault as master", cfg(255), "recovered: test", []event{
+			{0, start(), Master, []Action{send255, take}},
+			{time.Second, fault(true), Fault, []Action{sendZero, release}},
+			{2 * time.Second, fault(false), Master, []Action{send255, take}},
+		}},
+		{"VRRPv2 backup follows a higher master", cfg2(100, time.Second), "no advertisement from master 198.18.0.12 for 3.609s", []event{
+			{0, start(), Backup, nil},
+			{3 * time.Second, recv(advert2(150, time.Second), upper), Backup, nil},
+			{3*time.Second + down100 - time.Millisecond, tick(), Backup, nil},
+			{3*time.Second + down100, tick(), Master, []Action{send100, take}},
+		}},
+		{"VRRPv2 reconfigured to a longer interval re-arms the master-down timer", cfg2(100, time.Second), "no advertisement from a master for 9.609s", []event{
+			{0, start(), Backup, nil},
+			{2 * time.Second, reconf(cfg2(100, 3*time.Second)), Backup, nil},
+			{down100, tick(), Backup, nil},
+			{2*time.Second + down100v2at3s - time.Millisecond, tick(), Backup, nil},
+			{2*time.Second + down100v2at3s, tick(), Master, []Action{send100, take}},
+		}},
+		{"VRRPv3 reconfigured to a shorter interval before any advert", cfg(100), "no advertisement from a master for 361ms", []event{
+			{0, start(), Backup, nil},
+			{time.Second, reconf(MachineConfig{Version: 3, Priority: 100, Interval: 100 * time.Millisecond, Preempt: true, Self: self}), Backup, nil},
+			{time.Second + down100at100ms - time.Millisecond, tick(), Backup, nil},
+			{time.Second + down100at100ms, tick(), Master, []Action{send100, take}},
+		}},
+		{"a backup raising its priority preempts a lower master", cfg(100), "preempting master 198.18.0.12: its priority 120 is below our 150", []event{
+			{0, start(), Backup, nil},
+			{time.Second, recv(advert(120, time.Second), upper), Backup, nil},
+			{2 * time.Second, prio(150), Backup, nil},
+			{3 * time.Second, recv(advert(120, time.Second), upper), Backup, nil},
+			// The timer keeps the deadline of the last advert it followed.
+			{time.Second + down100, tick(), Master, []Action{send150, take}},
+		}},
+		{"re-announcing against a lower master is limited to once per Master_Down_Interval", cfg(100), "no advertisement from a master for 3.609s", []event{
+			{0, start(), Backup, nil},
+			{down100, tick(), Master, []Action{send100, take}},
+			{5 * time.Second, recv(advert(90, time.Second), upper), Master, []Action{send100, announce}},
+			{6 * time.Second, recv(advert(90, time.Second), upper), Master, []Action{send100}},
+			{5*time.Second + down100 - time.Millisecond, recv(advert(90, time.Second), upper), Master, []Action{send100}},
+			{5*time.Second + down100, recv(advert(90, time.Second), upper), Master, []Action{send100, announce}},
+			// A leaving master is always answered with announcements.
+			{5*time.Second + down100, recv(advert(0, time.Second), upper), Master, []Action{send100, announce}},
 		}},
 	}
 	for _, tt := range tests {
@@ -167,6 +246,9 @@ func TestMachine(t *testing.T) {
 					t.Fatalf("event %d: transition %+v", i, step.Transition)
 				}
 			}
+			if got := m.Reason(); got != tt.reason {
+				t.Errorf("reason %q, want %q", got, tt.reason)
+			}
 		})
 	}
 }
@@ -182,6 +264,64 @@ func TestBackupLearnsTheMasterInterval(t *testing.T) {
 	}
 	if got := m.Next(); !got.Equal(t0.Add(want)) {
 		t.Errorf("Next = %v, want %v", got.Sub(t0), want)
+	}
+}
+
+func TestReconfigureRefreshesMasterDownInterval(t *testing.T) {
+	reconfAt := t0.Add(time.Second)
+	tests := []struct {
+		name    string
+		config  MachineConfig
+		learn   *Packet // an advert the backup follows before the change
+		master  bool    // the machine is master when reconfigured
+		newIntv time.Duration
+		wantMDI time.Duration
+		// wantNext is after reconfAt; 0 when Next is the master's advert.
+		wantNext time.Duration
+	}{
+		{
+			name: "VRRPv2 backup takes the new interval", config: cfg2(100, time.Second), newIntv: 2 * time.Second,
+			wantMDI: 6*time.Second + 156*time.Second/256, wantNext: 6*time.Second + 156*time.Second/256,
+		},
+		{
+			name: "VRRPv2 backup takes it even after adverts", config: cfg2(100, time.Second), learn: advert2(150, time.Second), newIntv: 2 * time.Second,
+			wantMDI: 6*time.Second + 156*time.Second/256, wantNext: 6*time.Second + 156*time.Second/256,
+		},
+		{
+			name: "VRRPv3 backup that learnt nothing takes the new interval", config: cfg(100), newIntv: 100 * time.Millisecond,
+			wantMDI: 300*time.Millisecond + 156*100*time.Millisecond/256, wantNext: 300*time.Millisecond + 156*100*time.Millisecond/256,
+		},
+		{
+			name: "VRRPv3 backup keeps the master's learnt interval", config: cfg(100), learn: advert(150, 500*time.Millisecond), newIntv: 100 * time.Millisecond,
+			wantMDI: 1500*time.Millisecond + 156*500*time.Millisecond/256, wantNext: 1500*time.Millisecond + 156*500*time.Millisecond/256,
+		},
+		{
+			name: "VRRPv3 master takes the new interval", config: cfg(100), master: true, newIntv: 100 * time.Millisecond,
+			wantMDI: 300*time.Millisecond + 156*100*time.Millisecond/256,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := NewMachine(tt.config)
+			m.Start(t0)
+			if tt.learn != nil {
+				m.Receive(t0, tt.learn, upper)
+			}
+			if tt.master {
+				m.Tick(t0.Add(time.Hour))
+			}
+			c := tt.config
+			c.Interval = tt.newIntv
+			m.Reconfigure(reconfAt, c)
+			if got := m.MasterDownInterval(); got != tt.wantMDI {
+				t.Errorf("Master_Down_Interval = %v, want %v", got, tt.wantMDI)
+			}
+			if tt.wantNext != 0 {
+				if got := m.Next(); !got.Equal(reconfAt.Add(tt.wantNext)) {
+					t.Errorf("Next = reconfiguration + %v, want + %v", got.Sub(reconfAt), tt.wantNext)
+				}
+			}
+		})
 	}
 }
 
