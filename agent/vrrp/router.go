@@ -72,7 +72,11 @@ type Router struct {
 	m            *Machine
 	linkDown     bool
 	nextAnnounce time.Time
-	lastDropLog  map[string]time.Time
+	// lastLog rate-limits debug logs by key (see logLimited).
+	lastLog map[string]time.Time
+	// loggedInterval is the last master interval logged as differing from
+	// the configured one.
+	loggedInterval time.Duration
 }
 
 // NewRouter opens the router's sockets on the interface: it must run in
@@ -89,7 +93,7 @@ func NewRouter(cfg Config, log logr.Logger, opts ...Option) (*Router, error) {
 		}
 		cfg.Interface = ifname
 	}
-	r := &Router{log: log, cfg: cfg, reconf: make(chan Config), hooks: make(chan Transition, 64), lastDropLog: map[string]time.Time{}, done: make(chan struct{})}
+	r := &Router{log: log, cfg: cfg, reconf: make(chan Config), hooks: make(chan Transition, 64), lastLog: map[string]time.Time{}, done: make(chan struct{})}
 	for _, o := range opts {
 		o(r)
 	}
@@ -288,10 +292,6 @@ func (r *Router) applyHealth(prio uint8, fault bool, why string) {
 	default:
 		r.exec(r.m.SetPriority(now, prio))
 	}
-	r.mu.Lock()
-	r.status.EffectivePriority = r.m.Config().Priority
-	r.mu.Unlock()
-	r.metrics.priority.Set(float64(r.m.Config().Priority))
 }
 
 func (r *Router) effective(base uint8) (uint8, bool, string) {
@@ -361,8 +361,24 @@ func (r *Router) leave(packets <-chan packetOrErr) {
 
 // handle feeds the machine with the packets that pass the checks.
 func (r *Router) handle(p received) {
-	if pkt := r.check(p); pkt != nil {
-		r.exec(r.m.Receive(time.Now(), pkt, p.src))
+	pkt := r.check(p)
+	if pkt == nil {
+		return
+	}
+	r.exec(r.m.Receive(time.Now(), pkt, p.src))
+	if r.cfg.Version != 3 {
+		return
+	}
+	// A VRRPv3 backup times the master by its advertised interval, not
+	// ours: say so when they differ, since a misconfigured peer changes
+	// how fast this router takes over.
+	switch iv := r.m.MasterInterval(); {
+	case iv == r.cfg.AdvertInterval:
+		r.loggedInterval = 0
+	case iv != r.loggedInterval:
+		r.loggedInterval = iv
+		r.logLimited("learnt-interval", 1, "Following the master's advert interval, which differs from ours",
+			"master", p.src, "masterInterval", iv, "interval", r.cfg.AdvertInterval)
 	}
 }
 
@@ -391,8 +407,7 @@ func (r *Router) check(p received) *Packet {
 		return nil
 	}
 	if pkt.VRID != r.cfg.VRID {
-		// Other groups share the multicast address: routine, not logged.
-		r.metrics.dropped.WithLabelValues("vrid").Inc()
+		r.drop("vrid", p.src, fmt.Errorf("VRID %d, this group is %d", pkt.VRID, r.cfg.VRID))
 		return nil
 	}
 	if pkt.Version != r.cfg.Version {
@@ -435,15 +450,30 @@ func sameAddrs(a, b []netip.Addr) bool {
 	return true
 }
 
+// drop counts a dropped packet and logs it at debug verbosity, at most once
+// per reason in dropLogEvery.
 func (r *Router) drop(reason string, src netip.Addr, err error) {
 	r.metrics.dropped.WithLabelValues(reason).Inc()
-	if now := time.Now(); now.Sub(r.lastDropLog[reason]) >= dropLogEvery {
-		r.lastDropLog[reason] = now
-		r.log.V(1).Info("Dropped VRRP packet", "reason", reason, "from", src, "error", err.Error())
+	level := 1
+	if reason == "vrid" {
+		// Other groups share the multicast address: routine, so logged
+		// only at a higher verbosity.
+		level = 2
+	}
+	r.logLimited("drop-"+reason, level, "Dropped VRRP packet", "reason", reason, "from", src, "error", err.Error())
+}
+
+// logLimited logs at debug verbosity level at most once per key in
+// dropLogEvery.
+func (r *Router) logLimited(key string, level int, msg string, kv ...any) {
+	if now := time.Now(); now.Sub(r.lastLog[key]) >= dropLogEvery {
+		r.lastLog[key] = now
+		r.log.V(level).Info(msg, kv...)
 	}
 }
 
-// exec carries out the machine's actions and publishes its transition.
+// exec carries out the machine's actions and publishes its transition and
+// priority.
 func (r *Router) exec(step Step) {
 	for _, a := range step.Actions {
 		switch a.Kind {
@@ -473,12 +503,19 @@ func (r *Router) exec(step Step) {
 			}
 		}
 	}
+	// The priority is published after every input, not only on changes
+	// reported by tracking, so the gauge is right from the first step.
+	prio := r.m.Config().Priority
+	r.metrics.priority.Set(float64(prio))
 	t := step.Transition
 	if t == nil {
+		r.mu.Lock()
+		r.status.EffectivePriority = prio
+		r.mu.Unlock()
 		return
 	}
 	r.mu.Lock()
-	r.status = Status{State: t.To, Since: t.At, Reason: t.Reason, EffectivePriority: r.m.Config().Priority, MasterAddr: t.MasterAddr}
+	r.status = Status{State: t.To, Since: t.At, Reason: t.Reason, EffectivePriority: prio, MasterAddr: t.MasterAddr}
 	r.mu.Unlock()
 	r.metrics.setState(t.To)
 	r.metrics.transitions.WithLabelValues(t.To.String()).Inc()

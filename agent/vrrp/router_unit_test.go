@@ -1,0 +1,223 @@
+package vrrp
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// logLines is a logger that keeps its lines, at verbosity v.
+type logLines struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logLines) logger(v int) logr.Logger {
+	return funcr.New(func(prefix, args string) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.lines = append(l.lines, args)
+	}, funcr.Options{Verbosity: v})
+}
+
+// count tells how many lines contain all of subs.
+func (l *logLines) count(subs ...string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+next:
+	for _, line := range l.lines {
+		for _, s := range subs {
+			if !strings.Contains(line, s) {
+				continue next
+			}
+		}
+		n++
+	}
+	return n
+}
+
+// socketFreeRouter is a Router with what check and handle need, and no
+// sockets: enough for the receive-side checks.
+func socketFreeRouter(cfg Config, log logr.Logger) *Router {
+	r := &Router{log: log, cfg: cfg, self: self, lastLog: map[string]time.Time{}, metrics: newMetrics(nil, cfg.VRID)}
+	r.m = NewMachine(MachineConfig{Version: cfg.Version, Priority: cfg.Priority, Interval: cfg.AdvertInterval, Preempt: cfg.Preempt, Self: self})
+	r.m.Start(t0)
+	return r
+}
+
+func TestCheck(t *testing.T) {
+	v3 := Config{Version: 3, VRID: 51, Priority: 100, AdvertInterval: time.Second, Preempt: true, VIPs: []netip.Addr{vip4}}
+	v2 := v3
+	v2.Version = 2
+	v2pass := v2
+	v2pass.AuthPassword = "s3cret"
+	other := netip.MustParseAddr("198.18.0.101")
+	pkt := func(version int, mutate func(*Packet)) Packet {
+		p := Packet{Version: version, VRID: 51, Priority: 150, Interval: time.Second, Addrs: []netip.Addr{vip4}}
+		if mutate != nil {
+			mutate(&p)
+		}
+		return p
+	}
+	tests := []struct {
+		name   string
+		config Config
+		packet Packet
+		// corrupt changes the encoded bytes.
+		corrupt func([]byte) []byte
+		ttl     int
+		src     netip.Addr
+		// drop is the reason counted, or "" when the packet is accepted.
+		drop string
+	}{
+		{name: "VRRPv3 advert accepted", config: v3, packet: pkt(3, nil)},
+		{name: "VRRPv3 takes another interval: the backup learns it", config: v3, packet: pkt(3, func(p *Packet) { p.Interval = 100 * time.Millisecond })},
+		{name: "our own advert is ignored, not counted", config: v3, packet: pkt(3, nil), src: self, drop: "-"},
+		{name: "TTL below 255 crossed a router", config: v3, packet: pkt(3, nil), ttl: 254, drop: "ttl"},
+		{name: "VRRPv2 advert to a VRRPv3 group", config: v3, packet: pkt(2, nil), drop: "version"},
+		{name: "VRRPv3 advert to a VRRPv2 group", config: v2, packet: pkt(3, nil), drop: "version"},
+		{name: "unknown version", config: v3, packet: pkt(3, nil), corrupt: func(b []byte) []byte { b[0] = 4<<4 | 1; return b }, drop: "version"},
+		{name: "another VRID", config: v3, packet: pkt(3, func(p *Packet) { p.VRID = 52 }), drop: "vrid"},
+		{name: "bad checksum", config: v3, packet: pkt(3, nil), corrupt: func(b []byte) []byte { b[6] ^= 0xff; return b }, drop: "checksum"},
+		{name: "truncated", config: v3, packet: pkt(3, nil), corrupt: func(b []byte) []byte { return b[:6] }, drop: "malformed"},
+		{name: "VRRPv2 without authentication accepted", config: v2, packet: pkt(2, nil)},
+		{name: "VRRPv2 PASS accepted", config: v2pass, packet: pkt(2, func(p *Packet) { p.AuthType, p.Auth = AuthSimple, Password("s3cret") })},
+		{name: "VRRPv2 PASS with a wrong password", config: v2pass, packet: pkt(2, func(p *Packet) { p.AuthType, p.Auth = AuthSimple, Password("wrong") }), drop: "auth"},
+		{name: "VRRPv2 without authentication to a PASS group", config: v2pass, packet: pkt(2, nil), drop: "auth"},
+		{name: "VRRPv2 PASS to a group without authentication", config: v2, packet: pkt(2, func(p *Packet) { p.AuthType, p.Auth = AuthSimple, Password("s3cret") }), drop: "auth"},
+		{name: "VRRPv2 unknown authentication type", config: v2, packet: pkt(2, func(p *Packet) { p.AuthType = 2 }), drop: "auth"},
+		{name: "VRRPv2 interval mismatch", config: v2, packet: pkt(2, func(p *Packet) { p.Interval = 2 * time.Second }), drop: "interval"},
+		{name: "fewer addresses", config: Config{Version: 3, VRID: 51, Priority: 100, AdvertInterval: time.Second, VIPs: []netip.Addr{vip4, other}}, packet: pkt(3, nil), drop: "addresses"},
+		{name: "more addresses", config: v3, packet: pkt(3, func(p *Packet) { p.Addrs = []netip.Addr{vip4, other} }), drop: "addresses"},
+		{name: "other addresses", config: v3, packet: pkt(3, func(p *Packet) { p.Addrs = []netip.Addr{other} }), drop: "addresses"},
+		{name: "addresses in another order accepted", config: Config{Version: 3, VRID: 51, Priority: 100, AdvertInterval: time.Second, VIPs: []netip.Addr{vip4, other}}, packet: pkt(3, func(p *Packet) { p.Addrs = []netip.Addr{other, vip4} })},
+		{name: "the address owner's addresses are not checked", config: v3, packet: pkt(3, func(p *Packet) { p.Priority, p.Addrs = 255, []netip.Addr{other} })},
+	}
+	reasons := []string{"ttl", "malformed", "checksum", "version", "vrid", "auth", "interval", "addresses"}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := socketFreeRouter(tt.config, logr.Discard())
+			src := upper
+			if tt.src.IsValid() {
+				src = tt.src
+			}
+			b, err := tt.packet.Encode(src, GroupIPv4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.corrupt != nil {
+				b = tt.corrupt(b)
+			}
+			ttl := 255
+			if tt.ttl != 0 {
+				ttl = tt.ttl
+			}
+			got := r.check(received{payload: b, src: src, dst: GroupIPv4, ttl: ttl})
+			accepted := tt.drop == ""
+			if (got != nil) != accepted {
+				t.Fatalf("accepted %v, want %v", got != nil, accepted)
+			}
+			if n := counter(t, r.metrics.received); n != map[bool]float64{true: 1, false: 0}[accepted] {
+				t.Errorf("received counter %v", n)
+			}
+			for _, reason := range reasons {
+				want := 0.0
+				if reason == tt.drop {
+					want = 1
+				}
+				if n := counter(t, r.metrics.dropped.WithLabelValues(reason)); n != want {
+					t.Errorf("dropped{reason=%q} = %v, want %v", reason, n, want)
+				}
+			}
+		})
+	}
+}
+
+func TestDropLogs(t *testing.T) {
+	cfg := Config{Version: 3, VRID: 51, Priority: 100, AdvertInterval: time.Second, Preempt: true, VIPs: []netip.Addr{vip4}}
+	otherGroup := Packet{Version: 3, VRID: 52, Priority: 150, Interval: time.Second, Addrs: []netip.Addr{vip4}}
+	b, err := otherGroup.Encode(upper, GroupIPv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcv := received{payload: b, src: upper, dst: GroupIPv4, ttl: 255}
+	for _, v := range []int{1, 2} {
+		t.Run(fmt.Sprintf("verbosity %d", v), func(t *testing.T) {
+			var logs logLines
+			r := socketFreeRouter(cfg, logs.logger(v))
+			for range 3 {
+				r.check(rcv)
+			}
+			// Another group's adverts are routine: logged only at
+			// verbosity 2, and once per period however many arrive.
+			want := map[int]int{1: 0, 2: 1}[v]
+			if n := logs.count("Dropped VRRP packet", `"reason"="vrid"`); n != want {
+				t.Errorf("%d VRID drop lines, want %d: %q", n, want, logs.lines)
+			}
+			if n := counter(t, r.metrics.dropped.WithLabelValues("vrid")); n != 3 {
+				t.Errorf("dropped{reason=vrid} = %v, want 3", n)
+			}
+		})
+	}
+}
+
+func TestLearntIntervalIsLogged(t *testing.T) {
+	var logs logLines
+	r := socketFreeRouter(Config{Version: 3, VRID: 51, Priority: 100, AdvertInterval: 100 * time.Millisecond, Preempt: true, VIPs: []netip.Addr{vip4}}, logs.logger(1))
+	send := func(interval time.Duration) {
+		p := Packet{Version: 3, VRID: 51, Priority: 150, Interval: interval, Addrs: []netip.Addr{vip4}}
+		b, err := p.Encode(upper, GroupIPv4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.handle(received{payload: b, src: upper, dst: GroupIPv4, ttl: 255})
+	}
+	const msg = "Following the master's advert interval"
+	send(100 * time.Millisecond)
+	if n := logs.count(msg); n != 0 {
+		t.Errorf("logged %d lines for the configured interval", n)
+	}
+	send(time.Second)
+	send(time.Second)
+	if n := logs.count(msg, `"masterInterval"="1s"`); n != 1 {
+		t.Errorf("%d lines for the master's 1s interval, want 1: %q", n, logs.lines)
+	}
+	if got := r.m.MasterInterval(); got != time.Second {
+		t.Errorf("learnt %v, want 1s", got)
+	}
+}
+
+func TestPriorityGaugeFromTheFirstStep(t *testing.T) {
+	r := socketFreeRouter(Config{Version: 3, VRID: 51, Priority: 150, AdvertInterval: time.Second, VIPs: []netip.Addr{vip4}}, logr.Discard())
+	r.m = NewMachine(MachineConfig{Version: 3, Priority: 150, Interval: time.Second, Self: self})
+	// Healthy tracking never signals a change: the machine's first step
+	// must publish the priority.
+	r.exec(r.m.Start(t0))
+	if got := gauge(t, r.metrics.priority); got != 150 {
+		t.Errorf("lbpair_vrrp_priority = %v, want 150", got)
+	}
+	if got := r.Status().EffectivePriority; got != 150 {
+		t.Errorf("status priority %d, want 150", got)
+	}
+	r.exec(r.m.SetPriority(t0.Add(time.Second), 120))
+	if got := gauge(t, r.metrics.priority); got != 120 {
+		t.Errorf("lbpair_vrrp_priority = %v after a change to 120", got)
+	}
+}
+
+func gauge(t *testing.T, g interface{ Write(*dto.Metric) error }) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetGauge().GetValue()
+}
