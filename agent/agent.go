@@ -19,8 +19,10 @@ import (
 )
 
 // routerStopTimeout bounds how long a stopping router may take to send its
-// priority-0 advert and remove the virtual IPs.
-const routerStopTimeout = 5 * time.Second
+// priority-0 advert, wait for the new master (at most vrrp.HandoverTimeout)
+// and remove the virtual IPs. It must outlast the handover wait, or the
+// process may exit with the virtual IPs still on the interface.
+const routerStopTimeout = vrrp.HandoverTimeout + 2*time.Second
 
 // Agent runs one pair's VRRP router and proxy and applies new settings to
 // them live. It is the part shared by standalone and cluster modes.

@@ -54,13 +54,26 @@ func lbpairBinary(t *testing.T) string {
 // pairFile is a standalone agent file: lb1 preferred, 100ms VRRPv3 adverts,
 // port 88 to web01 and web02.
 func pairFile(t *testing.T) string {
+	return pairFileWith(t, "advertisementInterval: 100ms", nodePriority{"lb1", 150}, nodePriority{"lb2", 100})
+}
+
+// nodePriority is a Node of a standalone file and its priority label.
+type nodePriority struct {
+	name     string
+	priority int
+}
+
+// pairFileWith is a standalone agent file for the given nodes, with port 88
+// to web01 and web02; vrrp holds the spec's VRRP fields, one per line.
+func pairFileWith(t *testing.T, vrrp string, nodes ...nodePriority) string {
+	t.Helper()
 	doc := fmt.Sprintf(`apiVersion: lbpair.io/v1alpha1
 kind: LoadBalancerPair
 metadata: {name: web}
 spec:
   virtualIPs: [%s]
   virtualRouterID: 51
-  advertisementInterval: 100ms
+  %s
   drainTimeout: 2s
   announcements: {repeat: 3, delay: 1s}
   ports:
@@ -69,15 +82,10 @@ spec:
     backend:
       static: [{address: "198.18.0.21:80"}, {address: "198.18.0.22:80"}]
     timeouts: {connect: 200ms}
----
-apiVersion: v1
-kind: Node
-metadata: {name: lb1, labels: {lbpair.io/priority: "150"}}
----
-apiVersion: v1
-kind: Node
-metadata: {name: lb2, labels: {lbpair.io/priority: "100"}}
-`, standaloneVIP, lbPort)
+`, standaloneVIP, strings.ReplaceAll(vrrp, "\n", "\n  "), lbPort)
+	for _, n := range nodes {
+		doc += fmt.Sprintf("---\napiVersion: v1\nkind: Node\nmetadata: {name: %s, labels: {lbpair.io/priority: \"%d\"}}\n", n.name, n.priority)
+	}
 	path := filepath.Join(t.TempDir(), "pair.yaml")
 	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
@@ -186,10 +194,16 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`lbpair_vrrp_state{state="Master",vrid="51"} 1`, "lbpair_vrrp_adverts_sent_total", "lbpair_vrrp_packets_dropped_total"} {
+	for _, want := range []string{`lbpair_vrrp_state{state="Master",vrid="51"} 1`, `lbpair_vrrp_priority{vrid="51"} 150`, "lbpair_vrrp_adverts_sent_total", "lbpair_vrrp_packets_dropped_total"} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %q", want)
 		}
+	}
+	// The backup too: its healthy proxy never signals a tracking change.
+	if _, metrics, err := httpGetFrom(lb2, "http://198.18.0.12:9440/metrics"); err != nil {
+		t.Error(err)
+	} else if want := `lbpair_vrrp_priority{vrid="51"} 100`; !strings.Contains(metrics, want) {
+		t.Errorf("lb2's metrics lack %q", want)
 	}
 
 	p := &probe.Prober{Addr: fmt.Sprintf("%s:%d", standaloneVIP, lbPort), Period: 10 * time.Millisecond, Timeout: time.Second, Dial: dialFrom(client)}
@@ -219,7 +233,9 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 		}
 		return nil
 	})
-	<-a1.proc.Done()
+	if err := a1.proc.Err(); err != nil {
+		t.Errorf("lb1 did not exit cleanly on SIGTERM: %v", err)
+	}
 	outage, failed := outageSince(stopAt)
 	t.Logf("graceful stop: longest outage %v, %d failed probes", outage, failed)
 
@@ -252,15 +268,45 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 	}
 
 	// A restarted agent removes the VIP its crashed run left behind before
-	// joining, then preempts.
-	startAgent(t, lb1, bin, file)
-	netlab.Eventually(t, "lb1 back", 10*time.Second, func() error {
-		if !hasVIP(t, lb1) || hasVIP(t, lb2) {
+	// joining. With a lower priority it stays backup, so only that cleanup
+	// can take the VIP off lb1.
+	if !hasVIP(t, lb1) {
+		t.Fatal("the killed agent left no VIP behind: nothing to clean up")
+	}
+	a1 = startAgent(t, lb1, bin, pairFileWith(t, "advertisementInterval: 100ms", nodePriority{"lb1", 50}, nodePriority{"lb2", 100}))
+	netlab.Eventually(t, "lb1 back as backup without the stale VIP", 10*time.Second, func() error {
+		if !strings.Contains(a1.proc.Output(), "left by an earlier run") {
+			return fmt.Errorf("lb1 has not logged the cleanup yet")
+		}
+		if hasVIP(t, lb1) || !hasVIP(t, lb2) {
 			return fmt.Errorf("VIP on lb1 %v, lb2 %v", hasVIP(t, lb1), hasVIP(t, lb2))
 		}
 		return nil
 	})
+}
 
+// TestStandaloneStopReleasesVIPWithLongInterval stops a lone master whose
+// Master_Down_Interval (VRRPv2, 2s adverts: about 6.4s) is longer than the
+// agent waits for its router to stop: the handover wait must give up first,
+// so that the VIP is released before the process exits.
+func TestStandaloneStopReleasesVIPWithLongInterval(t *testing.T) {
+	lb1, _, _ := pairLab(t)
+	a := startAgent(t, lb1, lbpairBinary(t), pairFileWith(t, "vrrpVersion: 2\nadvertisementInterval: 2s", nodePriority{"lb1", 150}))
+	netlab.Eventually(t, "lb1 holds the VIP", 20*time.Second, func() error {
+		if !hasVIP(t, lb1) {
+			return fmt.Errorf("lb1 has no VIP")
+		}
+		return nil
+	})
+	if err := a.proc.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.proc.Err(); err != nil {
+		t.Errorf("lb1 did not exit cleanly on SIGTERM: %v", err)
+	}
+	if hasVIP(t, lb1) {
+		t.Errorf("lb1 exited with the VIP still on its interface:\n%s", a.proc.Output())
+	}
 }
 
 func tail(rs []probe.Result) []probe.Result {

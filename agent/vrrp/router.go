@@ -22,6 +22,13 @@ import (
 // in this period: a misconfigured peer must not flood the log.
 const dropLogEvery = 10 * time.Second
 
+// HandoverTimeout bounds how long a stopping master keeps the virtual IPs
+// while it waits for the new master's first advert. Master_Down_Interval
+// can be minutes (VRRPv2 allows 255 s adverts) and the process stopping
+// the router must not give up before the virtual IPs are released: callers
+// wait for Run to return a little longer than this.
+const HandoverTimeout = 3 * time.Second
+
 // Status is a snapshot of a router.
 type Status struct {
 	State             State
@@ -322,11 +329,12 @@ func (r *Router) readLoop(out chan<- packetOrErr) {
 // leave stops the router. A master hands over without an outage: it sends
 // priority 0, so the best backup takes over after its Skew_Time, but keeps
 // the virtual IPs (and its proxy keeps serving) until the new master's first
-// advert arrives, or Master_Down_Interval passes; then it releases them.
+// advert arrives, or Master_Down_Interval passes (at most HandoverTimeout);
+// then it releases them.
 func (r *Router) leave(packets <-chan packetOrErr) {
 	if r.m.State() == Master {
 		r.sendAdvert(0)
-		deadline := time.NewTimer(r.m.MasterDownInterval())
+		deadline := time.NewTimer(min(r.m.MasterDownInterval(), HandoverTimeout))
 		defer deadline.Stop()
 	wait:
 		for {
