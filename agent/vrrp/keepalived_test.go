@@ -165,7 +165,7 @@ func TestKeepalivedInterop(t *testing.T) {
 				ours := startRouter(t, h[0], cfg(150))
 				waitFor(t, "ours alone", testVIP, map[*node]State{ours: Master})
 				ka.priority = 100
-				startKeepalived(t, h[1], ka)
+				k := startKeepalived(t, h[1], ka)
 				// keepalived stays backup for many intervals.
 				time.Sleep(5 * m.interval)
 				waitVIP(t, "ours holds against keepalived", h[:1], h[1:])
@@ -173,10 +173,14 @@ func TestKeepalivedInterop(t *testing.T) {
 					t.Fatalf("ours is %v", s)
 				}
 				ours.stop()
-				took := waitVIP(t, "keepalived takes over after our graceful stop", h[1:], h[:1])
-				t.Logf("keepalived took over %v after our priority-0 advert", took)
+				waitVIP(t, "keepalived takes over after our graceful stop", h[1:], h[:1])
+				// keepalived's own log says why: our priority-0 advert, not
+				// a silent master.
+				if out := k.proc.Output(); !strings.Contains(out, "Backup received priority 0 advertisement") {
+					t.Errorf("keepalived did not log our priority-0 advert:\n%s", out)
+				}
 				ours = startRouter(t, h[0], cfg(150))
-				took = waitVIP(t, "ours preempts keepalived", h[:1], h[1:])
+				took := waitVIP(t, "ours preempts keepalived", h[:1], h[1:])
 				t.Logf("ours preempted keepalived in %v", took)
 				if s := ours.state(); s != Master {
 					t.Fatalf("ours is %v", s)
@@ -227,7 +231,7 @@ func TestKeepalivedInterop(t *testing.T) {
 				if m.password == "" {
 					reason = "vrid"
 				}
-				if n := counter(t, ours.router.metrics.dropped.WithLabelValues(reason)); n == 0 {
+				if n := metricValue(t, ours.router.metrics.dropped.WithLabelValues(reason)); n == 0 {
 					t.Errorf("no packets dropped for %q", reason)
 				}
 			})
@@ -235,11 +239,15 @@ func TestKeepalivedInterop(t *testing.T) {
 	}
 }
 
-func counter(t *testing.T, c interface{ Write(*dto.Metric) error }) float64 {
+// metricValue is the value of a counter or a gauge.
+func metricValue(t *testing.T, c interface{ Write(*dto.Metric) error }) float64 {
 	t.Helper()
 	var m dto.Metric
 	if err := c.Write(&m); err != nil {
 		t.Fatal(err)
+	}
+	if m.Gauge != nil {
+		return m.GetGauge().GetValue()
 	}
 	return m.GetCounter().GetValue()
 }

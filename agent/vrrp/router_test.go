@@ -137,16 +137,19 @@ func TestTwoRoutersFailoverAndBack(t *testing.T) {
 	lb1.tracker.SetHealth("proxy", true, "")
 	waitFor(t, "lb1 back after its proxy healed", testVIP, map[*node]State{lb1: Master, lb2: Backup})
 
-	// Graceful stop: priority 0 hands over after Skew_Time.
+	// Graceful stop: priority 0 hands over after Skew_Time, not after
+	// Master_Down_Interval.
 	lb1.stop()
-	took = waitFor(t, "lb2 after lb1 stopped", testVIP, map[*node]State{lb2: Master})
-	t.Logf("graceful stop: lb2 master within %v", took)
+	waitFor(t, "lb2 after lb1 stopped", testVIP, map[*node]State{lb2: Master})
+	if r := lb2.router.Status().Reason; r != ReasonMasterLeft {
+		t.Errorf("lb2 took over for %q, want %q", r, ReasonMasterLeft)
+	}
 	if hasVIP(t, h[0], testVIP) {
 		t.Errorf("lb1 kept the VIP after stopping")
 	}
 }
 
-func TestSilentMasterAndPartitionHeal(t *testing.T) {
+func TestPartitionHeal(t *testing.T) {
 	h := lab(t, "lb1", "lb2")
 	lb1 := startRouter(t, h[0], baseConfig(150))
 	lb2 := startRouter(t, h[1], baseConfig(100))
@@ -162,6 +165,9 @@ func TestSilentMasterAndPartitionHeal(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "healed network", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+	if r, want := lb2.router.Status().Reason, "master 198.18.0.11 has priority 150, above our 100"; r != want {
+		t.Errorf("lb2 stepped down for %q, want %q", r, want)
+	}
 }
 
 func TestPreemption(t *testing.T) {

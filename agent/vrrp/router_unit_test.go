@@ -10,7 +10,6 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/funcr"
-	dto "github.com/prometheus/client_model/go"
 )
 
 // logLines is a logger that keeps its lines, at verbosity v.
@@ -125,7 +124,7 @@ func TestCheck(t *testing.T) {
 			if (got != nil) != accepted {
 				t.Fatalf("accepted %v, want %v", got != nil, accepted)
 			}
-			if n := counter(t, r.metrics.received); n != map[bool]float64{true: 1, false: 0}[accepted] {
+			if n := metricValue(t, r.metrics.received); n != map[bool]float64{true: 1, false: 0}[accepted] {
 				t.Errorf("received counter %v", n)
 			}
 			for _, reason := range reasons {
@@ -133,7 +132,7 @@ func TestCheck(t *testing.T) {
 				if reason == tt.drop {
 					want = 1
 				}
-				if n := counter(t, r.metrics.dropped.WithLabelValues(reason)); n != want {
+				if n := metricValue(t, r.metrics.dropped.WithLabelValues(reason)); n != want {
 					t.Errorf("dropped{reason=%q} = %v, want %v", reason, n, want)
 				}
 			}
@@ -162,7 +161,7 @@ func TestDropLogs(t *testing.T) {
 			if n := logs.count("Dropped VRRP packet", `"reason"="vrid"`); n != want {
 				t.Errorf("%d VRID drop lines, want %d: %q", n, want, logs.lines)
 			}
-			if n := counter(t, r.metrics.dropped.WithLabelValues("vrid")); n != 3 {
+			if n := metricValue(t, r.metrics.dropped.WithLabelValues("vrid")); n != 3 {
 				t.Errorf("dropped{reason=vrid} = %v, want 3", n)
 			}
 		})
@@ -201,23 +200,14 @@ func TestPriorityGaugeFromTheFirstStep(t *testing.T) {
 	// Healthy tracking never signals a change: the machine's first step
 	// must publish the priority.
 	r.exec(r.m.Start(t0))
-	if got := gauge(t, r.metrics.priority); got != 150 {
+	if got := metricValue(t, r.metrics.priority); got != 150 {
 		t.Errorf("lbpair_vrrp_priority = %v, want 150", got)
 	}
 	if got := r.Status().EffectivePriority; got != 150 {
 		t.Errorf("status priority %d, want 150", got)
 	}
 	r.exec(r.m.SetPriority(t0.Add(time.Second), 120))
-	if got := gauge(t, r.metrics.priority); got != 120 {
+	if got := metricValue(t, r.metrics.priority); got != 120 {
 		t.Errorf("lbpair_vrrp_priority = %v after a change to 120", got)
 	}
-}
-
-func gauge(t *testing.T, g interface{ Write(*dto.Metric) error }) float64 {
-	t.Helper()
-	var m dto.Metric
-	if err := g.Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	return m.GetGauge().GetValue()
 }
