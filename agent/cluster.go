@@ -28,10 +28,6 @@ import (
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
 )
 
-// PairLabel is the label the manager puts on a pair's agent pods, naming the
-// pair; agents find their peers by it.
-const PairLabel = "lbpair.io/pair"
-
 // settleDelay coalesces bursts of watch events (a rollout touches many
 // EndpointSlices) into one reconfiguration.
 const settleDelay = 100 * time.Millisecond
@@ -45,10 +41,12 @@ type clusterSource struct {
 	agent  *Agent
 	cache  cache.Cache
 	reader client.Client // uncached: the auth Secret and status writes
+	status *statusReporter
 	podIP  netip.Addr
 
 	mu      sync.Mutex
 	secret  *corev1.Secret
+	nodeIP  string
 	running bool
 	applied *config.Settings
 }
@@ -80,7 +78,7 @@ func runCluster(ctx context.Context, o Options, a *Agent, st *statusReporter, lo
 		ByObject: map[client.Object]cache.ByObject{
 			&lbv1.LoadBalancerPair{}: {Field: fields.OneTermEqualSelector("metadata.name", o.Pair)},
 			&corev1.Node{}:           {Field: fields.OneTermEqualSelector("metadata.name", o.NodeName)},
-			&corev1.Pod{}:            {Label: labels.SelectorFromSet(labels.Set{PairLabel: o.Pair})},
+			&corev1.Pod{}:            {Label: labels.SelectorFromSet(labels.Set{lbv1.PairLabel: lbv1.PairLabelValue(o.Pair)})},
 		},
 	})
 	if err != nil {
@@ -90,7 +88,7 @@ func runCluster(ctx context.Context, o Options, a *Agent, st *statusReporter, lo
 	if err != nil {
 		return fmt.Errorf("creating the API client: %w", err)
 	}
-	src := &clusterSource{o: o, log: log, agent: a, cache: c, reader: reader}
+	src := &clusterSource{o: o, log: log, agent: a, cache: c, reader: reader, status: st}
 	if ip, err := netip.ParseAddr(os.Getenv("POD_IP")); err == nil {
 		src.podIP = ip.Unmap()
 	}
@@ -139,7 +137,7 @@ func runCluster(ctx context.Context, o Options, a *Agent, st *statusReporter, lo
 		case <-ctx.Done():
 		}
 		if ctx.Err() != nil {
-			return src.stop(st)
+			return src.stop()
 		}
 	}
 }
@@ -167,7 +165,7 @@ func (s *clusterSource) sync(ctx context.Context) {
 	err := s.cache.Get(ctx, types.NamespacedName{Namespace: s.o.Namespace, Name: s.o.Pair}, &pair)
 	switch {
 	case apierrors.IsNotFound(err):
-		s.deactivate(ctx, "the LoadBalancerPair was deleted")
+		s.deactivate("the LoadBalancerPair was deleted")
 		return
 	case err != nil:
 		s.log.Error(err, "Reading the LoadBalancerPair from the cache")
@@ -177,11 +175,15 @@ func (s *clusterSource) sync(ctx context.Context) {
 	var n corev1.Node
 	if err := s.cache.Get(ctx, types.NamespacedName{Name: s.o.NodeName}, &n); err == nil {
 		node = &n
+		s.mu.Lock()
+		s.nodeIP = internalIP(node)
+		s.mu.Unlock()
 	}
 	if node != nil && !labels.SelectorFromSet(pair.Spec.NodeSelector).Matches(labels.Set(node.Labels)) {
-		s.deactivate(ctx, "the node no longer matches spec.nodeSelector")
+		s.deactivate("the node no longer matches spec.nodeSelector")
 		return
 	}
+	s.status.resume()
 	in := config.Inputs{Pair: &pair, Node: node, Peers: s.peers(ctx)}
 	if pair.Spec.Authentication != nil {
 		in.Secrets = s.authSecret(ctx, pair.Spec.Authentication.PasswordSecretRef.Name)
@@ -227,7 +229,7 @@ func (s *clusterSource) sync(ctx context.Context) {
 // carry their node's address.
 func (s *clusterSource) peers(ctx context.Context) []netip.Addr {
 	var pods corev1.PodList
-	if err := s.cache.List(ctx, &pods, client.InNamespace(s.o.Namespace), client.MatchingLabels{PairLabel: s.o.Pair}); err != nil {
+	if err := s.cache.List(ctx, &pods, client.InNamespace(s.o.Namespace), client.MatchingLabels{lbv1.PairLabel: lbv1.PairLabelValue(s.o.Pair)}); err != nil {
 		s.log.Error(err, "Listing the pair's agent pods")
 		return nil
 	}
@@ -274,10 +276,22 @@ func (s *clusterSource) address() string {
 	if s.podIP.IsValid() {
 		return s.podIP.String()
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nodeIP
+}
+
+// internalIP is the node's first InternalIP address, or "".
+func internalIP(n *corev1.Node) string {
+	for _, a := range n.Status.Addresses {
+		if a.Type == corev1.NodeInternalIP {
+			return a.Address
+		}
+	}
 	return ""
 }
 
-func (s *clusterSource) deactivate(ctx context.Context, reason string) {
+func (s *clusterSource) deactivate(reason string) {
 	s.mu.Lock()
 	running := s.running
 	s.running = false
@@ -289,9 +303,13 @@ func (s *clusterSource) deactivate(ctx context.Context, reason string) {
 	if err := s.agent.Deactivate(); err != nil {
 		s.log.Error(err, "Stopping the agent")
 	}
+	// An inactive agent has nothing to report: its entry goes, and comes
+	// back when the pair selects the node again.
+	s.status.pause()
+	s.status.remove()
 }
 
-func (s *clusterSource) stop(st *statusReporter) error {
+func (s *clusterSource) stop() error {
 	s.mu.Lock()
 	drain := time.Duration(0)
 	if s.applied != nil {
@@ -302,6 +320,6 @@ func (s *clusterSource) stop(st *statusReporter) error {
 	drainCtx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
 	err := s.agent.Stop(drainCtx)
-	st.remove()
+	s.status.remove()
 	return err
 }

@@ -3,6 +3,9 @@ package agent
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -23,7 +26,12 @@ const (
 	statusRefresh = 10 * time.Second
 	// statusTimeout bounds one status write.
 	statusTimeout = 10 * time.Second
-	maxBackoff    = time.Minute
+	// minRetry and maxBackoff bound the wait after a failed write. A
+	// transition during the backoff is retried after minRetry, so that a
+	// failover reaches the status as soon as the apiserver answers again;
+	// maxBackoff stays well below the manager's liveness window.
+	minRetry   = time.Second
+	maxBackoff = 20 * time.Second
 )
 
 // FieldManager is the server-side apply field manager of the agent on node;
@@ -33,7 +41,8 @@ func FieldManager(node string) string { return "lbpair-agent/" + node }
 // statusReporter mirrors the agent's state into its entry of the pair's
 // status.agents. It writes on every transition (signalled by notify, never
 // from the packet path) and every statusRefresh, and backs off while the
-// apiserver fails.
+// apiserver fails. It starts paused: an agent whose pair is gone or whose
+// node is not selected has no entry.
 type statusReporter struct {
 	log   logr.Logger
 	agent *Agent
@@ -41,13 +50,22 @@ type statusReporter struct {
 	node  string
 	kick  chan struct{}
 
-	c    client.Client
-	addr func() string
-	done chan struct{}
+	c      client.Client
+	addr   func() string
+	done   chan struct{}
+	paused atomic.Bool
+	// writeMu orders writes and removal.
+	writeMu sync.Mutex
+
+	// idleSince is when the agent was last seen not running, so that the
+	// entry of an agent in Init or Fault keeps its since across refreshes.
+	idleSince time.Time
 }
 
 func newStatusReporter(log logr.Logger, key types.NamespacedName, node string) *statusReporter {
-	return &statusReporter{log: log, key: key, node: node, kick: make(chan struct{}, 1)}
+	r := &statusReporter{log: log, key: key, node: node, kick: make(chan struct{}, 1)}
+	r.paused.Store(true)
+	return r
 }
 
 // notify asks for a write soon; it never blocks.
@@ -58,6 +76,16 @@ func (r *statusReporter) notify(vrrp.Transition) {
 	}
 }
 
+// pause stops the writes until resume.
+func (r *statusReporter) pause() { r.paused.Store(true) }
+
+// resume starts the writes again, at once if they were paused.
+func (r *statusReporter) resume() {
+	if r.paused.Swap(false) {
+		r.notify(vrrp.Transition{})
+	}
+}
+
 func (r *statusReporter) start(ctx context.Context, c client.Client, addr func() string) {
 	r.c, r.addr, r.done = c, addr, make(chan struct{})
 	go r.loop(ctx)
@@ -65,7 +93,9 @@ func (r *statusReporter) start(ctx context.Context, c client.Client, addr func()
 
 func (r *statusReporter) loop(ctx context.Context) {
 	defer close(r.done)
-	backoff := time.Second
+	backoff := minRetry
+	// Since Go 1.23 a Reset timer never delivers a stale tick, so it needs
+	// no draining.
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -75,35 +105,67 @@ func (r *statusReporter) loop(ctx context.Context) {
 		case <-r.kick:
 		case <-timer.C:
 		}
-		if err := r.write(ctx); err != nil {
-			r.log.Error(err, "Writing this agent's status; retrying", "in", backoff)
-			timer.Reset(backoff)
-			backoff = min(2*backoff, maxBackoff)
-			// Transitions during the backoff are folded into the retry.
+		err := r.writeUnlessPaused(ctx)
+		if err == nil {
+			backoff = minRetry
+			timer.Reset(statusRefresh)
+			continue
+		}
+		delay := jitter(backoff)
+		r.log.Error(err, "Writing this agent's status; retrying", "in", delay.Round(time.Millisecond))
+		backoff = min(2*backoff, maxBackoff)
+		timer.Reset(delay)
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case <-r.kick:
+			// A transition during the backoff is retried after minRetry.
+			timer.Reset(minRetry)
 			select {
 			case <-ctx.Done():
 				return
 			case <-timer.C:
 			}
-			timer.Reset(0)
-			continue
 		}
-		backoff = time.Second
-		timer.Reset(statusRefresh)
+		timer.Reset(0)
 	}
+}
+
+// writeUnlessPaused writes the entry unless the reporter is paused. It holds
+// writeMu so that a write cannot land after remove.
+func (r *statusReporter) writeUnlessPaused(ctx context.Context) error {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	if r.paused.Load() {
+		return nil
+	}
+	return r.write(ctx)
+}
+
+// jitter spreads d over [d/2, d), so that agents that lost the apiserver
+// together do not come back in step.
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d/2)
 }
 
 // entry is this agent's status.agents item.
 func (r *statusReporter) entry(now time.Time) lbv1.AgentStatus {
 	st := r.agent.Status()
+	if st.Running {
+		r.idleSince = time.Time{}
+	} else if r.idleSince.IsZero() {
+		r.idleSince = now
+	}
 	e := lbv1.AgentStatus{
 		Node:           r.node,
 		State:          lbv1.StateInit,
-		Since:          metav1.NewMicroTime(now),
+		Since:          metav1.NewMicroTime(r.idleSince),
 		LastUpdateTime: metav1.NewMicroTime(now),
 		Address:        r.addr(),
 	}
 	if st.Running {
+		e.Since = metav1.NewMicroTime(now)
 		e.State = lbv1.VRRPState(st.VRRP.State.String())
 		e.Priority = int32(st.VRRP.EffectivePriority)
 		e.Reason = st.VRRP.Reason
@@ -133,6 +195,8 @@ func (r *statusReporter) remove() {
 	if r.c == nil {
 		return
 	}
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := r.apply(ctx, []any{}); err != nil && !apierrors.IsNotFound(err) {

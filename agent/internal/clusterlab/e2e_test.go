@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	eventsv1 "k8s.io/api/events/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -88,6 +89,7 @@ func TestClusterE2E(t *testing.T) {
 		if lag > time.Second {
 			t.Errorf("%s: status.holder took %v to follow the VIP, want within 1s", kind, lag)
 		}
+		waitFailoverEvent(t, l, lb1.Name, want.Name, start)
 	}
 
 	t.Run("agent crash", func(t *testing.T) {
@@ -131,13 +133,18 @@ func TestClusterE2E(t *testing.T) {
 			}
 		})
 		failover("proxy failure (no backend reachable)", func() { blackhole(true) }, lb2)
-		pair, err := l.Pair(ctx)
-		must(t, err)
-		for _, a := range pair.Status.Agents {
-			if a.Node == lb1.Name && (a.State != lbv1.StateFault || !strings.Contains(a.Reason, "proxy")) {
-				t.Errorf("lb1's entry %+v does not say its proxy failed", a)
+		netlab.Eventually(t, "lb1's entry says its proxy failed", 5*time.Second, func() error {
+			pair, err := l.Pair(ctx)
+			if err != nil {
+				return err
 			}
-		}
+			for _, a := range pair.Status.Agents {
+				if a.Node == lb1.Name && a.State == lbv1.StateFault && strings.Contains(a.Reason, "proxy") {
+					return nil
+				}
+			}
+			return fmt.Errorf("agents %v", brief(pair.Status.Agents))
+		})
 		blackhole(false)
 		restored = true
 		waitHolder(t, l, "lb1 back after its backends returned", lb1.Name, 30*time.Second)
@@ -185,6 +192,9 @@ func TestClusterE2E(t *testing.T) {
 			pair, err := l.Pair(ctx)
 			if err != nil {
 				return err
+			}
+			if len(pair.Status.Agents) != len(l.Nodes) {
+				return fmt.Errorf("agents %v, want one entry per node", brief(pair.Status.Agents))
 			}
 			for _, a := range pair.Status.Agents {
 				if a.LastUpdateTime.Time.Before(start.Add(d)) {
@@ -297,6 +307,12 @@ func TestClusterE2E(t *testing.T) {
 			return nil
 		})
 		waitHolder(t, l, "lb1 after lb2 was deselected", lb1.Name, 15*time.Second)
+		netlab.Eventually(t, "lb2's status entry removed", 15*time.Second, func() error {
+			if e := agentEntry(l, lb2.Name); e != nil {
+				return fmt.Errorf("lb2 still reports %s (%s)", e.State, e.Reason)
+			}
+			return nil
+		})
 		settle()
 		_, failed := probe.Outage(p.Results(), start)
 		t.Logf("deselecting the holder's node: %d failed probes", failed)
@@ -307,6 +323,9 @@ func TestClusterE2E(t *testing.T) {
 		netlab.Eventually(t, "lb2 back as backup", 15*time.Second, func() error {
 			if !lb2.Listening() {
 				return fmt.Errorf("lb2 does not listen")
+			}
+			if e := agentEntry(l, lb2.Name); e == nil || e.State != lbv1.StateBackup {
+				return fmt.Errorf("lb2's entry %+v", e)
 			}
 			return nil
 		})
@@ -366,6 +385,48 @@ func waitHolder(t *testing.T, l *Lab, what, want string, timeout time.Duration) 
 		return nil
 	})
 	return at
+}
+
+// agentEntry is node's entry of status.agents, or nil.
+func agentEntry(l *Lab, node string) *lbv1.AgentStatus {
+	p, err := l.Pair(context.Background())
+	if err != nil {
+		return nil
+	}
+	for i := range p.Status.Agents {
+		if p.Status.Agents[i].Node == node {
+			return &p.Status.Agents[i]
+		}
+	}
+	return nil
+}
+
+// waitFailoverEvent waits for the manager's Failover event naming both
+// holders, recorded after since.
+func waitFailoverEvent(t *testing.T, l *Lab, from, to string, since time.Time) {
+	t.Helper()
+	want := fmt.Sprintf("virtual IPs moved from %s to %s", from, to)
+	netlab.Eventually(t, "a Failover event: "+want, 10*time.Second, func() error {
+		var list eventsv1.EventList
+		if err := l.Client.List(context.Background(), &list, client.InNamespace(Namespace)); err != nil {
+			return err
+		}
+		var seen []string
+		for _, e := range list.Items {
+			if e.Reason != "Failover" || e.Regarding.Name != PairName {
+				continue
+			}
+			at := e.EventTime.Time
+			if e.Series != nil {
+				at = e.Series.LastObservedTime.Time
+			}
+			if strings.HasPrefix(e.Note, want) && !at.Before(since.Truncate(time.Second)) {
+				return nil
+			}
+			seen = append(seen, e.Note)
+		}
+		return fmt.Errorf("Failover events %q", seen)
+	})
 }
 
 func waitCondition(t *testing.T, l *Lab, typ string, want metav1.ConditionStatus, timeout time.Duration) {

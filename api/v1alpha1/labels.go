@@ -1,0 +1,22 @@
+package v1alpha1
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+)
+
+// PairLabel is the label the manager puts on a pair's agent pods, with the
+// value PairLabelValue(pair name); agents find their peers by it.
+const PairLabel = "lbpair.io/pair"
+
+// PairLabelValue is the value of PairLabel for a pair. Object names may be
+// longer than the 63 characters a label value allows: a long name is cut and
+// given a hash of the whole, so that two long names stay apart.
+func PairLabelValue(name string) string {
+	const maxLabel = 63
+	if len(name) <= maxLabel {
+		return name
+	}
+	sum := sha256.Sum256([]byte(name))
+	return name[:52] + "-" + hex.EncodeToString(sum[:])[:10]
+}
