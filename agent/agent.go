@@ -46,9 +46,15 @@ type Agent struct {
 }
 
 // NewAgent makes an agent that has not started anything yet. hook, when not
-// nil, sees every VRRP transition; it must not block.
+// nil, sees every VRRP transition, and a zero Transition when the proxy's
+// health changes; it must not block.
 func NewAgent(log logr.Logger, reg prometheus.Registerer, hook func(vrrp.Transition)) *Agent {
 	a := &Agent{log: log, reg: reg, hook: hook}
+	if hook != nil {
+		// A change of the proxy's health changes what the agent reports
+		// even when it moves no VRRP state (a tracking weight).
+		a.health.changed = func() { hook(vrrp.Transition{}) }
+	}
 	a.proxy = proxy.New(log.WithName("proxy"), proxy.WithMetrics(reg), proxy.WithHealthReporter(&a.health))
 	return a
 }
@@ -193,6 +199,8 @@ type healthRelay struct {
 	mu      sync.Mutex
 	tracker *track.Tracker
 	last    map[string]healthReport
+	// changed, when set, is called after each report; it must not block.
+	changed func()
 }
 
 type healthReport struct {
@@ -210,6 +218,9 @@ func (h *healthRelay) SetHealth(check string, healthy bool, reason string) {
 	h.last[check] = healthReport{healthy, reason}
 	if h.tracker != nil {
 		h.tracker.SetHealth(check, healthy, reason)
+	}
+	if h.changed != nil {
+		h.changed()
 	}
 }
 
