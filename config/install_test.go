@@ -4,15 +4,23 @@
 package config
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
 )
 
 var (
@@ -115,26 +123,101 @@ func TestSamplesApplyAndShowThePrinterColumns(t *testing.T) {
 }
 
 func TestChartLintsAndAppliesWithServerSideDryRun(t *testing.T) {
-	helm := filepath.Join(root, "bin", "helm")
-	chart := filepath.Join(root, "charts", "lbpair")
-	if out, err := exec.Command(helm, "lint", "--strict", chart).CombinedOutput(); err != nil {
+	if out, err := exec.Command(filepath.Join(root, "bin", "helm"), "lint", "--strict", filepath.Join(root, "charts", "lbpair")).CombinedOutput(); err != nil {
 		t.Fatalf("helm lint: %v\n%s", err, out)
 	}
 	for _, values := range [][]string{
 		nil,
 		{"--set", "watchNamespace=apps", "--set", "metrics.enabled=false", "--set", "replicas=1"},
 	} {
-		args := append([]string{"template", "lbpair", chart, "--namespace", "lbpair-system"}, values...)
-		manifest, err := exec.Command(helm, args...).Output()
-		if err != nil {
-			t.Fatalf("helm %s: %v", strings.Join(args, " "), err)
-		}
+		manifest := helmTemplate(t, values...)
+		objs := parseManifest(t, "helm template", manifest)
 		out := mustKubectl(t, string(manifest), "apply", "--server-side", "--dry-run=server", "-n", "lbpair-system", "-f", "-")
-		for _, want := range []string{"customresourcedefinition.apiextensions.k8s.io/loadbalancerpairs.lbpair.io", "deployment.apps/lbpair-manager", "clusterrole.rbac.authorization.k8s.io/lbpair-agent"} {
-			if !strings.Contains(out, want) {
-				t.Errorf("helm template %v applied without %s:\n%s", values, want, out)
+		if diff := cmp.Diff(appliedNames(objs), appliedOutput(out)); diff != "" {
+			t.Errorf("helm template %v: objects applied (-rendered +applied):\n%s", values, diff)
+		}
+	}
+}
+
+// The chart and config/default install the same objects; only the namespace
+// differs: helm install makes it (--create-namespace) or is given one.
+func TestChartInstallsWhatConfigDefaultInstalls(t *testing.T) {
+	chart := parseManifest(t, "helm template", helmTemplate(t))
+	kustomize := parseManifest(t, "kubectl kustomize config/default", kustomizeDefault(t))
+	onlyInKustomize := map[string]bool{"Namespace//lbpair-system": true}
+	onlyInChart := map[string]bool{}
+
+	keys := func(objs []object, skip map[string]bool) []string {
+		var out []string
+		for _, o := range objs {
+			if k := o.key(); !skip[k] {
+				out = append(out, k)
 			}
 		}
+		sort.Strings(out)
+		return out
+	}
+	if diff := cmp.Diff(keys(kustomize, onlyInKustomize), keys(chart, onlyInChart)); diff != "" {
+		t.Errorf("kind/namespace/name of the objects (-kubectl kustomize config/default +helm template):\n%s", diff)
+	}
+	for k := range onlyInKustomize {
+		if !slices.Contains(keys(kustomize, nil), k) {
+			t.Errorf("%s is listed as only in config/default but is not there", k)
+		}
+	}
+
+	// helm uninstall must not delete the CRD: that would delete every pair.
+	for _, o := range chart {
+		if o.Kind == "CustomResourceDefinition" {
+			if got, _, _ := unstructured.NestedString(o.Doc, "metadata", "annotations", "helm.sh/resource-policy"); got != "keep" {
+				t.Errorf("CRD %s: annotation helm.sh/resource-policy = %q, want keep", o.Name, got)
+			}
+		}
+	}
+}
+
+// The chart's Deployment is templated by hack/gen-chart.sh, not copied from
+// config/manager: with the default values, it must run the manager as
+// config/default does.
+func TestChartDeploymentMatchesConfigDefault(t *testing.T) {
+	find := func(what string, objs []object) map[string]any {
+		t.Helper()
+		for _, o := range objs {
+			if o.key() == "Deployment/lbpair-system/lbpair-manager" {
+				return o.Doc
+			}
+		}
+		t.Fatalf("%s has no Deployment lbpair-system/lbpair-manager", what)
+		return nil
+	}
+	chart := find("helm template", parseManifest(t, "helm template", helmTemplate(t)))
+	kustomize := find("kubectl kustomize config/default", parseManifest(t, "kubectl kustomize config/default", kustomizeDefault(t)))
+
+	// What the manager runs with; the chart adds labels and an
+	// imagePullPolicy of its own, which are left out.
+	fields := func(d map[string]any) map[string]any {
+		pod, _, _ := unstructured.NestedMap(d, "spec", "template", "spec")
+		containers, _, _ := unstructured.NestedSlice(pod, "containers")
+		out := map[string]any{
+			"replicas":                   d["spec"].(map[string]any)["replicas"],
+			"selector":                   d["spec"].(map[string]any)["selector"],
+			"pod.serviceAccountName":     pod["serviceAccountName"],
+			"pod.securityContext":        pod["securityContext"],
+			"pod.terminationGracePeriod": pod["terminationGracePeriodSeconds"],
+			"pod.nodeSelector":           pod["nodeSelector"],
+			"pod.tolerations":            pod["tolerations"],
+			"containers":                 len(containers),
+		}
+		if len(containers) > 0 {
+			c := containers[0].(map[string]any)
+			for _, f := range []string{"name", "image", "args", "env", "ports", "readinessProbe", "livenessProbe", "resources", "securityContext"} {
+				out["container."+f] = c[f]
+			}
+		}
+		return out
+	}
+	if diff := cmp.Diff(fields(kustomize), fields(chart)); diff != "" {
+		t.Errorf("Deployment lbpair-manager (-kubectl kustomize config/default +helm template): hack/gen-chart.sh drifted from config/manager:\n%s", diff)
 	}
 }
 
@@ -143,10 +226,102 @@ func TestInstallManifestAppliesWithServerSideDryRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := mustKubectl(t, string(manifest), "apply", "--server-side", "--dry-run=server", "-f", "-")
-	for _, want := range []string{"namespace/lbpair-system", "deployment.apps/lbpair-manager", "clusterrole.rbac.authorization.k8s.io/lbpair-manager"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("dist/install.yaml applied without %s:\n%s", want, out)
-		}
+	objs := parseManifest(t, "dist/install.yaml", manifest)
+	if diff := cmp.Diff(parseManifest(t, "kubectl kustomize config/default", kustomizeDefault(t)), objs); diff != "" {
+		t.Errorf("dist/install.yaml is not config/default (-kubectl kustomize config/default +dist/install.yaml): run make manifests\n%s", diff)
 	}
+	out := mustKubectl(t, string(manifest), "apply", "--server-side", "--dry-run=server", "-f", "-")
+	if diff := cmp.Diff(appliedNames(objs), appliedOutput(out)); diff != "" {
+		t.Errorf("dist/install.yaml: objects applied (-rendered +applied):\n%s", diff)
+	}
+}
+
+// object is one document of a manifest.
+type object struct {
+	Kind, Namespace, Name string
+	Doc                   map[string]any
+}
+
+func (o object) key() string { return o.Kind + "/" + o.Namespace + "/" + o.Name }
+
+// parseManifest splits a multi-document manifest and parses each document
+// strictly: a duplicate key (two objects merged into one document) fails
+// the test, where kubectl and helm keep the last value without a word.
+func parseManifest(t *testing.T, what string, manifest []byte) []object {
+	t.Helper()
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(manifest)))
+	var out []object
+	for i := 0; ; i++ {
+		doc, err := r.Read()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("%s: reading document %d: %v", what, i, err)
+		}
+		var m map[string]any
+		if err := yaml.UnmarshalStrict(doc, &m); err != nil {
+			t.Errorf("%s: document %d does not parse: %v\n%s", what, i, err, doc)
+			continue
+		}
+		if len(m) == 0 {
+			continue // only comments
+		}
+		u := unstructured.Unstructured{Object: m}
+		if u.GetKind() == "" || u.GetName() == "" {
+			t.Errorf("%s: document %d has no kind or name:\n%s", what, i, doc)
+		}
+		out = append(out, object{Kind: u.GetKind(), Namespace: u.GetNamespace(), Name: u.GetName(), Doc: m})
+	}
+	if len(out) == 0 {
+		t.Fatalf("%s: no objects", what)
+	}
+	return out
+}
+
+func helmTemplate(t *testing.T, values ...string) []byte {
+	t.Helper()
+	args := append([]string{"template", "lbpair", filepath.Join(root, "charts", "lbpair"), "--namespace", "lbpair-system"}, values...)
+	out, err := exec.Command(filepath.Join(root, "bin", "helm"), args...).Output()
+	if err != nil {
+		t.Fatalf("helm %s: %v", strings.Join(args, " "), err)
+	}
+	return out
+}
+
+func kustomizeDefault(t *testing.T) []byte {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(root, "bin", "kubectl"), "kustomize", filepath.Join(root, "config", "default")).Output()
+	if err != nil {
+		t.Fatalf("kubectl kustomize config/default: %v", err)
+	}
+	return out
+}
+
+// appliedNames are the objects as kubectl apply names them: kind/name.
+func appliedNames(objs []object) []string {
+	var out []string
+	for _, o := range objs {
+		out = append(out, strings.ToLower(o.Kind)+"/"+o.Name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// appliedOutput turns kubectl apply's lines, such as
+// "clusterrole.rbac.authorization.k8s.io/lbpair-agent serverside-applied (server dry run)",
+// into kind/name.
+func appliedOutput(out string) []string {
+	var names []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		resource, name, _ := strings.Cut(f[0], "/")
+		kind, _, _ := strings.Cut(resource, ".")
+		names = append(names, kind+"/"+name)
+	}
+	sort.Strings(names)
+	return names
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -63,6 +64,8 @@ func TestBadInputIsRejectedNamingTheField(t *testing.T) {
 			[]string{"spec.advertisementInterval", "to 40.95s"}},
 		{"VRRPv2 advert not whole seconds", "advertisementInterval: 1s", "advertisementInterval: 1500ms\n  vrrpVersion: 2",
 			[]string{"spec", "whole seconds from 1s to 255s with vrrpVersion 2"}},
+		{"VRRPv2 with an IPv6 VIP", "[198.18.0.100]", "['fd00::100']\n  vrrpVersion: 2",
+			[]string{"spec.vrrpVersion", "spec.vrrpVersion 2 (RFC 3768) carries IPv4 only", "spec.virtualIPs"}},
 		{"VRRP version 4", "advertisementInterval: 1s", "advertisementInterval: 1s\n  vrrpVersion: 4",
 			[]string{"spec.vrrpVersion", "supported values: \"2\", \"3\""}},
 		{"authentication with VRRPv3", "advertisementInterval: 1s", "advertisementInterval: 1s\n  authentication: {passwordSecretRef: {name: vrrp, key: password}}",
@@ -117,6 +120,30 @@ func TestBadInputIsRejectedNamingTheField(t *testing.T) {
 					t.Errorf("error does not mention %q:\n%s", w, out)
 				}
 			}
+		})
+	}
+}
+
+// Variations of the base pair that the API must accept, so that the rules
+// above reject no more than they mean to.
+func TestGoodInputIsAccepted(t *testing.T) {
+	mustKubectl(t, "", "create", "namespace", "good-input")
+	tests := []struct {
+		name     string
+		old, new string
+	}{
+		{"IPv6 VIPs with VRRPv3", "[198.18.0.100]", "['fd00::100', 'fd00::101']\n  vrrpVersion: 3"},
+		{"IPv6 VIP with the default version", "[198.18.0.100]", "['fd00::100']"},
+		{"IPv4 VIPs with VRRPv2", "[198.18.0.100]", "[198.18.0.100, 198.18.0.101]\n  vrrpVersion: 2"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			doc := strings.Replace(validPair, "NAME", fmt.Sprintf("good-%d", i), 1)
+			if !strings.Contains(doc, tt.old) {
+				t.Fatalf("test edit %q does not apply to the base pair", tt.old)
+			}
+			doc = strings.Replace(doc, tt.old, tt.new, 1)
+			mustKubectl(t, doc, "apply", "-n", "good-input", "-f", "-")
 		})
 	}
 }

@@ -133,6 +133,10 @@ func desiredDaemonSet(pair *lbv1.LoadBalancerPair, port int32, s AgentSettings) 
 		WithDNSPolicy(corev1.DNSClusterFirstWithHostNet).
 		WithServiceAccountName(AgentServiceAccount).
 		WithTerminationGracePeriodSeconds(grace).
+		// The container runtime's default seccomp filter: the agent needs
+		// sockets, netlink and raw packets, none of what it blocks.
+		WithSecurityContext(corev1ac.PodSecurityContext().
+			WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault))).
 		WithContainers(container)
 	if len(pair.Spec.NodeSelector) > 0 {
 		podSpec.WithNodeSelector(pair.Spec.NodeSelector)

@@ -50,11 +50,16 @@ type LoadBalancerPairReconciler struct {
 	Now func() time.Time
 }
 
+// The manager writes by server-side apply (create and patch) and patches the
+// status (a merge patch, and a JSON patch to remove stale agents' entries);
+// it never updates or deletes: garbage collection removes the children. It
+// reads only pairs, DaemonSets and Nodes. rbac_test.go reconciles with
+// exactly these permissions.
 // +kubebuilder:rbac:groups=lbpair.io,resources=loadbalancerpairs,verbs=get;list;watch
-// +kubebuilder:rbac:groups=lbpair.io,resources=loadbalancerpairs/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=apps,resources=daemonsets,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get;list;watch;create;update;patch
-// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=rolebindings;clusterrolebindings,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=lbpair.io,resources=loadbalancerpairs/status,verbs=patch
+// +kubebuilder:rbac:groups=apps,resources=daemonsets,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=create;patch
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=rolebindings;clusterrolebindings,verbs=create;patch
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles,verbs=bind,resourceNames=lbpair-agent;lbpair-agent-nodes
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
@@ -148,7 +153,9 @@ func (r *LoadBalancerPairReconciler) applyDaemonSet(ctx context.Context, pair *l
 	}
 	ac := desiredDaemonSet(pair, port, r.Agent)
 	if err := r.Apply(ctx, ac, client.FieldOwner(FieldManager), client.ForceOwnership); err != nil {
-		r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "ApplyFailed", "ApplyDaemonSet", "applying DaemonSet %s: %v", key.Name, err)
+		msg := fmt.Sprintf("applying DaemonSet %s: %v", key.Name, err)
+		r.setCondition(pair, lbv1.ConditionAvailable, false, "ApplyFailed", msg)
+		r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "ApplyFailed", "ApplyDaemonSet", "%s", msg)
 		return fmt.Errorf("applying DaemonSet %s: %w", key, err)
 	}
 	// Apply decodes the server's answer into ac: the cache may not have the

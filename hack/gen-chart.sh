@@ -56,19 +56,36 @@ nodeSelector: {}
 tolerations: []
 YAML
 
+# keep_crd FILE: the CRD with the helm.sh/resource-policy: keep annotation, so
+# that `helm uninstall` leaves the CRD, and with it every pair, in place.
+# controller-gen always writes metadata.annotations (its version).
+keep_crd() {
+  awk '
+    /^metadata:$/ { inmeta = 1 }
+    /^[^ ]/ && !/^metadata:$/ { inmeta = 0 }
+    { print }
+    inmeta && /^  annotations:$/ && !done { print "    helm.sh/resource-policy: keep"; done = 1 }
+    END { if (!done) { print "gen-chart: no metadata.annotations in " FILENAME > "/dev/stderr"; exit 1 } }
+  ' "$1"
+}
+
 {
   header config/crd/bases
-  echo "# CRDs live under templates/ so that helm upgrade updates them."
+  echo "# CRDs live under templates/ so that helm upgrade updates them; helm"
+  echo "# uninstall keeps them (helm.sh/resource-policy: keep), and so the pairs."
   for f in "$root"/config/crd/bases/*.yaml; do
-    cat "$f"
+    keep_crd "$f"
   done
 } >"$chart/templates/crds.yaml"
 
+# Each file starts a document of its own. Comments and a file's leading
+# separator go; separators between a file's own documents (agent_role.yaml
+# holds two ClusterRoles) stay.
 {
   header config/rbac
   for f in role.yaml role_binding.yaml service_account.yaml leader_election_role.yaml leader_election_role_binding.yaml agent_role.yaml; do
     echo "---"
-    grep -v '^---$' "$root/config/rbac/$f" | grep -v '^#' |
+    awk '/^#/ { next } /^---$/ && !body { next } { body = 1; print }' "$root/config/rbac/$f" |
       sed 's/namespace: lbpair-system/namespace: {{ .Release.Namespace }}/'
   done
 } >"$chart/templates/rbac.yaml"
@@ -107,7 +124,11 @@ spec:
         imagePullPolicy: {{ .Values.image.pullPolicy }}
         args:
         - manager
-        - --leader-elect={{ .Values.leaderElection }}
+        {{- if .Values.leaderElection }}
+        - --leader-elect
+        {{- else }}
+        - --leader-elect=false
+        {{- end }}
         {{- if .Values.metrics.enabled }}
         - --metrics-bind-address=:{{ .Values.metrics.port }}
         {{- else }}

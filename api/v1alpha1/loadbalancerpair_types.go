@@ -46,6 +46,7 @@ type LoadBalancerPair struct {
 //
 // +kubebuilder:validation:XValidation:rule="!has(self.authentication) || self.vrrpVersion == 2",message="authentication is a VRRPv2 feature (RFC 5798 removed it from VRRPv3): set vrrpVersion: 2 or remove authentication"
 // +kubebuilder:validation:XValidation:rule="self.vrrpVersion == 3 || (duration(self.advertisementInterval) >= duration('1s') && duration(self.advertisementInterval) <= duration('255s') && duration(self.advertisementInterval).getMilliseconds() % 1000 == 0)",message="advertisementInterval must be whole seconds from 1s to 255s with vrrpVersion 2"
+// +kubebuilder:validation:XValidation:rule="self.vrrpVersion != 2 || self.virtualIPs.all(v, !isIP(v) || ip(v).family() == 4)",fieldPath=".vrrpVersion",message="spec.vrrpVersion 2 (RFC 3768) carries IPv4 only: set spec.vrrpVersion to 3 for IPv6 spec.virtualIPs"
 // +kubebuilder:validation:XValidation:rule="!has(self.unicast) || !has(self.unicast.peers) || !self.virtualIPs.all(v, isIP(v)) || !self.unicast.peers.all(p, isIP(p)) || self.unicast.peers.all(p, ip(p).family() == ip(self.virtualIPs[0]).family())",message="unicast.peers must be of the same address family as virtualIPs"
 type LoadBalancerPairSpec struct {
 	// virtualIPs are the addresses the holder adds to its interface and announces, as

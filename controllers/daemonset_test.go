@@ -1,0 +1,105 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
+)
+
+func TestAgentPodUsesTheRuntimeDefaultSeccompProfile(t *testing.T) {
+	ac := desiredDaemonSet(newPair("ns", "web", ptrTo(int32(51)), "198.18.0.100"), 9451, AgentSettings{Image: testImage})
+	sc := ac.Spec.Template.Spec.SecurityContext
+	if sc == nil || sc.SeccompProfile == nil || ptr.Deref(sc.SeccompProfile.Type, "") != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("pod securityContext = %+v, want seccompProfile RuntimeDefault", sc)
+	}
+}
+
+// A DaemonSet the manager cannot apply shows in the Available condition, not
+// only in an Event, and the condition recovers once the apply succeeds.
+func TestDaemonSetApplyFailureSetsAvailableFalse(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+
+	// Another controller's DaemonSet under the pair's DaemonSet name: the
+	// manager's apply adds a second controller owner, which the apiserver
+	// refuses.
+	owner := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "someone-else"}}
+	if err := k8s.Create(ctx, owner); err != nil {
+		t.Fatal(err)
+	}
+	podLabels := map[string]string{"app": "someone-else"}
+	foreign := &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: daemonSetName("web"), OwnerReferences: []metav1.OwnerReference{{
+			APIVersion: "v1", Kind: "ConfigMap", Name: owner.Name, UID: owner.UID, Controller: ptr.To(true),
+		}}},
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: podLabels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: podLabels},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "registry.example/other"}}},
+			},
+		},
+	}
+	if err := k8s.Create(ctx, foreign); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Create(ctx, newPair(ns, "web", ptrTo(int32(211)), "198.18.0.211")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "Available=False/ApplyFailed", func() error {
+		c := apimeta.FindStatusCondition(getPair(t, ns, "web").Status.Conditions, lbv1.ConditionAvailable)
+		if c == nil || c.Status != metav1.ConditionFalse || c.Reason != "ApplyFailed" || !strings.HasPrefix(c.Message, "applying DaemonSet "+daemonSetName("web")+": ") {
+			return fmt.Errorf("condition Available = %+v", c)
+		}
+		return nil
+	})
+	if _, ok := eventReasons(t, ns, "web")["ApplyFailed"]; !ok {
+		t.Error("no ApplyFailed Event")
+	}
+
+	// The other DaemonSet goes; the next reconcile (an edit of the pair
+	// makes one at once) creates the agents' DaemonSet.
+	if err := k8s.Delete(ctx, foreign, client.PropagationPolicy(metav1.DeletePropagationBackground)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the foreign DaemonSet gone", func() error {
+		if _, err := getDaemonSet(ns, "web"); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("get: %v", err)
+		}
+		return nil
+	})
+	p := getPair(t, ns, "web")
+	patch := client.MergeFrom(p.DeepCopy())
+	p.Annotations = map[string]string{"test": "poke"}
+	if err := k8s.Patch(ctx, p, patch); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "Available recovered", func() error {
+		c := apimeta.FindStatusCondition(getPair(t, ns, "web").Status.Conditions, lbv1.ConditionAvailable)
+		if c == nil || c.Reason == "ApplyFailed" {
+			return fmt.Errorf("condition Available = %+v", c)
+		}
+		return nil
+	})
+	ds, err := getDaemonSet(ns, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc := ds.Spec.Template.Spec.SecurityContext; sc == nil || sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("agents' pod securityContext = %+v, want seccompProfile RuntimeDefault", sc)
+	}
+	if ds.Spec.Template.Labels[PairLabel] != "web" {
+		t.Errorf("DaemonSet %s is not the manager's: pod labels %v", ds.Name, ds.Spec.Template.Labels)
+	}
+}

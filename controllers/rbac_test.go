@@ -1,0 +1,122 @@
+package controllers
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
+)
+
+// applyClusterRoles creates or replaces the ClusterRoles of a config/rbac file.
+func applyClusterRoles(t *testing.T, file string) {
+	t.Helper()
+	ctx := context.Background()
+	data, err := os.ReadFile(filepath.Join(repoRoot, "config", "rbac", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for {
+		doc, err := r.Read()
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var role rbacv1.ClusterRole
+		if err := yaml.UnmarshalStrict(doc, &role); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		if role.Name == "" {
+			continue
+		}
+		_ = k8s.Delete(ctx, &role)
+		role.ResourceVersion = ""
+		if err := k8s.Create(ctx, &role); err != nil {
+			t.Fatalf("creating ClusterRole %s: %v", role.Name, err)
+		}
+	}
+}
+
+// The manager's generated ClusterRole is all it needs: a reconcile made with
+// exactly its permissions creates the DaemonSet and the agents' access, and
+// patches the status (merge patch and the JSON patch removing stale agents'
+// entries), without a Forbidden error.
+func TestReconcileWithTheManagersClusterRoleOnly(t *testing.T) {
+	ctx := context.Background()
+	applyClusterRoles(t, "role.yaml")
+	applyClusterRoles(t, "agent_role.yaml")
+	const user = "test:lbpair-manager"
+	crb := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "test-lbpair-manager"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "lbpair-manager"},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
+	}
+	if err := k8s.Create(ctx, crb); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	cfg := rest.CopyConfig(restConfig)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: user}
+	c, err := client.New(cfg, client.Options{Scheme: k8s.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The RBAC authorizer watches bindings: wait until the user can read.
+	eventually(t, "the binding in effect", func() error {
+		var l lbv1.LoadBalancerPairList
+		return c.List(ctx, &l, client.Limit(1))
+	})
+
+	ns := newNamespace(t)
+	if err := k8s.Create(ctx, newPair(ns, "web", ptrTo(int32(212)), "198.18.0.212")); err != nil {
+		t.Fatal(err)
+	}
+	// A fresh entry: the suite's manager keeps it, while the reconciler
+	// below, whose clock runs ten minutes ahead, finds it stale and removes
+	// it, and so has a status of its own to patch.
+	now := metav1.NewMicroTime(time.Now())
+	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: ns + "-lb1", State: lbv1.StateMaster, Priority: 100, Since: now, LastUpdateTime: now})
+	eventually(t, "the suite's manager sees the holder", func() error {
+		if h := getPair(t, ns, "web").Status.Holder; h != ns+"-lb1" {
+			return fmt.Errorf("holder %q", h)
+		}
+		return nil
+	})
+
+	r := &LoadBalancerPairReconciler{
+		Client:   c,
+		Recorder: events.NewFakeRecorder(100),
+		Agent:    AgentSettings{Image: testImage, Resources: DefaultAgentResources()},
+		Now:      func() time.Time { return time.Now().Add(10 * time.Minute) },
+	}
+	req := ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "web"}}
+	if _, err := r.Reconcile(ctx, req); err != nil {
+		t.Fatalf("reconcile with the manager's ClusterRole only: %v", err)
+	}
+	p := getPair(t, ns, "web")
+	if len(p.Status.Agents) != 0 || p.Status.Holder != "" {
+		t.Errorf("status.agents = %+v, holder %q: want the stale entry and its holder gone", p.Status.Agents, p.Status.Holder)
+	}
+	if _, err := getDaemonSet(ns, "web"); err != nil {
+		t.Errorf("DaemonSet: %v", err)
+	}
+}
