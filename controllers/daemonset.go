@@ -16,10 +16,10 @@ import (
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
 )
 
-// Labels on the agents' DaemonSet and pods. PairLabel is what agents use to
-// find their peers' pods.
+// Labels on the agents' DaemonSet and pods. PairLabel, with the value
+// lbv1.PairLabelValue(pair name), is what agents use to find their peers' pods.
 const (
-	PairLabel      = "lbpair.io/pair"
+	PairLabel      = lbv1.PairLabel
 	nameLabel      = "app.kubernetes.io/name"
 	instanceLabel  = "app.kubernetes.io/instance"
 	managedByLabel = "app.kubernetes.io/managed-by"
@@ -65,17 +65,9 @@ func daemonSetName(pair string) string {
 func podLabels(pair *lbv1.LoadBalancerPair) map[string]string {
 	return map[string]string{
 		nameLabel:     agentName,
-		instanceLabel: truncateLabel(pair.Name),
-		PairLabel:     truncateLabel(pair.Name),
+		instanceLabel: lbv1.PairLabelValue(pair.Name),
+		PairLabel:     lbv1.PairLabelValue(pair.Name),
 	}
-}
-
-func truncateLabel(v string) string {
-	if len(v) <= 63 {
-		return v
-	}
-	sum := sha256.Sum256([]byte(v))
-	return v[:52] + "-" + hex.EncodeToString(sum[:])[:10]
 }
 
 // desiredDaemonSet is the agents' DaemonSet for a pair, as an apply

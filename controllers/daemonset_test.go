@@ -103,3 +103,14 @@ func TestDaemonSetApplyFailureSetsAvailableFalse(t *testing.T) {
 		t.Errorf("DaemonSet %s is not the manager's: pod labels %v", ds.Name, ds.Spec.Template.Labels)
 	}
 }
+
+// Agents select their peers by lbv1.PairLabel = lbv1.PairLabelValue(pair):
+// the pods must carry exactly that, long names included.
+func TestAgentPodsCarryThePairLabelAgentsSelect(t *testing.T) {
+	for _, name := range []string{"web", strings.Repeat("a", 63), strings.Repeat("b", 100)} {
+		got := podLabels(newPair("ns", name, nil, "198.18.0.100"))[lbv1.PairLabel]
+		if want := lbv1.PairLabelValue(name); got != want || len(got) > 63 {
+			t.Errorf("pair %q: pod label %s = %q, want %q (at most 63 characters)", name, lbv1.PairLabel, got, want)
+		}
+	}
+}

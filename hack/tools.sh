@@ -56,7 +56,14 @@ import (
 	_ "k8s.io/kubernetes/cmd/kubectl"
 )
 GO
-    go mod tidy -e >/dev/null 2>&1 || true
+    # -e tolerates packages that cannot be loaded: tidy still exits 0 for them
+    # (go build below names what is really missing). It exits non-zero only
+    # when it cannot work at all (a bad go.mod, an unwritable directory).
+    if ! go mod tidy -e >tidy.log 2>&1; then
+      cat tidy.log >&2
+      log "go mod tidy -e failed in $dir"
+      exit 1
+    fi
   )
 }
 

@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 paths=(api config charts dist)
-if ! git diff --quiet -- "${paths[@]}"; then
-  git --no-pager diff --stat -- "${paths[@]}" >&2
+# Against HEAD, not the index: a drift that is staged but not committed fails too.
+if ! git diff --quiet HEAD -- "${paths[@]}"; then
+  git --no-pager diff --stat HEAD -- "${paths[@]}" >&2
   echo "verify: generated files drifted from their sources; run 'make generate manifests' and commit the result" >&2
   exit 1
 fi
