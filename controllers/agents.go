@@ -11,9 +11,16 @@ import (
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
 )
 
-// AgentStaleAfter is how long an agent's entry may go without a refresh
-// before the manager treats the agent as gone. Agents refresh every 10s.
-const AgentStaleAfter = 2 * time.Minute
+// Agents refresh their entry every 10s, and retry a failed write within 20s.
+const (
+	// AgentSilentAfter is how long an entry may go without a refresh before
+	// the manager stops counting the agent as up: it is not the holder, and
+	// its state shows as Unknown.
+	AgentSilentAfter = 45 * time.Second
+	// AgentStaleAfter is how long an entry may go without a refresh before
+	// the manager removes it: the agent is gone.
+	AgentStaleAfter = 2 * time.Minute
+)
 
 // agentSummary is what the manager derives from the agents' own entries in
 // status.agents.
@@ -29,8 +36,14 @@ type agentSummary struct {
 	Live int
 	// Faulty names live agents in Fault.
 	Faulty []string
+	// Unknown names agents whose state cannot be trusted: entries not
+	// refreshed within AgentSilentAfter, and masters superseded by another.
+	Unknown []string
 	// Stale names entries not refreshed within AgentStaleAfter.
 	Stale []string
+	// NextChange is when the summary changes by itself, as an entry turns
+	// silent or stale; zero when none will.
+	NextChange time.Time
 	// DownPorts names the holder's ports that have no healthy backend, and
 	// PartialPorts those with some backends down.
 	DownPorts, PartialPorts []string
@@ -49,10 +62,17 @@ func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *
 	var masters []*lbv1.AgentStatus
 	for i := range agents {
 		a := &agents[i]
-		if now.Sub(a.LastUpdateTime.Time) > AgentStaleAfter {
+		age := now.Sub(a.LastUpdateTime.Time)
+		switch {
+		case age > AgentStaleAfter:
 			s.Stale = append(s.Stale, a.Node)
 			continue
+		case age > AgentSilentAfter:
+			s.Unknown = append(s.Unknown, a.Node)
+			s.changesAt(a.LastUpdateTime.Add(AgentStaleAfter))
+			continue
 		}
+		s.changesAt(a.LastUpdateTime.Add(AgentSilentAfter))
 		switch a.State {
 		case lbv1.StateMaster:
 			masters = append(masters, a)
@@ -70,11 +90,13 @@ func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *
 	})
 	for i, m := range masters {
 		if i > 0 && m.LastUpdateTime.Before(&masters[0].Since) {
+			s.Unknown = append(s.Unknown, m.Node)
 			continue
 		}
 		s.Live++
 		s.Masters = append(s.Masters, m.Node)
 	}
+	sort.Strings(s.Unknown)
 	if len(masters) == 0 {
 		return s
 	}
@@ -94,6 +116,13 @@ func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *
 		}
 	}
 	return s
+}
+
+// changesAt records t as a time the summary changes, keeping the earliest.
+func (s *agentSummary) changesAt(t time.Time) {
+	if s.NextChange.IsZero() || t.Before(s.NextChange) {
+		s.NextChange = t
+	}
 }
 
 // agentConditions turns a summary into the Ready, Degraded and SplitBrain

@@ -16,6 +16,7 @@ func TestSummarizeAgents(t *testing.T) {
 	t1 := metav1.NewTime(now.Add(-time.Minute))
 	fresh := metav1.NewTime(now.Add(-10 * time.Second))
 	old := metav1.NewTime(now.Add(-AgentStaleAfter - time.Second))
+	silent := metav1.NewTime(now.Add(-AgentSilentAfter - time.Second))
 	agent := func(node string, state lbv1.VRRPState, prio int32, since, updated metav1.Time, ports ...lbv1.PortStatus) lbv1.AgentStatus {
 		return lbv1.AgentStatus{Node: node, State: state, Priority: prio, Since: metav1.NewMicroTime(since.Time), LastUpdateTime: metav1.NewMicroTime(updated.Time), Ports: ports}
 	}
@@ -29,6 +30,7 @@ func TestSummarizeAgents(t *testing.T) {
 		Masters     []string
 		Live        int
 		Faulty      []string
+		Unknown     []string
 		Stale       []string
 		Down        []string
 		Partial     []string
@@ -79,7 +81,7 @@ func TestSummarizeAgents(t *testing.T) {
 				agent("lb2", lbv1.StateMaster, 100, t1, fresh, healthy),
 			},
 			desired: 2,
-			want: result{Holder: "lb2", HolderSince: &t1, Masters: []string{"lb2"}, Live: 1,
+			want: result{Holder: "lb2", HolderSince: &t1, Masters: []string{"lb2"}, Live: 1, Unknown: []string{"lb1"},
 				Conditions: map[string]string{"Ready": "True/Serving", "Degraded": "True/Degraded", "SplitBrain": "False/OneMaster"}},
 		},
 		{
@@ -87,6 +89,20 @@ func TestSummarizeAgents(t *testing.T) {
 			agents:  []lbv1.AgentStatus{agent("lb1", lbv1.StateMaster, 100, t1, old, healthy), agent("lb2", lbv1.StateBackup, 90, t0, fresh)},
 			desired: 2,
 			want: result{Live: 1, Stale: []string{"lb1"},
+				Conditions: map[string]string{"Ready": "False/NoMaster", "Degraded": "True/Degraded", "SplitBrain": "False/OneMaster"}},
+		},
+		{
+			name:    "a silent backup is not up, before its entry is removed",
+			agents:  []lbv1.AgentStatus{agent("lb1", lbv1.StateMaster, 100, t1, fresh, healthy), agent("lb2", lbv1.StateBackup, 90, t0, silent)},
+			desired: 2,
+			want: result{Holder: "lb1", HolderSince: &t1, Masters: []string{"lb1"}, Live: 1, Unknown: []string{"lb2"},
+				Conditions: map[string]string{"Ready": "True/Serving", "Degraded": "True/Degraded", "SplitBrain": "False/OneMaster"}},
+		},
+		{
+			name:    "a silent master is not the holder",
+			agents:  []lbv1.AgentStatus{agent("lb1", lbv1.StateMaster, 100, t1, silent, healthy), agent("lb2", lbv1.StateBackup, 90, t0, fresh)},
+			desired: 2,
+			want: result{Live: 1, Unknown: []string{"lb1"},
 				Conditions: map[string]string{"Ready": "False/NoMaster", "Degraded": "True/Degraded", "SplitBrain": "False/OneMaster"}},
 		},
 		{
@@ -115,7 +131,7 @@ func TestSummarizeAgents(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := summarizeAgents(tt.agents, tt.previous, tt.previousSince, now)
 			got := result{Holder: s.Holder, HolderSince: s.HolderSince, Masters: s.Masters, Live: s.Live,
-				Faulty: s.Faulty, Stale: s.Stale, Down: s.DownPorts, Partial: s.PartialPorts, Conditions: map[string]string{}}
+				Faulty: s.Faulty, Unknown: s.Unknown, Stale: s.Stale, Down: s.DownPorts, Partial: s.PartialPorts, Conditions: map[string]string{}}
 			for _, c := range agentConditions(s, tt.desired, 1) {
 				got.Conditions[c.Type] = string(c.Status) + "/" + c.Reason
 				if c.Message == "" || c.ObservedGeneration != 1 {
@@ -126,5 +142,37 @@ func TestSummarizeAgents(t *testing.T) {
 				t.Errorf("summary (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+func TestSummaryNextChange(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	entry := func(node string, updated time.Time) lbv1.AgentStatus {
+		return lbv1.AgentStatus{Node: node, State: lbv1.StateBackup, LastUpdateTime: metav1.NewMicroTime(updated)}
+	}
+	tests := []struct {
+		name   string
+		agents []lbv1.AgentStatus
+		want   time.Time
+	}{
+		{"none", nil, time.Time{}},
+		{"fresh entries turn silent", []lbv1.AgentStatus{entry("lb1", now.Add(-5*time.Second)), entry("lb2", now.Add(-10*time.Second))}, now.Add(AgentSilentAfter - 10*time.Second)},
+		{"a silent entry turns stale", []lbv1.AgentStatus{entry("lb1", now.Add(-time.Minute))}, now.Add(AgentStaleAfter - time.Minute)},
+		{"stale entries change nothing more", []lbv1.AgentStatus{entry("lb1", now.Add(-time.Hour))}, time.Time{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := summarizeAgents(tt.agents, "", nil, now).NextChange; !got.Equal(tt.want) {
+				t.Errorf("NextChange %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestNodesSummary(t *testing.T) {
+	agents := []lbv1.AgentStatus{{Node: "lb2", State: lbv1.StateMaster}, {Node: "lb1", State: lbv1.StateMaster}, {Node: "lb3", State: lbv1.StateBackup}}
+	got := nodesSummary(agents, []string{"lb3"}, []string{"lb1"})
+	if want := "lb1:Unknown,lb2:Master"; got != want {
+		t.Errorf("nodesSummary = %q, want %q", got, want)
 	}
 }

@@ -8,8 +8,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -48,6 +50,10 @@ type LoadBalancerPairReconciler struct {
 	Agent    AgentSettings
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+
+	// lastHolders remembers each pair's last holder, types.NamespacedName
+	// to node name, to name it in the Event for the next one.
+	lastHolders sync.Map
 }
 
 // The manager writes by server-side apply (create and patch) and patches the
@@ -69,6 +75,9 @@ type LoadBalancerPairReconciler struct {
 func (r *LoadBalancerPairReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, retErr error) {
 	var pair lbv1.LoadBalancerPair
 	if err := r.Get(ctx, req.NamespacedName, &pair); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.lastHolders.Delete(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !pair.DeletionTimestamp.IsZero() {
@@ -200,25 +209,47 @@ func (r *LoadBalancerPairReconciler) updateFromAgents(ctx context.Context, pair 
 		return ctrl.Result{}, err
 	}
 	if s.Holder != pair.Status.Holder {
-		switch {
-		case s.Holder == "":
-			r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "NoHolder", "Failover", "no agent holds the virtual IPs (was %s)", pair.Status.Holder)
-		case pair.Status.Holder == "":
-			r.Recorder.Eventf(pair, nil, corev1.EventTypeNormal, "HolderElected", "Failover", "%s holds the virtual IPs: %s", s.Holder, s.HolderEntry.Reason)
-		default:
-			r.Recorder.Eventf(pair, nil, corev1.EventTypeNormal, "Failover", "Failover", "virtual IPs moved from %s to %s: %s", pair.Status.Holder, s.Holder, s.HolderEntry.Reason)
-		}
+		r.reportHolderChange(pair, s)
 	}
 	if len(s.Masters) > 1 && !apimeta.IsStatusConditionTrue(pair.Status.Conditions, lbv1.ConditionSplitBrain) {
 		r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "SplitBrain", "Election", "agents on %s all hold the virtual IPs", strings.Join(s.Masters, ", "))
 	}
 	pair.Status.Holder = s.Holder
 	pair.Status.HolderSince = s.HolderSince
-	pair.Status.Nodes = nodesSummary(pair.Status.Agents, s.Stale)
+	pair.Status.Nodes = nodesSummary(pair.Status.Agents, s.Stale, s.Unknown)
 	for _, c := range agentConditions(s, desired, pair.Generation) {
 		apimeta.SetStatusCondition(&pair.Status.Conditions, c)
 	}
-	return ctrl.Result{RequeueAfter: resync}, nil
+	requeue := resync
+	if !s.NextChange.IsZero() {
+		// A little after the change, so that the entry has crossed the line.
+		requeue = min(requeue, s.NextChange.Sub(now)+time.Second)
+	}
+	return ctrl.Result{RequeueAfter: max(requeue, time.Second)}, nil
+}
+
+// reportHolderChange records an Event for a change of holder. A master that
+// fails or stops usually reports Fault or Backup before the new master
+// reports Master, so the status passes through "no holder": the Event for
+// the new holder still names the one before, remembered per pair.
+func (r *LoadBalancerPairReconciler) reportHolderChange(pair *lbv1.LoadBalancerPair, s agentSummary) {
+	key := types.NamespacedName{Namespace: pair.Namespace, Name: pair.Name}
+	if s.Holder == "" {
+		r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "NoHolder", "Failover", "no agent holds the virtual IPs (was %s)", pair.Status.Holder)
+		return
+	}
+	previous := pair.Status.Holder
+	if previous == "" {
+		if last, ok := r.lastHolders.Load(key); ok {
+			previous = last.(string)
+		}
+	}
+	r.lastHolders.Store(key, s.Holder)
+	if previous == "" || previous == s.Holder {
+		r.Recorder.Eventf(pair, nil, corev1.EventTypeNormal, "HolderElected", "Failover", "%s holds the virtual IPs: %s", s.Holder, s.HolderEntry.Reason)
+		return
+	}
+	r.Recorder.Eventf(pair, nil, corev1.EventTypeNormal, "Failover", "Failover", "virtual IPs moved from %s to %s: %s", previous, s.Holder, s.HolderEntry.Reason)
 }
 
 // desiredAgents is how many agents should run: the DaemonSet's count once a
@@ -309,15 +340,17 @@ func (r *LoadBalancerPairReconciler) otherPairs(ctx context.Context, obj client.
 	return out
 }
 
-// nodesSummary lists the agents as node:state, for the NODES column.
-func nodesSummary(agents []lbv1.AgentStatus, stale []string) string {
-	gone := map[string]bool{}
-	for _, n := range stale {
-		gone[n] = true
-	}
+// nodesSummary lists the agents as node:state, for the NODES column. Stale
+// entries are left out, and unknown ones show as Unknown rather than as the
+// state they last reported.
+func nodesSummary(agents []lbv1.AgentStatus, stale, unknown []string) string {
 	var parts []string
 	for _, a := range agents {
-		if !gone[a.Node] {
+		switch {
+		case slices.Contains(stale, a.Node):
+		case slices.Contains(unknown, a.Node):
+			parts = append(parts, a.Node+":Unknown")
+		default:
 			parts = append(parts, a.Node+":"+string(a.State))
 		}
 	}

@@ -128,3 +128,45 @@ func TestStatusFollowsTheAgents(t *testing.T) {
 		t.Errorf("no AgentGone event")
 	}
 }
+
+// A master that fails reports Fault before the backup reports Master: the
+// status passes through no holder, and the Event for the new holder still
+// names the old one.
+func TestFailoverThroughNoHolderNamesBothHolders(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	p := newPair(ns, "web", ptrTo(int32(71)), "198.18.0.101")
+	if err := k8s.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	lb1, lb2 := ns+"-lb1", ns+"-lb2"
+	micro := metav1.NewMicroTime(time.Now())
+	up := lbv1.PortStatus{Name: "http", HealthyBackends: 1, Backends: 1}
+	holderIs := func(want string) func() error {
+		return func() error {
+			if got := getPair(t, ns, "web").Status.Holder; got != want {
+				return fmt.Errorf("holder %q, want %q", got, want)
+			}
+			return nil
+		}
+	}
+	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: lb1, State: lbv1.StateMaster, Priority: 100, Since: micro, LastUpdateTime: micro, Ports: []lbv1.PortStatus{up}})
+	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: lb2, State: lbv1.StateBackup, Priority: 90, Since: micro, LastUpdateTime: micro, Ports: []lbv1.PortStatus{up}})
+	eventually(t, "lb1 holds", holderIs(lb1))
+
+	later := metav1.NewMicroTime(micro.Add(time.Second))
+	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: lb1, State: lbv1.StateFault, Since: later, LastUpdateTime: later, Reason: "proxy: no healthy backend"})
+	eventually(t, "no holder", holderIs(""))
+
+	latest := metav1.NewMicroTime(micro.Add(2 * time.Second))
+	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: lb2, State: lbv1.StateMaster, Priority: 90, Since: latest, LastUpdateTime: latest, Reason: "the master left (priority 0)", Ports: []lbv1.PortStatus{up}})
+	eventually(t, "lb2 holds", holderIs(lb2))
+	eventually(t, "a Failover event naming both", func() error {
+		ev := eventReasons(t, ns, "web")
+		want := fmt.Sprintf("virtual IPs moved from %s to %s: the master left (priority 0)", lb1, lb2)
+		if ev["Failover"] != want {
+			return fmt.Errorf("Failover event %q, want %q (events %v)", ev["Failover"], want, ev)
+		}
+		return nil
+	})
+}
