@@ -58,6 +58,7 @@ func (lp *loop) nextAttempt(p *pair) {
 		be.conns.Add(1)
 		st.be = be
 		st.attempt++
+		p.attempt = uint8(st.attempt)
 		p.fd[1] = fd
 		p.canRead[1], p.canWrite[1], p.rdhup[1] = false, false, false
 		if !lp.register(p, 1, fd) {
@@ -132,6 +133,15 @@ func (lp *loop) connecting(p *pair, ev uint32) {
 	c.mu.Unlock()
 	p.setup = nil
 	p.canWrite[1] = true
+	// The event that completes the connect may also carry the first data or the end of
+	// the backend's stream: with edge triggering it is reported only now, and a backend
+	// that speaks first (SMTP, MySQL, FTP banners) would otherwise wait forever.
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		p.canRead[1] = true
+	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
+		p.rdhup[1] = true
+	}
 	if v := st.plan.cfg.ProxyProtocol; v != ProxyProtocolNone {
 		local, err := unix.Getsockname(p.fd[0])
 		var hdr []byte
@@ -187,7 +197,7 @@ func (lp *loop) register(p *pair, side int, fd int) bool {
 	ev := unix.EpollEvent{
 		Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
 		Fd:     p.slot,
-		Pad:    lp.gens[p.slot]<<1 | int32(side),
+		Pad:    lp.tag(p, int32(side)),
 	}
 	if err := unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		p.c.l.s.log.Error(err, "Adding a connection to the event loop", "listener", p.c.l.name)

@@ -37,7 +37,7 @@ type loop struct {
 
 	events []unix.EpollEvent
 	pairs  []*pair  // by slot
-	gens   []int32  // by slot, so events of a closed pair never reach its successor
+	gens   []int32  // by slot, so events of a closed pair never reach its successor (see tag)
 	free   []int32  // free slots
 	spare  [][]byte // read buffers not in use
 	socket socketFunc
@@ -66,6 +66,9 @@ type pair struct {
 	closed bool
 	setup  *setup // while connecting
 	header int    // bytes of PROXY header still to send, not counted as client data
+	// attempt tags the events of the backend socket registered now (see tag), so that
+	// events of a socket an earlier connect attempt closed are dropped.
+	attempt uint8
 	// canRead and canWrite track edge-triggered readiness per side.
 	canRead, canWrite, rdhup [2]bool
 	dir                      [2]flow // 0: client to backend, 1: backend to client
@@ -79,10 +82,29 @@ type flow struct {
 	shut     bool // FIN passed on to the destination
 }
 
+const epollEvents = 256
+
+// An event's EpollEvent.Fd is the pair's slot, and its Pad the tag below: the slot's
+// generation, the backend's connect attempt and the side. Events harvested in one batch
+// may be handled after their socket was closed, and its slot or its tag reused; the tag
+// drops them, so they reach neither a later pair in the slot nor the next connect
+// attempt of the same pair (which a stale EPOLLOUT would count as connected, and a stale
+// EPOLLERR as failed).
 const (
-	epollEvents = 256
-	sideFlag    = 1 // low bit of EpollEvent.Pad: 0 client, 1 backend
+	sideBits    = 1 // 0 client, 1 backend
+	attemptBits = 8
+	genBits     = 31 - attemptBits - sideBits
+	sideFlag    = 1<<sideBits - 1
 )
+
+// tag is the EpollEvent.Pad under which side of p is registered.
+func (lp *loop) tag(p *pair, side int32) int32 {
+	t := lp.gens[p.slot]<<(attemptBits+sideBits) | side
+	if side == 1 {
+		t |= int32(p.attempt) << sideBits
+	}
+	return t
+}
 
 func newLoop(socket socketFunc) (*loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
@@ -174,10 +196,10 @@ func (lp *loop) handle(events []unix.EpollEvent) {
 			continue
 		}
 		p := lp.pairs[ev.Fd]
-		if p == nil || lp.gens[ev.Fd] != ev.Pad>>1 {
-			continue // closed earlier in this batch
-		}
 		side := ev.Pad & sideFlag
+		if p == nil || ev.Pad != lp.tag(p, side) {
+			continue // its socket was closed earlier in this batch
+		}
 		if p.setup != nil {
 			// Connecting: the client's readiness is kept for later.
 			if side == 1 {
@@ -245,7 +267,7 @@ func (lp *loop) add(p *pair) {
 		lp.pairs = append(lp.pairs, nil)
 		lp.gens = append(lp.gens, 0)
 	}
-	lp.gens[p.slot] = (lp.gens[p.slot] + 1) & (1<<30 - 1)
+	lp.gens[p.slot] = (lp.gens[p.slot] + 1) & (1<<genBits - 1)
 	lp.pairs[p.slot] = p
 }
 
