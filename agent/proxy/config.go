@@ -77,7 +77,8 @@ type ListenerConfig struct {
 	// Balance picks a backend per connection.
 	Balance Balance
 	// Backends are static backends. When empty, the set last given to SetBackends (the
-	// ready endpoints of a Service) is kept.
+	// ready endpoints of a Service) is kept; until the first SetBackends the listener is
+	// pending (see ListenerStatus.Pending).
 	Backends []Backend
 	// Passive marks backends down on failed connects.
 	Passive PassiveCheck

@@ -80,12 +80,16 @@ func (l *listener) serve(fd int, remote netip.AddrPort, lp *loop) {
 	}
 	l.m.active.Inc()
 	l.s.wg.Add(1)
-	if !l.s.register(c) {
+	registered, drained := l.s.register(c)
+	if !registered {
 		c.refuse(endShutdown)
 		l.active.Add(-1)
 		l.m.active.Dec()
 		l.s.wg.Done()
 		return
+	}
+	if drained {
+		c.abort(endDrained) // closed below, before the hand-off
 	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	st := &setup{plan: p}
@@ -127,10 +131,12 @@ func (c *conn) done() {
 	if c.be != nil {
 		c.be.conns.Add(-1)
 	}
-	c.l.active.Add(-1)
 	c.l.m.active.Dec()
 	c.l.s.unregister(c)
 	c.finish()
+	if c.l.active.Add(-1) == 0 && c.l.retired.Load() {
+		c.l.lastConnEnded()
+	}
 	c.l.s.wg.Done()
 }
 
@@ -191,16 +197,18 @@ func (c *conn) sweep(now time.Time) {
 	}
 }
 
-func (s *Server) register(c *conn) bool {
+// register adds c to the open connections, unless the server is shutting down. drained
+// says that c was accepted before a drain fired that did not see it, and must close.
+func (s *Server) register(c *conn) (registered, drained bool) {
 	s.connMu.Lock()
 	defer s.connMu.Unlock()
 	select {
 	case <-s.stop:
-		return false
+		return false, false
 	default:
 	}
 	s.conns[c] = struct{}{}
-	return true
+	return true, c.start.Before(s.drained)
 }
 
 func (s *Server) unregister(c *conn) {

@@ -33,6 +33,9 @@ type backend struct {
 	passive health.Passive
 	active  health.Active
 
+	// prober runs the active check; guarded by the listener's s.mu.
+	prober *prober
+
 	selections                                       prometheus.Counter
 	healthy                                          prometheus.Gauge
 	errRefused, errTimeout, errUnreachable, errOther prometheus.Counter
@@ -125,8 +128,8 @@ type plan struct {
 	cfg      ListenerConfig
 	backends []*backend
 	balancer balance.Balancer
-	// cancel stops the active checks of this plan.
-	cancel context.CancelFunc
+	// pending: the backends come from SetBackends, which has not been called yet.
+	pending bool
 }
 
 // pick chooses a usable backend not in tried, or nil.
@@ -158,40 +161,60 @@ func (p *plan) healthy(now int64) int {
 	return n
 }
 
-// runChecks probes every backend of the plan until ctx ends. Probes start at a random
-// offset within the interval, so that checks of many backends do not come in bursts.
-func (p *plan) runChecks(ctx context.Context, l *listener) {
-	a := p.cfg.Active
+// prober is a backend's active check: one goroutine, which outlives plans that keep the
+// backend and the check's settings, so that a configuration change elsewhere does not
+// restart its timing.
+type prober struct {
+	cfg    ActiveCheck
+	cancel context.CancelFunc
+}
+
+// check starts, keeps or (with new settings) restarts the backend's active check for a;
+// nil stops it. Called with the listener's s.mu held.
+func (b *backend) check(l *listener, a *ActiveCheck) {
+	if b.prober != nil && a != nil && b.prober.cfg == *a {
+		return
+	}
+	if b.prober != nil {
+		b.prober.cancel()
+		b.prober = nil
+	}
 	if a == nil {
 		return
 	}
-	for _, b := range p.backends {
-		l.s.wg.Add(1)
-		go func() {
-			defer l.s.wg.Done()
-			t := time.NewTimer(rand.N(a.Interval))
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-				}
-				err := probe(ctx, l.s.dialer, b.name, a.Timeout)
-				if ctx.Err() != nil {
-					return
-				}
-				if b.probed(err == nil) {
-					if err != nil {
-						l.s.log.Info("Backend down: active check failed", "listener", l.name, "backend", b.name, "fall", a.Fall, "error", err.Error())
-					} else {
-						l.s.log.Info("Backend up: active check passed", "listener", l.name, "backend", b.name, "rise", a.Rise)
-					}
-					l.s.kick()
-				}
-				t.Reset(a.Interval)
+	ctx, cancel := context.WithCancel(context.Background())
+	b.prober = &prober{cfg: *a, cancel: cancel}
+	l.s.wg.Add(1)
+	go func() {
+		defer l.s.wg.Done()
+		b.probeLoop(ctx, l, *a)
+	}()
+}
+
+// probeLoop probes the backend until ctx ends. The first probe comes at a random offset
+// within the interval, so that checks of many backends do not come in bursts.
+func (b *backend) probeLoop(ctx context.Context, l *listener, a ActiveCheck) {
+	t := time.NewTimer(rand.N(a.Interval))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := probe(ctx, l.s.dialer, b.name, a.Timeout)
+		if ctx.Err() != nil {
+			return
+		}
+		if b.probed(err == nil) {
+			if err != nil {
+				l.s.log.Info("Backend down: active check failed", "listener", l.name, "backend", b.name, "fall", a.Fall, "error", err.Error())
+			} else {
+				l.s.log.Info("Backend up: active check passed", "listener", l.name, "backend", b.name, "rise", a.Rise)
 			}
-		}()
+			l.s.kick()
+		}
+		t.Reset(a.Interval)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -52,6 +53,10 @@ type ListenerStatus struct {
 	Active int
 	// Listening is true when every address of the listener accepts connections.
 	Listening bool
+	// Pending is true for a listener whose backends come from SetBackends (it has no
+	// static ones) until its first SetBackends: having none yet is not a fault, so the
+	// proxy's health does not count its lack of backends.
+	Pending bool
 }
 
 // Option configures a Server.
@@ -112,6 +117,12 @@ type Server struct {
 
 	connMu sync.Mutex
 	conns  map[*conn]struct{}
+	// drained is when the last drain closed the connections; one accepted before and
+	// registered after is closed too. Guarded by connMu.
+	drained time.Time
+	// retiring holds removed listeners whose connections still run, by name: their
+	// metric series go when the last one ends. Guarded by mu.
+	retiring map[string]*listener
 
 	kickc     chan struct{}
 	stop      chan struct{}
@@ -132,6 +143,7 @@ func New(log logr.Logger, opts ...Option) *Server {
 		listeners: map[string]*listener{},
 		sockets:   map[netip.AddrPort]*socket{},
 		conns:     map[*conn]struct{}{},
+		retiring:  map[string]*listener{},
 		kickc:     make(chan struct{}, 1),
 		stop:      make(chan struct{}),
 		// No TCP keepalive, as nginx and HAProxy by default: idle timeouts end dead
@@ -204,13 +216,16 @@ func (s *Server) Apply(cfg Config) error {
 		if !slices.ContainsFunc(cfg.Listeners, func(lc ListenerConfig) bool { return lc.Name == name }) {
 			l.retire()
 			delete(s.listeners, name)
-			s.metrics.deleteListener(name)
+			s.retireMetrics(l)
 			s.log.Info("Removed listener", "listener", name)
 		}
 	}
 	for _, lc := range cfg.Listeners {
 		l, ok := s.listeners[lc.Name]
 		if !ok {
+			// The series of a removed listener of this name, kept for its connections,
+			// are this one's now.
+			delete(s.retiring, lc.Name)
 			l = newListener(s, lc.Name)
 			s.listeners[lc.Name] = l
 			s.log.Info("Added listener", "listener", lc.Name, "addrs", lc.Addrs)
@@ -221,7 +236,7 @@ func (s *Server) Apply(cfg Config) error {
 		} else {
 			l.dynamic = false
 		}
-		l.publish(lc, backends)
+		l.publish(lc, backends, len(backends) == 0 && !l.dynamic)
 	}
 	for a, sock := range s.sockets {
 		if _, ok := wanted[a]; !ok {
@@ -267,23 +282,28 @@ func (s *Server) SetBackends(listener string, backends []Backend) error {
 		return fmt.Errorf("setting backends of listener %q: %w", listener, ErrUnknownListener)
 	}
 	l.dynamic = true
-	l.publish(l.plan.Load().cfg, slices.Clone(backends))
+	l.publish(l.plan.Load().cfg, slices.Clone(backends), false)
 	s.kick()
 	return nil
 }
 
-// DrainEstablished closes, after timeout, the connections open now; the listeners stay
-// open (the node is a warm backup). It returns at once. A later call replaces the
-// pending one; connections accepted after the call are left alone.
+// DrainEstablished closes, after timeout, the connections open now and those accepted
+// until then: during a handover a client may still reach the old master, and without an
+// idle timeout its connection would otherwise live on. The listeners stay open (the node
+// is a warm backup), and connections accepted after the timeout are left alone. It
+// returns at once; a later call replaces the pending one.
 func (s *Server) DrainEstablished(timeout time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	victims := s.snapshotConns()
-	s.log.Info("Draining established connections", "connections", len(victims), "timeout", timeout)
+	s.log.Info("Draining established connections", "connections", len(s.snapshotConns()), "timeout", timeout)
 	if s.drain != nil {
 		s.drain.Stop()
 	}
 	s.drain = time.AfterFunc(max(timeout, 0), func() {
+		s.connMu.Lock()
+		s.drained = time.Now()
+		victims := s.snapshotConnsLocked()
+		s.connMu.Unlock()
 		closed := 0
 		for _, c := range victims {
 			if c.abort(endDrained) {
@@ -358,6 +378,7 @@ func (s *Server) Status() []ListenerStatus {
 			Backends:        len(p.backends),
 			Active:          int(l.active.Load()),
 			Listening:       l.listening(),
+			Pending:         p.pending,
 		})
 	}
 	slices.SortFunc(out, func(a, b ListenerStatus) int { return strings.Compare(a.Name, b.Name) })
@@ -416,7 +437,7 @@ func (s *Server) evaluate(now time.Time) (bool, string) {
 		switch {
 		case !st.Listening:
 			problems = append(problems, fmt.Sprintf("listener %q is not listening", st.Name))
-		case st.HealthyBackends == 0:
+		case st.HealthyBackends == 0 && !st.Pending:
 			problems = append(problems, fmt.Sprintf("listener %q has no healthy backend (0 of %d)", st.Name, st.Backends))
 		}
 	}
@@ -440,6 +461,10 @@ func (s *Server) evaluate(now time.Time) (bool, string) {
 func (s *Server) snapshotConns() []*conn {
 	s.connMu.Lock()
 	defer s.connMu.Unlock()
+	return s.snapshotConnsLocked()
+}
+
+func (s *Server) snapshotConnsLocked() []*conn {
 	out := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
 		out = append(out, c)
@@ -472,7 +497,7 @@ type listener struct {
 	backends map[netip.AddrPort]*backend // guarded by s.mu
 	dynamic  bool                        // backends come from SetBackends; guarded by s.mu
 	active   atomic.Int64
-	retired  bool // guarded by s.mu
+	retired  atomic.Bool // set under s.mu
 }
 
 func newListener(s *Server, name string) *listener {
@@ -481,10 +506,18 @@ func newListener(s *Server, name string) *listener {
 }
 
 // publish builds and publishes a plan for cfg with backends, reusing the backends that
-// stay, and restarts the active checks. Called with s.mu held.
-func (l *listener) publish(cfg ListenerConfig, backends []Backend) {
+// stay with their health and active checks. pending marks a listener that waits for its
+// first SetBackends. Called with s.mu held.
+//
+// An unchanged configuration publishes nothing, and unchanged backends and policy keep
+// the balancer: the agent applies its whole configuration on every sync, which must not
+// reset round robin or the probes' timing.
+func (l *listener) publish(cfg ListenerConfig, backends []Backend, pending bool) {
 	cfg.Backends = backends
-	bal := make([]balance.Backend, len(backends))
+	old := l.plan.Load()
+	if old != nil && old.pending == pending && sameListener(old.cfg, cfg) {
+		return
+	}
 	bs := make([]*backend, len(backends))
 	keep := map[netip.AddrPort]*backend{}
 	for i, b := range backends {
@@ -493,35 +526,74 @@ func (l *listener) publish(cfg ListenerConfig, backends []Backend) {
 			be = newBackend(b.Addr, l.name, l.s.metrics)
 		}
 		be.configure(cfg.Passive, cfg.Active)
+		be.check(l, cfg.Active)
 		keep[b.Addr] = be
 		bs[i] = be
-		bal[i] = balance.Backend{Key: be.name, Weight: b.Weight}
 	}
 	for a, be := range l.backends {
 		if _, ok := keep[a]; !ok {
+			be.check(l, nil)
 			l.s.metrics.deleteBackend(l.name, be.name)
 		}
 	}
 	l.backends = keep
-	balancer, err := balance.New(balance.Policy(cfg.Balance), bal, l.s.newRand())
-	if err != nil {
-		// Validate has checked weights and the policy.
-		panic(fmt.Sprintf("building a balancer from a validated configuration: %v", err))
+	var balancer balance.Balancer
+	if old != nil && old.cfg.Balance == cfg.Balance && slices.Equal(old.cfg.Backends, cfg.Backends) {
+		balancer = old.balancer
+	} else {
+		bal := make([]balance.Backend, len(backends))
+		for i, b := range backends {
+			bal[i] = balance.Backend{Key: bs[i].name, Weight: b.Weight}
+		}
+		var err error
+		balancer, err = balance.New(balance.Policy(cfg.Balance), bal, l.s.newRand())
+		if err != nil {
+			// Validate has checked weights and the policy.
+			panic(fmt.Sprintf("building a balancer from a validated configuration: %v", err))
+		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &plan{cfg: cfg, backends: bs, balancer: balancer, cancel: cancel}
-	if old := l.plan.Swap(p); old != nil {
-		old.cancel()
+	l.plan.Store(&plan{cfg: cfg, backends: bs, balancer: balancer, pending: pending})
+}
+
+// sameListener reports whether two listener configurations are equal.
+func sameListener(a, b ListenerConfig) bool {
+	if (a.Active == nil) != (b.Active == nil) || a.Active != nil && *a.Active != *b.Active {
+		return false
 	}
-	p.runChecks(ctx, l)
+	a.Active, b.Active = nil, nil
+	addrs, backends := slices.Equal(a.Addrs, b.Addrs), slices.Equal(a.Backends, b.Backends)
+	a.Addrs, b.Addrs, a.Backends, b.Backends = nil, nil, nil, nil
+	return addrs && backends && reflect.DeepEqual(a, b)
 }
 
 // retire stops the listener's checks; its sockets are closed or moved by the caller, and
 // its connections run on. Called with s.mu held.
 func (l *listener) retire() {
-	l.retired = true
-	if p := l.plan.Load(); p != nil {
-		p.cancel()
+	l.retired.Store(true)
+	for _, be := range l.backends {
+		be.check(l, nil)
+	}
+}
+
+// retireMetrics drops a removed listener's series once its last connection has ended,
+// so that the bytes and durations of those connections are still exported. Called with
+// s.mu held, after retire.
+func (s *Server) retireMetrics(l *listener) {
+	if l.active.Load() == 0 {
+		s.metrics.deleteListener(l.name)
+		return
+	}
+	s.retiring[l.name] = l
+}
+
+// lastConnEnded drops the series of a removed listener whose last connection ended,
+// unless a listener of the same name has taken them over.
+func (l *listener) lastConnEnded() {
+	l.s.mu.Lock()
+	defer l.s.mu.Unlock()
+	if l.s.retiring[l.name] == l && l.active.Load() == 0 {
+		delete(l.s.retiring, l.name)
+		l.s.metrics.deleteListener(l.name)
 	}
 }
 
@@ -537,5 +609,5 @@ func (l *listener) listening() bool {
 			return false
 		}
 	}
-	return !l.retired
+	return !l.retired.Load()
 }
