@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -267,11 +268,23 @@ func TestReconfigureUnderLoad(t *testing.T) {
 			}
 		}()
 	}
+	withExtra := func(l ListenerConfig) error {
+		extra := listenerCfg("extra", 81, backendAddr(2, 8080), backendAddr(3, 8080))
+		if err := apply(tl, s, Config{Listeners: []ListenerConfig{l, extra}}); err != nil {
+			return err
+		}
+		for i := range 5 {
+			if err := roundTrip(tl, vip(81), fmt.Sprintf("extra %d", i)); err != nil {
+				return fmt.Errorf("request %d to the added port: %w", i, err)
+			}
+		}
+		return nil
+	}
 	steps := []func() error{
 		func() error { c := base; c.Balance = LeastConnections; return applyOne(tl, s, c) },
 		func() error {
 			c := base
-			c.Backends = append(c.Backends, Backend{Addr: backendAddr(3, 8080), Weight: 3})
+			c.Backends = append(slices.Clone(c.Backends), Backend{Addr: backendAddr(3, 8080), Weight: 3})
 			return applyOne(tl, s, c)
 		},
 		func() error {
@@ -281,12 +294,28 @@ func TestReconfigureUnderLoad(t *testing.T) {
 			return applyOne(tl, s, c)
 		},
 		func() error { return s.SetBackends("web", []Backend{{Addr: backendAddr(3, 8080), Weight: 1}}) },
-		func() error { c := base; c.Balance = RandomTwoChoices; c.Addrs = append(c.Addrs, vip(80)); return nil },
+		// Another port comes, with the backends changed and backend 1 removed.
+		func() error {
+			c := base
+			c.Balance = RandomTwoChoices
+			c.Backends = []Backend{{Addr: backendAddr(2, 8080), Weight: 1}, {Addr: backendAddr(3, 8080), Weight: 2}}
+			return withExtra(c)
+		},
+		// And goes; backend 1 is back.
 		func() error {
 			c := base
 			c.Balance = RandomTwoChoices
 			c.Passive = PassiveCheck{MaxFails: 2, FailTimeout: time.Second}
-			return applyOne(tl, s, c)
+			if err := applyOne(tl, s, c); err != nil {
+				return err
+			}
+			if err := roundTrip(tl, vip(81), "removed"); err == nil {
+				return errors.New("the removed port still proxies")
+			}
+			if st := s.Status(); len(st) != 1 || st[0].Name != "web" || st[0].Backends != 2 {
+				return fmt.Errorf("Status = %+v, want only listener web with 2 backends", st)
+			}
+			return nil
 		},
 	}
 	for i, step := range steps {
@@ -513,5 +542,140 @@ func TestConnectTimeoutRetries(t *testing.T) {
 	}
 	if st := s.Status(); st[0].HealthyBackends != 1 {
 		t.Errorf("Status = %+v, want the partitioned backend down", st)
+	}
+}
+
+// TestServerSpeaksFirst proxies backends that send before the client does, as SMTP,
+// MySQL and FTP servers greet: the client gets the banner without writing anything, and
+// the backend's close when it hangs up after the banner.
+func TestServerSpeaksFirst(t *testing.T) {
+	const banner = "220 smtp.example ESMTP ready\r\n"
+	tl := newTestLab(t, 2)
+	serve(t, tl.backends[0], backendAddr(1, 25), func(c net.Conn) {
+		if _, err := io.WriteString(c, banner); err == nil {
+			echo(c)
+		}
+	})
+	serve(t, tl.backends[1], backendAddr(2, 25), func(c net.Conn) {
+		_, _ = io.WriteString(c, banner) // and the handler's return closes
+	})
+	withVIP(t, tl)
+	startProxy(t, tl, Config{Listeners: []ListenerConfig{
+		listenerCfg("smtp", 25, backendAddr(1, 25)),
+		listenerCfg("goodbye", 26, backendAddr(2, 25)),
+	}})
+
+	t.Run("banner", func(t *testing.T) {
+		for i := range 20 {
+			c := mustDial(t, tl, vip(25))
+			buf := make([]byte, len(banner))
+			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != banner {
+				t.Fatalf("connection %d: read %q, %v; want the banner before writing anything", i, buf, err)
+			}
+			if err := exchange(c, "EHLO client\r\n"); err != nil {
+				t.Fatalf("connection %d after the banner: %v", i, err)
+			}
+			c.Close()
+		}
+	})
+	t.Run("banner and close", func(t *testing.T) {
+		for i := range 20 {
+			c := mustDial(t, tl, vip(26))
+			got, err := io.ReadAll(c)
+			if err != nil || string(got) != banner {
+				t.Fatalf("connection %d: read %q, %v; want the banner, then the end of the stream", i, got, err)
+			}
+			c.Close()
+		}
+	})
+}
+
+// TestDrainClosesConnectionsAcceptedMeanwhile: a connection that reaches the old master
+// during the handover, after DrainEstablished, is closed with the others when the drain
+// ends, even with no idle timeout; one accepted after the drain is left alone.
+func TestDrainClosesConnectionsAcceptedMeanwhile(t *testing.T) {
+	tl := newTestLab(t, 1)
+	serve(t, tl.backends[0], backendAddr(1, 8080), echo)
+	withVIP(t, tl)
+	s := startProxy(t, tl, Config{Listeners: []ListenerConfig{listenerCfg("web", 80, backendAddr(1, 8080))}})
+
+	s.DrainEstablished(2 * time.Second)
+	late := mustDial(t, tl, vip(80))
+	if err := exchange(late, "during the handover"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := late.Read(make([]byte, 1)); !isRefused(err) {
+		t.Fatalf("read on a connection accepted while draining: %v, want it closed by the drain", err)
+	}
+	after := mustDial(t, tl, vip(80))
+	if err := exchange(after, "after the drain"); err != nil {
+		t.Fatalf("connection after the drain: %v", err)
+	}
+	if err := exchange(after, "still open"); err != nil {
+		t.Fatalf("connection after the drain closed: %v", err)
+	}
+}
+
+// TestRemovedListenerMetricsOutliveConnections removes a listener with a connection
+// open: its series stay while the connection runs and go when it ends, unless a listener
+// of the same name came back meanwhile.
+func TestRemovedListenerMetricsOutliveConnections(t *testing.T) {
+	tl := newTestLab(t, 1)
+	serve(t, tl.backends[0], backendAddr(1, 8080), echo)
+	withVIP(t, tl)
+	reg := prometheus.NewRegistry()
+	old := listenerCfg("old", 80, backendAddr(1, 8080))
+	keep := listenerCfg("keep", 81, backendAddr(1, 8080))
+	s := startProxy(t, tl, Config{Listeners: []ListenerConfig{old, keep}}, WithMetrics(reg))
+	series := func() int {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == "listener" && lp.GetValue() == "old" {
+						n++
+					}
+				}
+			}
+		}
+		return n
+	}
+
+	for _, readd := range []bool{false, true} {
+		if err := apply(tl, s, Config{Listeners: []ListenerConfig{old, keep}}); err != nil {
+			t.Fatal(err)
+		}
+		c := mustDial(t, tl, vip(80))
+		if err := exchange(c, "open"); err != nil {
+			t.Fatal(err)
+		}
+		if err := apply(tl, s, Config{Listeners: []ListenerConfig{keep}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := exchange(c, "after the removal"); err != nil {
+			t.Fatalf("connection of the removed listener: %v", err)
+		}
+		if series() == 0 {
+			t.Fatalf("series of the removed listener deleted while its connection runs")
+		}
+		if readd {
+			if err := apply(tl, s, Config{Listeners: []ListenerConfig{old, keep}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.Close()
+		if !readd {
+			waitFor(t, "the series to go", func() bool { return series() == 0 })
+			continue
+		}
+		active := s.metrics.active.WithLabelValues("old")
+		waitFor(t, "the connection to end", func() bool { return testutil.ToFloat64(active) == 0 })
+		if series() == 0 {
+			t.Errorf("series of the re-added listener deleted when the old connection ended")
+		}
 	}
 }

@@ -7,11 +7,13 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr/testr"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -156,7 +158,8 @@ func TestLoopAbortAndReset(t *testing.T) {
 			t.Fatal(err)
 		}
 		f.backend.Close()
-		if _, err := io.WriteString(f.client, "more"); err != nil {
+		// The loop may have closed the pair already.
+		if _, err := io.WriteString(f.client, "more"); err != nil && !isReset(err) {
 			t.Fatal(err)
 		}
 		if _, err := io.ReadAll(f.client); err != nil && !isReset(err) {
@@ -176,4 +179,185 @@ func TestLoopAbortAndReset(t *testing.T) {
 			t.Fatalf("client read after shutdown = %v, want EOF", err)
 		}
 	})
+}
+
+// connectFixture drives an event loop by hand, with no goroutine running it, while the
+// loop connects a client (one end of a socket pair) to TCP backends on the loopback: the
+// test decides what each epoll batch holds and when it is handled.
+type connectFixture struct {
+	s      *Server
+	l      *listener
+	lp     *loop
+	p      *pair
+	client *net.UnixConn
+}
+
+// newConnectFixture starts connecting a client to backends, tried in order.
+func newConnectFixture(t *testing.T, backends ...netip.AddrPort) *connectFixture {
+	t.Helper()
+	s := New(testr.New(t))
+	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+	lp, err := newLoop(unix.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Before the server's shutdown, which waits for the connection.
+	t.Cleanup(func() {
+		for _, p := range lp.pairs {
+			if p != nil {
+				lp.finish(p, endShutdown)
+			}
+		}
+		_ = lp.file.Close()
+		unix.Close(lp.wake)
+	})
+	l := newListener(s, "connect")
+	lc := ListenerConfig{Name: "connect", Addrs: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:1")}}
+	for _, b := range backends {
+		lc.Backends = append(lc.Backends, Backend{Addr: b, Weight: 1})
+	}
+	s.mu.Lock()
+	l.publish(lc, lc.Backends, false)
+	s.mu.Unlock()
+	cfd, client := socketPair(t)
+	c := &conn{l: l, clientFD: -1, start: time.Now()}
+	l.active.Add(1)
+	s.wg.Add(1)
+	s.register(c)
+	p := &pair{c: c, fd: [2]int{cfd, -1}, setup: &setup{plan: l.plan.Load()}}
+	c.pair, c.loop = p, lp
+	lp.add(p)
+	lp.startSetup(p)
+	_ = client.SetDeadline(time.Now().Add(10 * time.Second))
+	return &connectFixture{s: s, l: l, lp: lp, p: p, client: client}
+}
+
+// harvest waits for the loop's next batch of events, without handling it.
+func (f *connectFixture) harvest(t *testing.T) []unix.EpollEvent {
+	t.Helper()
+	for {
+		n, err := unix.EpollWait(f.lp.epfd, f.lp.events, 10_000)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n == 0 {
+			t.Fatalf("waiting for events: %d, %v", n, err)
+		}
+		return f.lp.events[:n]
+	}
+}
+
+// waitBackend waits until the backend socket's state shows all of events (poll(2)
+// flags), which leaves epoll's edges alone.
+func (f *connectFixture) waitBackend(t *testing.T, events int16) {
+	t.Helper()
+	fds := []unix.PollFd{{Fd: int32(f.p.fd[1]), Events: events}}
+	waitFor(t, "the backend socket's state", func() bool {
+		_, err := unix.Poll(fds, 100)
+		return err == nil && fds[0].Revents&events == events
+	})
+}
+
+func loopbackBackend(t *testing.T) (*net.TCPListener, netip.AddrPort) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln.(*net.TCPListener), ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// TestConnectEventCarriesBanner makes the event that completes the backend connect also
+// carry the backend's first bytes (and, in one case, its FIN), as it does when a
+// server-first protocol's banner arrives before the loop looks: the client must get the
+// banner without sending anything.
+func TestConnectEventCarriesBanner(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		close bool
+	}{{"banner", false}, {"banner and close", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, addr := loopbackBackend(t)
+			f := newConnectFixture(t, addr)
+			bc, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer bc.Close()
+			if _, err := io.WriteString(bc, "220 ready\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			want := int16(unix.POLLIN)
+			if tc.close {
+				bc.Close()
+				want |= unix.POLLRDHUP
+			}
+			f.waitBackend(t, want)
+			f.lp.handle(f.harvest(t))
+			if f.p.setup != nil {
+				t.Fatal("still connecting after the connect completed")
+			}
+			buf := make([]byte, 11)
+			if _, err := io.ReadFull(f.client, buf); err != nil || string(buf) != "220 ready\r\n" {
+				t.Fatalf("client read %q, %v; want the banner", buf, err)
+			}
+			if tc.close {
+				if n, err := f.client.Read(buf); err != io.EOF {
+					t.Fatalf("client read after the banner = %d, %v; want EOF", n, err)
+				}
+			}
+		})
+	}
+}
+
+// TestStaleEventOfRetriedConnect hands the loop an error event of a connect attempt that
+// a timeout has retried in the same batch: the event must not count against the new
+// attempt, whose backend is healthy.
+func TestStaleEventOfRetriedConnect(t *testing.T) {
+	refusing, refusingAddr := loopbackBackend(t)
+	refusing.Close() // connects to it are refused
+	ln, addr := loopbackBackend(t)
+	f := newConnectFixture(t, refusingAddr, addr)
+	if f.p.setup.be.addr != refusingAddr {
+		t.Fatalf("first attempt to %v, want %v", f.p.setup.be.addr, refusingAddr)
+	}
+	f.waitBackend(t, unix.POLLERR)
+	batch := f.harvest(t) // holds the refusal of attempt 1
+	// The timeout of attempt 1, earlier in the same batch, retries on the healthy backend.
+	f.lp.timeout(f.p, 1)
+	if f.p.setup == nil || f.p.setup.be == nil || f.p.setup.be.addr != addr {
+		t.Fatalf("after the timeout, not connecting to %v", addr)
+	}
+	f.lp.handle(batch)
+	if f.p.closed || f.p.setup == nil || f.p.setup.be.addr != addr {
+		t.Fatalf("a stale event of attempt 1 ended attempt 2 (closed %v)", f.p.closed)
+	}
+	for _, reason := range []string{"refused", "timeout", "unreachable", "other"} {
+		if n := testutil.ToFloat64(f.s.metrics.connectErrs.WithLabelValues("connect", addr.String(), reason)); n != 0 {
+			t.Errorf("healthy backend blamed: %v %s connect errors", n, reason)
+		}
+	}
+	// Attempt 2 completes on its own event.
+	bc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bc.Close()
+	f.waitBackend(t, unix.POLLOUT)
+	for f.p.setup != nil && !f.p.closed {
+		f.lp.handle(f.harvest(t))
+	}
+	if f.p.closed {
+		t.Fatal("connection closed instead of connected")
+	}
+	if _, err := io.WriteString(f.client, "hi"); err != nil {
+		t.Fatal(err)
+	}
+	f.lp.handle(f.harvest(t))
+	buf := make([]byte, 2)
+	_ = bc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(bc, buf); err != nil || string(buf) != "hi" {
+		t.Fatalf("backend read %q, %v", buf, err)
+	}
 }

@@ -123,21 +123,24 @@ func hold(addr string, n int) error {
 	select {}
 }
 
-// TestTenThousandConnections holds 10,000 concurrent connections through the proxy (or
-// as many as the file limit allows, said in the log), checks that each carries data
-// when opened and again once all are open, and that Status counts them.
+// TestTenThousandConnections holds 10,000 concurrent connections through the proxy, checks
+// that each carries data when opened and again once all are open, and that Status counts
+// them. It needs a file limit it can raise: without, it skips, and fails in CI.
 func TestTenThousandConnections(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipping in -short mode: opens 10,000 connections")
 	}
 	const want = 10000
 	limit := raiseNoFile(2*want + 256)
-	n := want
 	if limit < 2*want+256 {
-		n = int(limit-256) / 2
-		t.Logf("RLIMIT_NOFILE is %d and cannot be raised (no CAP_SYS_RESOURCE): one process holds the proxy's 2 sockets per connection for %d connections, not %d",
-			limit, n, want)
+		msg := fmt.Sprintf("RLIMIT_NOFILE is %d and cannot be raised to %d (no CAP_SYS_RESOURCE): this process holds the proxy's 2 sockets per connection",
+			limit, 2*want+256)
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip("skipping: " + msg)
 	}
+	const n = want
 	tl := newTestLab(t, 1)
 	withVIP(t, tl)
 	self, err := os.Executable()

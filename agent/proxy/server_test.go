@@ -1,0 +1,196 @@
+package proxy
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+)
+
+// loopbackListener is a listener configuration on a free loopback port, so that Apply
+// works without a network lab; its backends need not exist.
+func loopbackListener(t *testing.T, name string, backends ...string) ListenerConfig {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().(*net.TCPAddr).AddrPort()
+	ln.Close()
+	lc := ListenerConfig{Name: name, Addrs: []netip.AddrPort{addr}}
+	for _, b := range backends {
+		lc.Backends = append(lc.Backends, Backend{Addr: netip.MustParseAddrPort(b), Weight: 1})
+	}
+	return lc
+}
+
+// pipeDialer passes every active check without a network.
+type pipeDialer struct{}
+
+func (pipeDialer) DialContext(context.Context, string, string) (net.Conn, error) {
+	a, b := net.Pipe()
+	b.Close()
+	return a, nil
+}
+
+func newTestServer(t *testing.T, opts ...Option) *Server {
+	t.Helper()
+	s := New(testr.New(t), append([]Option{WithDialer(pipeDialer{})}, opts...)...)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.Shutdown(ctx)
+	})
+	return s
+}
+
+// TestPendingServiceListener checks that a listener waiting for its first SetBackends
+// does not make the proxy unhealthy, and that once the backends have come, having none
+// does.
+func TestPendingServiceListener(t *testing.T) {
+	reporter := newHealthRecorder()
+	s := newTestServer(t, WithHealthReporter(reporter))
+	static := loopbackListener(t, "static", "127.0.0.1:1")
+	svc := loopbackListener(t, "svc")
+	if err := s.Apply(Config{Listeners: []ListenerConfig{static, svc}}); err != nil {
+		t.Fatal(err)
+	}
+	if r := reporter.wait(t, true); r.reason != "" {
+		t.Errorf("healthy report with reason %q", r.reason)
+	}
+	if st := s.Status(); !st[1].Pending || st[1].Backends != 0 || st[0].Pending {
+		t.Errorf("Status = %+v, want svc pending and static not", st)
+	}
+	// Another sync before the backends come changes nothing.
+	if err := s.Apply(Config{Listeners: []ListenerConfig{static, svc}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetBackends("svc", nil); err != nil {
+		t.Fatal(err)
+	}
+	r := reporter.wait(t, false)
+	if want := `listener "svc" has no healthy backend (0 of 0)`; r.reason != want {
+		t.Errorf("unhealthy reason %q, want %q", r.reason, want)
+	}
+	if err := s.SetBackends("svc", []Backend{{Addr: netip.MustParseAddrPort("127.0.0.1:2"), Weight: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	reporter.wait(t, true)
+	// A sync keeps the Service's backends, and the listener stays fed.
+	if err := s.Apply(Config{Listeners: []ListenerConfig{static, svc}}); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Status(); st[1].Pending || st[1].Backends != 1 {
+		t.Errorf("after a sync, Status = %+v, want svc with its backend, not pending", st)
+	}
+	reporter.mu.Lock()
+	defer reporter.mu.Unlock()
+	if first := reporter.reports[0]; !first.healthy {
+		t.Errorf("first health report %+v: unhealthy before the first SetBackends", first)
+	}
+}
+
+// TestUnchangedSyncKeepsState applies the same configuration and backends again, as
+// every agent sync does: round robin continues where it was, and backends keep their
+// health and active checks. A change elsewhere in the listener keeps them too.
+func TestUnchangedSyncKeepsState(t *testing.T) {
+	s := newTestServer(t)
+	a, b := netip.MustParseAddrPort("127.0.0.1:1"), netip.MustParseAddrPort("127.0.0.1:2")
+	static := loopbackListener(t, "static", a.String(), b.String())
+	static.Passive = PassiveCheck{MaxFails: 1, FailTimeout: time.Hour}
+	static.Active = &ActiveCheck{Interval: time.Hour, Timeout: time.Second, Rise: 1, Fall: 1}
+	svc := loopbackListener(t, "svc")
+	svc.Active = static.Active
+	cfg := Config{Listeners: []ListenerConfig{static, svc}}
+	if err := s.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	svcBackends := []Backend{{Addr: a, Weight: 1}, {Addr: b, Weight: 1}}
+	if err := s.SetBackends("svc", svcBackends); err != nil {
+		t.Fatal(err)
+	}
+	pick := func(name string) netip.AddrPort {
+		t.Helper()
+		s.mu.Lock()
+		p := s.listeners[name].plan.Load()
+		s.mu.Unlock()
+		be := p.pick(nil, nil, time.Now().UnixNano())
+		if be == nil {
+			t.Fatalf("listener %s: no backend", name)
+		}
+		return be.addr
+	}
+	probers := func(name string) map[netip.AddrPort]*prober {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		out := map[netip.AddrPort]*prober{}
+		for addr, be := range s.listeners[name].backends {
+			out[addr] = be.prober
+		}
+		return out
+	}
+	for _, name := range []string{"static", "svc"} {
+		if got := pick(name); got != a {
+			t.Fatalf("listener %s: first pick %v, want %v", name, got, a)
+		}
+	}
+	before := map[string]map[netip.AddrPort]*prober{"static": probers("static"), "svc": probers("svc")}
+	// Passive checks take b of the static listener out for an hour.
+	s.mu.Lock()
+	s.listeners["static"].backends[b].connectFailed(errConnectTimeout, time.Now())
+	s.mu.Unlock()
+
+	if err := s.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetBackends("svc", svcBackends); err != nil {
+		t.Fatal(err)
+	}
+	if got := pick("svc"); got != b {
+		t.Errorf("svc: pick after an unchanged sync %v, want %v (round robin went back to the start)", got, b)
+	}
+	if got := pick("static"); got != a {
+		t.Errorf("static: pick after an unchanged sync %v, want %v (the down backend came back)", got, a)
+	}
+	if st := s.Status(); st[0].HealthyBackends != 1 {
+		t.Errorf("Status = %+v, want static's backend %v still down", st, b)
+	}
+
+	// A change that leaves backends and checks alone keeps the balancer and the probes.
+	if got := pick("svc"); got != a {
+		t.Fatalf("svc: third pick %v, want %v", got, a)
+	}
+	static.IdleTimeout = time.Minute
+	svc.IdleTimeout = time.Minute
+	if err := s.Apply(Config{Listeners: []ListenerConfig{static, svc}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := pick("svc"); got != b {
+		t.Errorf("svc: pick after a change of its idle timeout %v, want %v", got, b)
+	}
+	for name, was := range before {
+		now := probers(name)
+		for addr, p := range was {
+			if p == nil || now[addr] != p {
+				t.Errorf("listener %s: active check of %v restarted (%p, was %p)", name, addr, now[addr], p)
+			}
+		}
+	}
+	s.mu.Lock()
+	idle := s.listeners["static"].plan.Load().cfg.IdleTimeout
+	s.mu.Unlock()
+	if idle != time.Minute {
+		t.Errorf("idle timeout %v after the change, want 1m", idle)
+	}
+	// New check settings restart the probes.
+	svc.Active = &ActiveCheck{Interval: time.Hour, Timeout: time.Second, Rise: 2, Fall: 2}
+	if err := s.Apply(Config{Listeners: []ListenerConfig{static, svc}}); err != nil {
+		t.Fatal(err)
+	}
+	if now := probers("svc"); now[a] == before["svc"][a] || now[a] == nil || now[a].cfg != *svc.Active {
+		t.Errorf("svc: active check of %v not restarted with the new settings", a)
+	}
+}
