@@ -35,6 +35,9 @@ type Agent struct {
 	// drainTimeout is read by the transition hook, which must not take mu:
 	// stopping a router under mu waits for its last transitions.
 	drainTimeout atomic.Int64
+	// master and drainMu order the proxy's drains and their cancelling.
+	master  atomic.Bool
+	drainMu sync.Mutex
 
 	mu       sync.Mutex
 	settings *config.Settings
@@ -138,8 +141,25 @@ func (a *Agent) stopRouterLocked() {
 }
 
 func (a *Agent) transition(t vrrp.Transition) {
-	if t.From == vrrp.Master && t.To != vrrp.Master {
-		go a.proxy.DrainEstablished(time.Duration(a.drainTimeout.Load()))
+	// The proxy is told off the router's goroutine; drainMu and master keep
+	// a drain that starts late from outliving a return to master.
+	switch {
+	case t.From == vrrp.Master && t.To != vrrp.Master:
+		a.master.Store(false)
+		go func() {
+			a.drainMu.Lock()
+			defer a.drainMu.Unlock()
+			if !a.master.Load() {
+				a.proxy.DrainEstablished(time.Duration(a.drainTimeout.Load()))
+			}
+		}()
+	case t.To == vrrp.Master && t.From != vrrp.Master:
+		a.master.Store(true)
+		go func() {
+			a.drainMu.Lock()
+			defer a.drainMu.Unlock()
+			a.proxy.CancelDrain()
+		}()
 	}
 	if a.hook != nil {
 		a.hook(t)

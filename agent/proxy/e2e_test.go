@@ -616,6 +616,26 @@ func TestDrainClosesConnectionsAcceptedMeanwhile(t *testing.T) {
 	}
 }
 
+// TestCancelDrainKeepsConnections drains, then cancels before the deadline,
+// as a node that is master again does: its connections stay open.
+func TestCancelDrainKeepsConnections(t *testing.T) {
+	tl := newTestLab(t, 1)
+	serve(t, tl.backends[0], backendAddr(1, 8080), echo)
+	withVIP(t, tl)
+	s := startProxy(t, tl, Config{Listeners: []ListenerConfig{listenerCfg("web", 80, backendAddr(1, 8080))}})
+
+	c := mustDial(t, tl, vip(80))
+	if err := exchange(c, "before the drain"); err != nil {
+		t.Fatal(err)
+	}
+	s.DrainEstablished(300 * time.Millisecond)
+	s.CancelDrain()
+	time.Sleep(600 * time.Millisecond)
+	if err := exchange(c, "past the cancelled deadline"); err != nil {
+		t.Fatalf("connection after a cancelled drain: %v", err)
+	}
+}
+
 // TestRemovedListenerMetricsOutliveConnections removes a listener with a connection
 // open: its series stay while the connection runs and go when it ends, unless a listener
 // of the same name came back meanwhile.

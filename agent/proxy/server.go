@@ -316,6 +316,17 @@ func (s *Server) DrainEstablished(timeout time.Duration) {
 	})
 }
 
+// CancelDrain stops a DrainEstablished whose deadline has not passed: the
+// node is master again, and the connections it holds are its own once more.
+func (s *Server) CancelDrain() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.drain != nil && s.drain.Stop() {
+		s.log.Info("Drain cancelled")
+	}
+	s.drain = nil
+}
+
 // Shutdown stops accepting, lets established connections finish until ctx is done, then
 // closes those left and waits for the server's goroutines. It returns an error wrapping
 // ctx's error when it had to close connections.
