@@ -75,7 +75,8 @@ func (a *Agent) Apply(ctx context.Context, s *config.Settings) error {
 		return fmt.Errorf("configuring the proxy: %w", err)
 	}
 	restart := a.router == nil || !reflect.DeepEqual(a.settings.Checks, s.Checks)
-	if !restart {
+	// Most syncs change nothing (a status write is a watch event too).
+	if !restart && !reflect.DeepEqual(a.settings.VRRP, s.VRRP) {
 		err := a.router.Reconfigure(s.VRRP)
 		switch {
 		case errors.Is(err, vrrp.ErrRestartRequired):

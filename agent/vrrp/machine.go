@@ -369,16 +369,18 @@ func (m *Machine) Stop(now time.Time, reason string) Step {
 
 // Reconfigure changes interval, preemption and priority in place.
 // Master_Adver_Interval follows the new interval unless a VRRPv3 backup
-// learnt the master's own; a backup re-arms its master-down timer, since
-// Master_Down_Interval may have changed with the interval or the priority.
+// learnt the master's own. A backup's master-down timer keeps counting from
+// the last advert it heard, moved by the change of Master_Down_Interval
+// only: a reconfiguration, however frequent, never postpones a takeover.
 func (m *Machine) Reconfigure(now time.Time, cfg MachineConfig) Step {
+	before := m.MasterDownInterval()
 	step := m.SetPriority(now, cfg.Priority)
 	m.cfg.Interval, m.cfg.Preempt, m.cfg.PreemptDelay = cfg.Interval, cfg.Preempt, cfg.PreemptDelay
 	if m.state == Master || m.cfg.Version == 2 || !m.learnt {
 		m.masterInterval, m.learnt = cfg.Interval, false
 	}
 	if m.state == Backup {
-		m.masterDown = now.Add(m.MasterDownInterval())
+		m.masterDown = m.masterDown.Add(m.MasterDownInterval() - before)
 	}
 	return step
 }

@@ -199,18 +199,20 @@ func TestMachine(t *testing.T) {
 			{3*time.Second + down100 - time.Millisecond, tick(), Backup, nil},
 			{3*time.Second + down100, tick(), Master, []Action{send100, take}},
 		}},
-		{"VRRPv2 reconfigured to a longer interval re-arms the master-down timer", cfg2(100, time.Second), "no advertisement from a master for 9.609s", []event{
+		// A reconfiguration moves the master-down deadline by the change of
+		// Master_Down_Interval, counted from the start or the last advert.
+		{"VRRPv2 reconfigured to a longer interval moves the master-down timer", cfg2(100, time.Second), "no advertisement from a master for 9.609s", []event{
 			{0, start(), Backup, nil},
 			{2 * time.Second, reconf(cfg2(100, 3*time.Second)), Backup, nil},
 			{down100, tick(), Backup, nil},
-			{2*time.Second + down100v2at3s - time.Millisecond, tick(), Backup, nil},
-			{2*time.Second + down100v2at3s, tick(), Master, []Action{send100, take}},
+			{down100v2at3s - time.Millisecond, tick(), Backup, nil},
+			{down100v2at3s, tick(), Master, []Action{send100, take}},
 		}},
 		{"VRRPv3 reconfigured to a shorter interval before any advert", cfg(100), "no advertisement from a master for 361ms", []event{
 			{0, start(), Backup, nil},
-			{time.Second, reconf(MachineConfig{Version: 3, Priority: 100, Interval: 100 * time.Millisecond, Preempt: true, Self: self}), Backup, nil},
-			{time.Second + down100at100ms - time.Millisecond, tick(), Backup, nil},
-			{time.Second + down100at100ms, tick(), Master, []Action{send100, take}},
+			{100 * time.Millisecond, reconf(MachineConfig{Version: 3, Priority: 100, Interval: 100 * time.Millisecond, Preempt: true, Self: self}), Backup, nil},
+			{down100at100ms - time.Millisecond, tick(), Backup, nil},
+			{down100at100ms, tick(), Master, []Action{send100, take}},
 		}},
 		{"a backup raising its priority preempts a lower master", cfg(100), "preempting master 198.18.0.12: its priority 120 is below our 150", []event{
 			{0, start(), Backup, nil},
@@ -276,7 +278,8 @@ func TestReconfigureRefreshesMasterDownInterval(t *testing.T) {
 		master  bool    // the machine is master when reconfigured
 		newIntv time.Duration
 		wantMDI time.Duration
-		// wantNext is after reconfAt; 0 when Next is the master's advert.
+		// wantNext is after t0, when the backup last heard a master or
+		// started; 0 when Next is the master's advert.
 		wantNext time.Duration
 	}{
 		{
@@ -294,6 +297,10 @@ func TestReconfigureRefreshesMasterDownInterval(t *testing.T) {
 		{
 			name: "VRRPv3 backup keeps the master's learnt interval", config: cfg(100), learn: advert(150, 500*time.Millisecond), newIntv: 100 * time.Millisecond,
 			wantMDI: 1500*time.Millisecond + 156*500*time.Millisecond/256, wantNext: 1500*time.Millisecond + 156*500*time.Millisecond/256,
+		},
+		{
+			name: "an unchanged configuration does not postpone the takeover", config: cfg(100), learn: advert(150, time.Second), newIntv: time.Second,
+			wantMDI: 3*time.Second + 156*time.Second/256, wantNext: 3*time.Second + 156*time.Second/256,
 		},
 		{
 			name: "VRRPv3 master takes the new interval", config: cfg(100), master: true, newIntv: 100 * time.Millisecond,
@@ -317,8 +324,8 @@ func TestReconfigureRefreshesMasterDownInterval(t *testing.T) {
 				t.Errorf("Master_Down_Interval = %v, want %v", got, tt.wantMDI)
 			}
 			if tt.wantNext != 0 {
-				if got := m.Next(); !got.Equal(reconfAt.Add(tt.wantNext)) {
-					t.Errorf("Next = reconfiguration + %v, want + %v", got.Sub(reconfAt), tt.wantNext)
+				if got := m.Next(); !got.Equal(t0.Add(tt.wantNext)) {
+					t.Errorf("Next = t0 + %v, want + %v", got.Sub(t0), tt.wantNext)
 				}
 			}
 		})
