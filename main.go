@@ -105,6 +105,9 @@ func runManager(ctx context.Context, args []string) error {
 		LeaderElection:          leaderElect,
 		LeaderElectionID:        "lbpair-manager.lbpair.io",
 		LeaderElectionNamespace: leaderNamespace,
+		// The manager exits when its context ends, so it can hand the
+		// lease over at once instead of making a new leader wait it out.
+		LeaderElectionReleaseOnCancel: true,
 	}
 	if watchNamespace != "" {
 		opts.Cache.DefaultNamespaces = map[string]cache.Config{watchNamespace: {}}

@@ -262,6 +262,33 @@ func TestUnicastIPv6AndStaleVIP(t *testing.T) {
 	waitFor(t, "lb1 elected over IPv6 unicast", vip6, map[*node]State{lb1: Master, lb2: Backup})
 }
 
+// TestMulticastIPv6 elects over ff02::12 and hands over on a graceful stop:
+// the IPv6 multicast group, hop limit and link-local source end to end.
+func TestMulticastIPv6(t *testing.T) {
+	l := netlab.NewT(t)
+	h1 := netlab.MustAddHost(t, l, "lb1", "fd00:198:18::11/64")
+	h2 := netlab.MustAddHost(t, l, "lb2", "fd00:198:18::12/64")
+	vip6 := netip.MustParseAddr("fd00:198:18::100")
+	linkLocal(t, h1)
+	linkLocal(t, h2)
+	cfg := func(prio uint8) Config {
+		c := baseConfig(prio)
+		c.VIPs, c.Interface = []netip.Addr{vip6}, netlab.HostLink
+		return c
+	}
+	lb1 := startRouter(t, h1, cfg(150))
+	lb2 := startRouter(t, h2, cfg(100))
+	waitFor(t, "lb1 elected over IPv6 multicast", vip6, map[*node]State{lb1: Master, lb2: Backup})
+	lb1.stop()
+	waitFor(t, "lb2 after lb1 stopped", vip6, map[*node]State{lb2: Master})
+	if r := lb2.router.Status().Reason; r != ReasonMasterLeft {
+		t.Errorf("lb2 took over for %q, want %q", r, ReasonMasterLeft)
+	}
+	if hasVIP(t, h1, vip6) {
+		t.Errorf("lb1 kept the VIP after stopping")
+	}
+}
+
 func linkLocal(t *testing.T, h *netlab.Host) netip.Addr {
 	t.Helper()
 	var addr netip.Addr

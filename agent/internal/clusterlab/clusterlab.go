@@ -194,7 +194,9 @@ func (l *Lab) startManager(quiet bool) error {
 	}
 	l.managerLog = f
 	cmd := exec.Command(l.bin, "manager", "--kubeconfig", l.Kubeconfig, "--agent-image", "ghcr.io/lbpair/lbpair:lab",
-		"--metrics-bind-address", "0", "--health-probe-bind-address", "0")
+		"--metrics-bind-address", "0", "--health-probe-bind-address", "0",
+		// As installed: the lab's manager runs the leader election too.
+		"--leader-elect", "--leader-election-namespace", Namespace)
 	cmd.Stdout, cmd.Stderr = f, f
 	if !quiet {
 		w := &lineWriter{logf: func(s string) { l.logf("manager: %s", s) }}
