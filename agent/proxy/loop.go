@@ -420,14 +420,16 @@ func (lp *loop) finish(p *pair, reason endReason) {
 	p.c.done()
 }
 
-// rawRead and rawWrite are read(2) and write(2) without the scheduler hand-off of
-// syscall.Syscall: on non-blocking sockets they never block.
-func rawRead(fd int, b []byte) (int, error)  { return rawIO(unix.SYS_READ, fd, b) }
-func rawWrite(fd int, b []byte) (int, error) { return rawIO(unix.SYS_WRITE, fd, b) }
+// rawRead and rawWrite are recv(2) and send(2) without the scheduler hand-off of
+// syscall.Syscall: on non-blocking sockets they never block. Unlike read(2) and
+// write(2), they skip the file layer's permission and notification hooks, as nginx's
+// and HAProxy's do; MSG_NOSIGNAL spares the SIGPIPE the runtime would ignore anyway.
+func rawRead(fd int, b []byte) (int, error)  { return rawIO(unix.SYS_RECVFROM, fd, b, 0) }
+func rawWrite(fd int, b []byte) (int, error) { return rawIO(unix.SYS_SENDTO, fd, b, unix.MSG_NOSIGNAL) }
 
-func rawIO(trap uintptr, fd int, b []byte) (int, error) {
+func rawIO(trap uintptr, fd int, b []byte, flags uintptr) (int, error) {
 	for {
-		n, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+		n, _, e := unix.RawSyscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)), flags, 0, 0)
 		switch e {
 		case 0:
 			return int(n), nil
