@@ -63,6 +63,8 @@ func runBench(args []string) error {
 	procs := fs.Int("gomaxprocs", 1, "GOMAXPROCS of the lbpair proxy")
 	only := fs.String("scenarios", "small50,small500,bulk,connclose", "scenarios to run, comma-separated: small50, small500 (keep-alive requests), bulk (8 MiB responses), connclose (a new connection per request)")
 	skipMem := fs.Bool("skip-memory", false, "skip the idle-connection memory figure")
+	compare := fs.String("compare", "", "another proxybench binary whose lbpair proxy runs as a fourth proxy, lbpair-b, for A/B comparisons of changes")
+	verbose := fs.Bool("v", false, "print every sample")
 	_ = fs.Parse(args)
 
 	var missing []string
@@ -131,6 +133,13 @@ func runBench(args []string) error {
 		return err
 	}
 	proxies[2].cmd = []string{bins["haproxy"], "-db", "-f", haproxyConf}
+	if *compare != "" {
+		b := &benchProxy{name: "lbpair-b", port: 8004}
+		bArgs := slices.Clone(ourArgs)
+		bArgs[2] = fmt.Sprintf("%s:%d", proxyIP, b.port)
+		b.cmd = append([]string{*compare}, bArgs...)
+		proxies = append(proxies, b)
+	}
 	for _, p := range proxies {
 		if err := p.start(proxyHost, client); err != nil {
 			return err
@@ -171,6 +180,9 @@ func runBench(args []string) error {
 					return err
 				}
 				results[sc.name][p.name] = append(results[sc.name][p.name], s)
+				if *verbose {
+					fmt.Fprintf(os.Stderr, "%s %s: %.0f req/s, %.0f req/CPU-s, p99 %v\n", sc.id, p.name, s.rps, s.reqPerCPU, s.p99)
+				}
 			}
 		}
 		fmt.Fprintf(os.Stderr, "round %d of %d done\n", r+1, *rounds)
