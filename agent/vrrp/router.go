@@ -84,6 +84,9 @@ type Router struct {
 	// loggedInterval is the last master interval logged as differing from
 	// the configured one.
 	loggedInterval time.Duration
+	// publishedPrio is the priority last set in the metrics and status;
+	// 0, which no machine has, until the first step.
+	publishedPrio uint8
 }
 
 // NewRouter opens the router's sockets on the interface: it must run in
@@ -511,15 +514,20 @@ func (r *Router) exec(step Step) {
 			}
 		}
 	}
-	// The priority is published after every input, not only on changes
-	// reported by tracking, so the gauge is right from the first step.
+	// The priority is published from the first step and on every change,
+	// whatever made it; an advert that changes nothing takes no lock.
 	prio := r.m.Config().Priority
-	r.metrics.priority.Set(float64(prio))
 	t := step.Transition
+	if prio != r.publishedPrio {
+		r.publishedPrio = prio
+		r.metrics.priority.Set(float64(prio))
+		if t == nil {
+			r.mu.Lock()
+			r.status.EffectivePriority = prio
+			r.mu.Unlock()
+		}
+	}
 	if t == nil {
-		r.mu.Lock()
-		r.status.EffectivePriority = prio
-		r.mu.Unlock()
 		return
 	}
 	r.mu.Lock()
