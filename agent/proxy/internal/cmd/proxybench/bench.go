@@ -50,9 +50,11 @@ type scenario struct {
 // sample is one wrk run through one proxy.
 type sample struct {
 	rps, cpuSec, reqPerCPU float64
-	p50, p99               time.Duration
+	p50, p75, p90, p99     time.Duration
 	bytesPerSec            float64
 	errors                 int
+	// switches counts the proxy's context switches (voluntary, involuntary) per request.
+	switches [2]float64
 }
 
 func runBench(args []string) error {
@@ -181,7 +183,8 @@ func runBench(args []string) error {
 				}
 				results[sc.name][p.name] = append(results[sc.name][p.name], s)
 				if *verbose {
-					fmt.Fprintf(os.Stderr, "%s %s: %.0f req/s, %.0f req/CPU-s, p99 %v\n", sc.id, p.name, s.rps, s.reqPerCPU, s.p99)
+					fmt.Fprintf(os.Stderr, "%s %s: %.0f req/s, %.0f req/CPU-s, p50/75/90/99 %v %v %v %v, context switches per request %.3f voluntary %.3f involuntary\n",
+						sc.id, p.name, s.rps, s.reqPerCPU, s.p50, s.p75, s.p90, s.p99, s.switches[0], s.switches[1])
 				}
 			}
 		}
@@ -421,6 +424,35 @@ func readStat(pid int) (procStat, error) {
 	return procStat{ppid: ppid, cpuTicks: utime + stime, rssPages: rss}, nil
 }
 
+// contextSwitches sums the voluntary and involuntary context switches of every thread
+// of the proxy's processes.
+func contextSwitches(p *benchProxy) [2]int64 {
+	var sum [2]int64
+	for _, pid := range processTree(p.proc.Cmd.Process.Pid) {
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		for _, t := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, t.Name()))
+			if err != nil {
+				continue
+			}
+			for _, line := range strings.Split(string(b), "\n") {
+				k, v, ok := strings.Cut(line, ":")
+				if !ok {
+					continue
+				}
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				switch k {
+				case "voluntary_ctxt_switches":
+					sum[0] += n
+				case "nonvoluntary_ctxt_switches":
+					sum[1] += n
+				}
+			}
+		}
+	}
+	return sum
+}
+
 // usage sums CPU seconds and resident bytes over the proxy's processes.
 func usage(p *benchProxy) (cpuSec float64, rss int64) {
 	const ticksPerSec = 100 // USER_HZ on Linux
@@ -437,16 +469,18 @@ var (
 	reRPS      = regexp.MustCompile(`Requests/sec:\s+([\d.]+)`)
 	reTransfer = regexp.MustCompile(`Transfer/sec:\s+([\d.]+)([KMGT]?B)`)
 	reReqs     = regexp.MustCompile(`(\d+) requests in ([\d.]+)(us|ms|s|m)`)
-	rePct      = regexp.MustCompile(`(?m)^\s+(50|99)%\s+([\d.]+)(us|ms|s|m)\s*$`)
+	rePct      = regexp.MustCompile(`(?m)^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$`)
 	reSockErr  = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
 	reNon2xx   = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
 )
 
 func wrk(client *netlab.Host, bin string, p *benchProxy, conns int, path string, d time.Duration) (sample, error) {
 	cpu0, _ := usage(p)
+	sw0 := contextSwitches(p)
 	out, err := client.Exec(bin, "-t1", fmt.Sprintf("-c%d", conns), fmt.Sprintf("-d%ds", int(d.Seconds())),
 		"--latency", "--timeout", "10s", fmt.Sprintf("http://%s:%d%s", proxyIP, p.port, path))
 	cpu1, _ := usage(p)
+	sw1 := contextSwitches(p)
 	if err != nil {
 		return sample{}, fmt.Errorf("wrk through %s: %w", p.name, err)
 	}
@@ -459,12 +493,20 @@ func wrk(client *netlab.Host, bin string, p *benchProxy, conns int, path string,
 	if m := reReqs.FindStringSubmatch(out); m != nil && s.cpuSec > 0 {
 		n, _ := strconv.ParseFloat(m[1], 64)
 		s.reqPerCPU = n / s.cpuSec
+		for i := range s.switches {
+			s.switches[i] = float64(sw1[i]-sw0[i]) / n
+		}
 	}
 	for _, m := range rePct.FindAllStringSubmatch(out, -1) {
 		v := parseDuration(m[2], m[3])
-		if m[1] == "50" {
+		switch m[1] {
+		case "50":
 			s.p50 = v
-		} else {
+		case "75":
+			s.p75 = v
+		case "90":
+			s.p90 = v
+		default:
 			s.p99 = v
 		}
 	}
