@@ -55,6 +55,8 @@ type sample struct {
 	errors                 int
 	// switches counts the proxy's context switches (voluntary, involuntary) per request.
 	switches [2]float64
+	// segments counts the TCP segments the proxy's host sent per request.
+	segments float64
 }
 
 func runBench(args []string) error {
@@ -183,8 +185,8 @@ func runBench(args []string) error {
 				}
 				results[sc.name][p.name] = append(results[sc.name][p.name], s)
 				if *verbose {
-					fmt.Fprintf(os.Stderr, "%s %s: %.0f req/s, %.0f req/CPU-s, p50/75/90/99 %v %v %v %v, context switches per request %.3f voluntary %.3f involuntary\n",
-						sc.id, p.name, s.rps, s.reqPerCPU, s.p50, s.p75, s.p90, s.p99, s.switches[0], s.switches[1])
+					fmt.Fprintf(os.Stderr, "%s %s: %.0f req/s, %.0f req/CPU-s, p50/75/90/99 %v %v %v %v, context switches per request %.3f voluntary %.3f involuntary, TCP segments sent per request %.2f\n",
+						sc.id, p.name, s.rps, s.reqPerCPU, s.p50, s.p75, s.p90, s.p99, s.switches[0], s.switches[1], s.segments)
 				}
 			}
 		}
@@ -453,6 +455,32 @@ func contextSwitches(p *benchProxy) [2]int64 {
 	return sum
 }
 
+// outSegments is the count of TCP segments sent in the proxy's network namespace.
+func outSegments(p *benchProxy) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/snmp", p.proc.Cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	var names []string
+	for _, line := range strings.Split(string(b), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) == 0 || fields[0] != "Tcp:" {
+			continue
+		}
+		if names == nil {
+			names = fields
+			continue
+		}
+		for i, f := range fields {
+			if i < len(names) && names[i] == "OutSegs" {
+				n, _ := strconv.ParseInt(f, 10, 64)
+				return n
+			}
+		}
+	}
+	return 0
+}
+
 // usage sums CPU seconds and resident bytes over the proxy's processes.
 func usage(p *benchProxy) (cpuSec float64, rss int64) {
 	const ticksPerSec = 100 // USER_HZ on Linux
@@ -477,10 +505,12 @@ var (
 func wrk(client *netlab.Host, bin string, p *benchProxy, conns int, path string, d time.Duration) (sample, error) {
 	cpu0, _ := usage(p)
 	sw0 := contextSwitches(p)
+	seg0 := outSegments(p)
 	out, err := client.Exec(bin, "-t1", fmt.Sprintf("-c%d", conns), fmt.Sprintf("-d%ds", int(d.Seconds())),
 		"--latency", "--timeout", "10s", fmt.Sprintf("http://%s:%d%s", proxyIP, p.port, path))
 	cpu1, _ := usage(p)
 	sw1 := contextSwitches(p)
+	seg1 := outSegments(p)
 	if err != nil {
 		return sample{}, fmt.Errorf("wrk through %s: %w", p.name, err)
 	}
@@ -493,6 +523,7 @@ func wrk(client *netlab.Host, bin string, p *benchProxy, conns int, path string,
 	if m := reReqs.FindStringSubmatch(out); m != nil && s.cpuSec > 0 {
 		n, _ := strconv.ParseFloat(m[1], 64)
 		s.reqPerCPU = n / s.cpuSec
+		s.segments = float64(seg1-seg0) / n
 		for i := range s.switches {
 			s.switches[i] = float64(sw1[i]-sw0[i]) / n
 		}
