@@ -662,6 +662,34 @@ func reportRuns(w io.Writer, scenarios []scenario, proxies []*benchProxy, result
 	}
 	_ = tw.Flush()
 	fmt.Fprintln(w)
+	// Each round runs the proxies back to back, so a ratio within a round is free of the
+	// machine's drift between rounds; its spread shows how far one round can mislead.
+	fmt.Fprintln(w, "Ratios within each round, lbpair / other: median [lowest, highest] over the rounds:")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\tvs\treq/s\tp99\t")
+	for _, sc := range scenarios {
+		ours := results[sc.name]["lbpair"]
+		for _, other := range []string{"nginx", "haproxy"} {
+			theirs := results[sc.name][other]
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", sc.name, other,
+				roundRatios(ours, theirs, func(s sample) float64 { return s.rps }),
+				roundRatios(ours, theirs, func(s sample) float64 { return float64(s.p99) }))
+		}
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(w)
+}
+
+// roundRatios summarises f(ours[i]) / f(theirs[i]) over the rounds i.
+func roundRatios(ours, theirs []sample, f func(sample) float64) string {
+	var rs []float64
+	for i := range min(len(ours), len(theirs)) {
+		rs = append(rs, ratio(f(ours[i]), f(theirs[i])))
+	}
+	if len(rs) == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx [%.2f, %.2f]", median(rs), slices.Min(rs), slices.Max(rs))
 }
 
 func ratio(a, b float64) float64 {
