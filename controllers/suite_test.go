@@ -111,14 +111,23 @@ func runSuite(m *testing.M) int {
 
 func ptrTo[T any](v T) *T { return &v }
 
-// newNamespace makes a namespace for one test.
+// newNamespace makes a namespace for one test. envtest runs no namespace
+// controller, so a deleted namespace keeps its objects: the cleanup deletes the
+// test's pairs itself, or their VRIDs would conflict with the pairs of a later
+// run (go test -count).
 func newNamespace(t *testing.T) string {
 	t.Helper()
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "t-"}}
 	if err := k8s.Create(context.Background(), ns); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = k8s.Delete(context.Background(), ns) })
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if err := k8s.DeleteAllOf(ctx, &lbv1.LoadBalancerPair{}, client.InNamespace(ns.Name)); err != nil {
+			t.Errorf("deleting the pairs of namespace %s: %v", ns.Name, err)
+		}
+		_ = k8s.Delete(ctx, ns)
+	})
 	return ns.Name
 }
 
