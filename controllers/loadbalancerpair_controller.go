@@ -309,20 +309,40 @@ func (r *LoadBalancerPairReconciler) setCondition(pair *lbv1.LoadBalancerPair, t
 }
 
 // SetupWithManager registers the reconciler. Besides its own pair and
-// DaemonSet, a pair is reconciled when another pair appears, goes or changes
-// its spec, since that may settle or create a VRID conflict.
+// DaemonSet, a pair is reconciled when another pair appears, goes, changes
+// its spec or takes, gives up or loses a VRID, since that may settle or
+// create a VRID conflict.
 func (r *LoadBalancerPairReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&lbv1.LoadBalancerPair{}).
 		Owns(&appsv1.DaemonSet{}).
 		Watches(&lbv1.LoadBalancerPair{}, handler.EnqueueRequestsFromMapFunc(r.otherPairs), builder.WithPredicates(predicate.Funcs{
-			UpdateFunc:  func(e event.UpdateEvent) bool { return e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() },
+			UpdateFunc:  func(e event.UpdateEvent) bool { return vridInputsChanged(e.ObjectOld, e.ObjectNew) },
 			CreateFunc:  func(event.CreateEvent) bool { return true },
 			DeleteFunc:  func(event.DeleteEvent) bool { return true },
 			GenericFunc: func(event.GenericEvent) bool { return false },
 		})).
 		Named("loadbalancerpair").
 		Complete(r)
+}
+
+// vridInputsChanged tells whether an update of a pair can change another
+// pair's VRID decision: decideVRID reads the spec, status.virtualRouterID and
+// the VRIDConflict condition. Two pairs allocated together may both see the
+// other without a VRID yet and take the same one; the later status write of
+// each makes the other recheck, and the loser moves.
+func vridInputsChanged(oldObj, newObj client.Object) bool {
+	o, okOld := oldObj.(*lbv1.LoadBalancerPair)
+	n, okNew := newObj.(*lbv1.LoadBalancerPair)
+	if !okOld || !okNew {
+		return true
+	}
+	inConflict := func(p *lbv1.LoadBalancerPair) bool {
+		return apimeta.IsStatusConditionTrue(p.Status.Conditions, lbv1.ConditionVRIDConflict)
+	}
+	return o.Generation != n.Generation ||
+		o.Status.VirtualRouterID != n.Status.VirtualRouterID ||
+		inConflict(o) != inConflict(n)
 }
 
 func (r *LoadBalancerPairReconciler) otherPairs(ctx context.Context, obj client.Object) []reconcile.Request {

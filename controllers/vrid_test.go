@@ -85,6 +85,40 @@ func TestDecideVRID(t *testing.T) {
 	})
 }
 
+func TestVRIDInputsChanged(t *testing.T) {
+	held := func(vrid int32, conflict bool) *lbv1.LoadBalancerPair {
+		p := newPair("ns", "web", nil, "198.18.0.100")
+		p.Generation = 1
+		p.Status.VirtualRouterID = vrid
+		status := metav1.ConditionFalse
+		if conflict {
+			status = metav1.ConditionTrue
+		}
+		apimeta.SetStatusCondition(&p.Status.Conditions, metav1.Condition{Type: lbv1.ConditionVRIDConflict, Status: status, Reason: "Test"})
+		return p
+	}
+	respecced := held(1, false)
+	respecced.Generation = 2
+	agentsOnly := held(1, false)
+	agentsOnly.Status.Holder = "lb1"
+	for _, tc := range []struct {
+		name     string
+		old, new *lbv1.LoadBalancerPair
+		want     bool
+	}{
+		{"spec changed", held(1, false), respecced, true},
+		{"VRID allocated", held(0, false), held(1, false), true},
+		{"VRID moved", held(1, false), held(2, false), true},
+		{"conflict raised", held(1, false), held(1, true), true},
+		{"conflict cleared", held(1, true), held(1, false), true},
+		{"only the agents' status changed", held(1, false), agentsOnly, false},
+	} {
+		if got := vridInputsChanged(tc.old, tc.new); got != tc.want {
+			t.Errorf("%s: vridInputsChanged = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
 func TestVRIDAllocationAndConflictsOnTheAPIServer(t *testing.T) {
 	ctx := context.Background()
 	// VRIDs are settled across namespaces: pairs in two namespaces may share
@@ -138,11 +172,7 @@ func TestVRIDAllocationAndConflictsOnTheAPIServer(t *testing.T) {
 	}
 
 	// Fixing the spec clears the conflict and starts the agents.
-	late := getPair(t, ns2, "late")
-	late.Spec.VirtualRouterID = ptrTo(int32(200))
-	if err := k8s.Update(ctx, late); err != nil {
-		t.Fatal(err)
-	}
+	updatePair(t, ns2, "late", func(p *lbv1.LoadBalancerPair) { p.Spec.VirtualRouterID = ptrTo(int32(200)) })
 	eventually(t, "conflict cleared", func() error {
 		st := status(ns2, "late")
 		if apimeta.IsStatusConditionTrue(st.Conditions, lbv1.ConditionVRIDConflict) || st.VirtualRouterID != 200 {
@@ -158,11 +188,7 @@ func TestVRIDAllocationAndConflictsOnTheAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	late = getPair(t, ns2, "late")
-	late.Spec.VirtualRouterID = &b
-	if err := k8s.Update(ctx, late); err != nil {
-		t.Fatal(err)
-	}
+	updatePair(t, ns2, "late", func(p *lbv1.LoadBalancerPair) { p.Spec.VirtualRouterID = &b })
 	eventually(t, "conflict on a running pair", func() error {
 		if !apimeta.IsStatusConditionTrue(status(ns2, "late").Conditions, lbv1.ConditionVRIDConflict) {
 			return errors.New("no conflict yet")
