@@ -15,6 +15,7 @@ import (
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
@@ -40,6 +41,20 @@ func getPair(t *testing.T, ns, name string) *lbv1.LoadBalancerPair {
 		t.Fatal(err)
 	}
 	return &p
+}
+
+// updatePair changes a pair's spec with change, retrying on the write
+// conflicts the manager's status writes cause.
+func updatePair(t *testing.T, ns, name string, change func(*lbv1.LoadBalancerPair)) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		p := getPair(t, ns, name)
+		change(p)
+		return k8s.Update(context.Background(), p)
+	})
+	if err != nil {
+		t.Fatalf("updating pair %s/%s: %v", ns, name, err)
+	}
 }
 
 func getDaemonSet(ns, pair string) (*appsv1.DaemonSet, error) {
@@ -182,12 +197,10 @@ func TestUpdateFlowsToTheDaemonSet(t *testing.T) {
 	eventually(t, "DaemonSet created", func() (err error) { ds, err = getDaemonSet(ns, "web"); return err })
 	firstGeneration := ds.Generation
 
-	p := getPair(t, ns, "web")
-	p.Spec.NodeSelector = map[string]string{"role": "edge"}
-	p.Spec.AgentPort = ptrTo(int32(19000))
-	if err := k8s.Update(ctx, p); err != nil {
-		t.Fatal(err)
-	}
+	updatePair(t, ns, "web", func(p *lbv1.LoadBalancerPair) {
+		p.Spec.NodeSelector = map[string]string{"role": "edge"}
+		p.Spec.AgentPort = ptrTo(int32(19000))
+	})
 	eventually(t, "DaemonSet updated", func() (err error) {
 		ds, err = getDaemonSet(ns, "web")
 		if err != nil {
