@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -69,15 +70,22 @@ func TestDaemonSetApplyFailureSetsAvailableFalse(t *testing.T) {
 	}
 
 	// The other DaemonSet goes; the next reconcile (an edit of the pair
-	// makes one at once) creates the agents' DaemonSet.
+	// makes one at once, a retry of the failed one may come first) creates
+	// the agents' DaemonSet.
 	if err := k8s.Delete(ctx, foreign, client.PropagationPolicy(metav1.DeletePropagationBackground)); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the foreign DaemonSet gone", func() error {
-		if _, err := getDaemonSet(ns, "web"); !apierrors.IsNotFound(err) {
-			return fmt.Errorf("get: %v", err)
+		ds, err := getDaemonSet(ns, "web")
+		switch {
+		case apierrors.IsNotFound(err):
+			return nil
+		case err != nil:
+			return err
+		case ds.UID == foreign.UID:
+			return errors.New("still there")
 		}
-		return nil
+		return nil // already replaced by the manager's
 	})
 	p := getPair(t, ns, "web")
 	patch := client.MergeFrom(p.DeepCopy())
