@@ -206,12 +206,20 @@ func (a *Agent) Deactivate() error {
 
 // Stop leaves the VRRP group at once (priority 0, so a backup takes over
 // without waiting for the master-down timer), then drains the proxy until
-// ctx is done.
+// ctx is done. Connections still open when ctx's deadline passes are closed
+// and logged; that is the drain timeout doing its job, not an error: a
+// connection whose client now reaches the new master through the virtual IP
+// can only end that way, as its FIN goes to the new master.
 func (a *Agent) Stop(ctx context.Context) error {
 	a.mu.Lock()
 	a.stopRouterLocked()
 	a.mu.Unlock()
-	return a.proxy.Shutdown(ctx)
+	err := a.proxy.Shutdown(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		a.log.Info("Drain timeout reached", "result", err.Error())
+		return nil
+	}
+	return err
 }
 
 // healthRelay forwards the proxy's health to the current router's tracker;

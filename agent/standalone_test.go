@@ -222,6 +222,24 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 		return nil
 	})
 
+	// An idle connection through lb1 outlives the stop: once the VIP has
+	// moved its packets reach lb2, so lb1 closes it at the drain timeout,
+	// which is a clean stop, not an error.
+	idle, err := dialFrom(client)(context.Background(), fmt.Sprintf("%s:%d", standaloneVIP, lbPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	netlab.Eventually(t, "the idle connection reaches lb1's proxy", 5*time.Second, func() error {
+		if _, metrics, err := httpGetFrom(lb1, "http://198.18.0.11:9440/metrics"); err != nil {
+			return err
+		} else if strings.Contains(metrics, `lbpair_proxy_connections_active{listener="http"} 0`) ||
+			!strings.Contains(metrics, `lbpair_proxy_connections_active{listener="http"}`) {
+			return fmt.Errorf("no active connection yet")
+		}
+		return nil
+	})
+
 	// Graceful stop: priority 0, the VIP moves at once.
 	stopAt := time.Now()
 	if err := a1.proc.Signal(syscall.SIGTERM); err != nil {
@@ -235,6 +253,9 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 	})
 	if err := a1.proc.Err(); err != nil {
 		t.Errorf("lb1 did not exit cleanly on SIGTERM: %v", err)
+	}
+	if !strings.Contains(a1.proc.Output(), "Drain timeout reached") {
+		t.Errorf("lb1 did not log closing the idle connection at the drain timeout")
 	}
 	outage, failed := outageSince(stopAt)
 	t.Logf("graceful stop: longest outage %v, %d failed probes", outage, failed)
