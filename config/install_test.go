@@ -14,6 +14,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -100,10 +101,22 @@ func mustKubectl(t *testing.T, stdin string, args ...string) string {
 	return out
 }
 
+// namespaces numbers the test namespaces: the apiserver outlives a test, and
+// go test -count runs each test again against it.
+var namespaces atomic.Int32
+
+// newNamespace creates a namespace named after base for one test.
+func newNamespace(t *testing.T, base string) string {
+	t.Helper()
+	ns := fmt.Sprintf("%s-%d", base, namespaces.Add(1))
+	mustKubectl(t, "", "create", "namespace", ns)
+	return ns
+}
+
 func TestSamplesApplyAndShowThePrinterColumns(t *testing.T) {
-	mustKubectl(t, "", "create", "namespace", "samples")
-	mustKubectl(t, "", "apply", "-n", "samples", "-k", filepath.Join(root, "config", "samples"))
-	out := mustKubectl(t, "", "get", "lbpair", "-n", "samples")
+	samples := newNamespace(t, "samples")
+	mustKubectl(t, "", "apply", "-n", samples, "-k", filepath.Join(root, "config", "samples"))
+	out := mustKubectl(t, "", "get", "lbpair", "-n", samples)
 	header := strings.Fields(strings.SplitN(out, "\n", 2)[0])
 	if got, want := strings.Join(header, " "), "NAME VIP HOLDER READY AGE"; got != want {
 		t.Errorf("kubectl get lbpair columns = %q, want %q\n%s", got, want, out)
@@ -111,12 +124,12 @@ func TestSamplesApplyAndShowThePrinterColumns(t *testing.T) {
 	if !strings.Contains(out, "198.18.0.100") || !strings.Contains(out, "web") || !strings.Contains(out, "api") {
 		t.Errorf("kubectl get lbpair does not list the samples:\n%s", out)
 	}
-	wide := mustKubectl(t, "", "get", "lbpairs", "-n", "samples", "-o", "wide")
+	wide := mustKubectl(t, "", "get", "lbpairs", "-n", samples, "-o", "wide")
 	if header := strings.Fields(strings.SplitN(wide, "\n", 2)[0]); !strings.Contains(strings.Join(header, " "), "VRID NODES") {
 		t.Errorf("kubectl get lbpair -o wide columns = %v, want VRID and NODES", header)
 	}
 	// The seed sample got the API's defaults.
-	got := mustKubectl(t, "", "get", "lbpair", "web", "-n", "samples", "-o", "jsonpath={.spec.vrrpVersion} {.spec.preempt} {.spec.drainTimeout} {.spec.ports[0].balance}")
+	got := mustKubectl(t, "", "get", "lbpair", "web", "-n", samples, "-o", "jsonpath={.spec.vrrpVersion} {.spec.preempt} {.spec.drainTimeout} {.spec.ports[0].balance}")
 	if want := "3 true 30s RoundRobin"; got != want {
 		t.Errorf("seed defaults = %q, want %q", got, want)
 	}

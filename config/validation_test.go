@@ -25,9 +25,9 @@ spec:
 `
 
 func TestBadInputIsRejectedNamingTheField(t *testing.T) {
-	mustKubectl(t, "", "create", "namespace", "bad-input")
+	ns := newNamespace(t, "bad-input")
 	// Sanity: the base is valid, so each failure below comes from its edit.
-	mustKubectl(t, strings.Replace(validPair, "NAME", "valid", 1), "apply", "-n", "bad-input", "-f", "-")
+	mustKubectl(t, strings.Replace(validPair, "NAME", "valid", 1), "apply", "-n", ns, "-f", "-")
 
 	tests := []struct {
 		name     string
@@ -110,7 +110,7 @@ func TestBadInputIsRejectedNamingTheField(t *testing.T) {
 				t.Fatalf("test edit %q does not apply to the base pair", tt.old)
 			}
 			doc = strings.Replace(doc, tt.old, tt.new, 1)
-			out, err := kubectl(t, doc, "apply", "-n", "bad-input", "-f", "-")
+			out, err := kubectl(t, doc, "apply", "-n", ns, "-f", "-")
 			if err == nil {
 				t.Fatalf("kubectl apply accepted the pair:\n%s\n%s", doc, out)
 			}
@@ -127,7 +127,7 @@ func TestBadInputIsRejectedNamingTheField(t *testing.T) {
 // Variations of the base pair that the API must accept, so that the rules
 // above reject no more than they mean to.
 func TestGoodInputIsAccepted(t *testing.T) {
-	mustKubectl(t, "", "create", "namespace", "good-input")
+	ns := newNamespace(t, "good-input")
 	tests := []struct {
 		name     string
 		old, new string
@@ -143,7 +143,7 @@ func TestGoodInputIsAccepted(t *testing.T) {
 				t.Fatalf("test edit %q does not apply to the base pair", tt.old)
 			}
 			doc = strings.Replace(doc, tt.old, tt.new, 1)
-			mustKubectl(t, doc, "apply", "-n", "good-input", "-f", "-")
+			mustKubectl(t, doc, "apply", "-n", ns, "-f", "-")
 		})
 	}
 }
