@@ -119,8 +119,9 @@ func runManager(ctx context.Context, args []string) error {
 		return fmt.Errorf("creating the manager: %w", err)
 	}
 	r := &controllers.LoadBalancerPairReconciler{
-		Client:   mgr.GetClient(),
-		Recorder: mgr.GetEventRecorder("lbpair-manager"),
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Recorder:  mgr.GetEventRecorder("lbpair-manager"),
 		Agent: controllers.AgentSettings{
 			Image:           agentImage,
 			ImagePullPolicy: corev1.PullPolicy(pullPolicy),

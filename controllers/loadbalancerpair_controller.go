@@ -48,6 +48,10 @@ type LoadBalancerPairReconciler struct {
 	client.Client
 	Recorder events.EventRecorder
 	Agent    AgentSettings
+	// APIReader reads from the apiserver, bypassing the cache; the manager's
+	// GetAPIReader. When set, a pair that needs a VRID allocated lists the
+	// pairs through it (see reconcile). The cache is used when nil.
+	APIReader client.Reader
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 
@@ -110,8 +114,15 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 	log := logf.FromContext(ctx)
 	pair.Status.ObservedGeneration = pair.Generation
 
+	// An allocation reads the pairs from the apiserver: the cache may not yet
+	// hold the VRID the previous reconcile wrote to another pair's status, and
+	// reconciles run one at a time, so this read sees every allocation made.
+	var reader client.Reader = r.Client
+	if claimedVRID(pair) == 0 && r.APIReader != nil {
+		reader = r.APIReader
+	}
 	var all lbv1.LoadBalancerPairList
-	if err := r.List(ctx, &all); err != nil {
+	if err := reader.List(ctx, &all); err != nil {
 		return ctrl.Result{}, fmt.Errorf("listing pairs for VRID checks: %w", err)
 	}
 	d := decideVRID(pair, all.Items)

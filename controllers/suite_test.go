@@ -88,9 +88,10 @@ func runSuite(m *testing.M) int {
 		panic(err)
 	}
 	r := &LoadBalancerPairReconciler{
-		Client:   mgr.GetClient(),
-		Recorder: mgr.GetEventRecorder("lbpair-manager"),
-		Agent:    AgentSettings{Image: testImage, Resources: DefaultAgentResources()},
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Recorder:  mgr.GetEventRecorder("lbpair-manager"),
+		Agent:     AgentSettings{Image: testImage, Resources: DefaultAgentResources()},
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		panic(err)
@@ -145,18 +146,40 @@ func eventually(t *testing.T, what string, check func() error) {
 	t.Fatalf("%s: %v", what, err)
 }
 
-// events lists the reasons of the Events about an object.
-func eventReasons(t *testing.T, ns, name string) map[string]string {
+// objectEvents lists the Events about an object.
+func objectEvents(t *testing.T, ns, name string) []eventsv1.Event {
 	t.Helper()
 	var list eventsv1.EventList
 	if err := k8s.List(context.Background(), &list, client.InNamespace(ns)); err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]string{}
+	var out []eventsv1.Event
 	for _, e := range list.Items {
 		if e.Regarding.Name == name {
-			out[e.Reason] = e.Note
+			out = append(out, e)
 		}
+	}
+	return out
+}
+
+// eventNotes lists the notes of the Events about an object with reason.
+func eventNotes(t *testing.T, ns, name, reason string) []string {
+	t.Helper()
+	var out []string
+	for _, e := range objectEvents(t, ns, name) {
+		if e.Reason == reason {
+			out = append(out, e.Note)
+		}
+	}
+	return out
+}
+
+// eventReasons maps the reasons of the Events about an object to a note.
+func eventReasons(t *testing.T, ns, name string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, e := range objectEvents(t, ns, name) {
+		out[e.Reason] = e.Note
 	}
 	return out
 }

@@ -145,8 +145,23 @@ func TestVRIDAllocationAndConflictsOnTheAPIServer(t *testing.T) {
 		}
 		return nil
 	})
-	if _, ok := eventReasons(t, ns1, "alloc-a")["VRIDAllocated"]; !ok {
-		t.Errorf("no VRIDAllocated event")
+	// Allocations read the pairs from the apiserver, not the cache, so
+	// neither pair was given the other's VRID, not even for a moment.
+	eventually(t, "VRIDAllocated events", func() error {
+		if len(eventNotes(t, ns1, "alloc-a", "VRIDAllocated")) == 0 || len(eventNotes(t, ns2, "alloc-b", "VRIDAllocated")) == 0 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	for _, c := range []struct {
+		ns, name string
+		other    int32
+	}{{ns1, "alloc-a", b}, {ns2, "alloc-b", a}} {
+		for _, note := range eventNotes(t, c.ns, c.name, "VRIDAllocated") {
+			if note == fmt.Sprintf("allocated virtual router ID %d", c.other) {
+				t.Errorf("%s was allocated the other pair's VRID %d on the way", c.name, c.other)
+			}
+		}
 	}
 
 	// Conflict: a new pair asking for a VRID held by another is reported
