@@ -61,9 +61,9 @@ func main() {
 func runManager(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
 	var (
-		metricsAddr, probeAddr, watchNamespace, leaderNamespace, agentImage, pullPolicy string
-		leaderElect                                                                     bool
-		logOpts                                                                         zap.Options
+		metricsAddr, probeAddr, watchNamespace, leaderNamespace, agentImage, pullPolicy, agentResources string
+		leaderElect                                                                                     bool
+		logOpts                                                                                         zap.Options
 	)
 	fs.StringVar(&metricsAddr, "metrics-bind-address", ":8080", `address of the Prometheus metrics endpoint; "0" turns it off`)
 	fs.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of the /healthz and /readyz endpoints")
@@ -72,6 +72,7 @@ func runManager(ctx context.Context, args []string) error {
 	fs.StringVar(&watchNamespace, "watch-namespace", os.Getenv("WATCH_NAMESPACE"), "reconcile pairs of this namespace only; all namespaces when empty")
 	fs.StringVar(&agentImage, "agent-image", os.Getenv("AGENT_IMAGE"), "image of the agents (the lbpair image itself; required, default $AGENT_IMAGE)")
 	fs.StringVar(&pullPolicy, "agent-image-pull-policy", "", "pull policy of the agents' image: Always, IfNotPresent or Never (default: Kubernetes' own)")
+	fs.StringVar(&agentResources, "agent-resources", "", `resources of the agents' container, as JSON: {"requests":{"cpu":"100m","memory":"64Mi"},"limits":{"memory":"512Mi"}} (default: requests cpu 50m and memory 64Mi, limit memory 512Mi)`)
 	ctrlconfig.RegisterFlags(fs)
 	logOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -84,6 +85,10 @@ func runManager(ctx context.Context, args []string) error {
 	case "", corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
 	default:
 		return fmt.Errorf("--agent-image-pull-policy %q: use Always, IfNotPresent or Never", pullPolicy)
+	}
+	resources, err := controllers.ParseAgentResources(agentResources)
+	if err != nil {
+		return fmt.Errorf("--agent-resources: %w", err)
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&logOpts)))
 
@@ -125,7 +130,7 @@ func runManager(ctx context.Context, args []string) error {
 		Agent: controllers.AgentSettings{
 			Image:           agentImage,
 			ImagePullPolicy: corev1.PullPolicy(pullPolicy),
-			Resources:       controllers.DefaultAgentResources(),
+			Resources:       resources,
 		},
 	}
 	if err := r.SetupWithManager(mgr); err != nil {

@@ -22,6 +22,8 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
+
+	"github.com/lbpair/lbpair/controllers"
 )
 
 var (
@@ -231,6 +233,45 @@ func TestChartDeploymentMatchesConfigDefault(t *testing.T) {
 	}
 	if diff := cmp.Diff(fields(kustomize), fields(chart)); diff != "" {
 		t.Errorf("Deployment lbpair-manager (-kubectl kustomize config/default +helm template): hack/gen-chart.sh drifted from config/manager:\n%s", diff)
+	}
+}
+
+// agentResources in the chart's values reach the manager as
+// --agent-resources, in a form the manager reads back to the same values.
+func TestChartPassesAgentResourcesToTheManager(t *testing.T) {
+	objs := parseManifest(t, "helm template", helmTemplate(t, "--set-json", `agentResources={"requests":{"cpu":"100m","memory":"96Mi"},"limits":{"cpu":"2","memory":"1Gi"}}`))
+	var args []any
+	for _, o := range objs {
+		if o.key() == "Deployment/lbpair-system/lbpair-manager" {
+			containers, _, _ := unstructured.NestedSlice(o.Doc, "spec", "template", "spec", "containers")
+			if len(containers) == 1 {
+				args, _, _ = unstructured.NestedSlice(containers[0].(map[string]any), "args")
+			}
+		}
+	}
+	var flag string
+	for _, a := range args {
+		if s, _ := a.(string); strings.HasPrefix(s, "--agent-resources=") {
+			flag = strings.TrimPrefix(s, "--agent-resources=")
+		}
+	}
+	if flag == "" {
+		t.Fatalf("the manager's args %v have no --agent-resources", args)
+	}
+	r, err := controllers.ParseAgentResources(flag)
+	if err != nil {
+		t.Fatalf("the manager refuses --agent-resources=%s: %v", flag, err)
+	}
+	got := map[string]string{}
+	for name, q := range r.Requests {
+		got["requests."+string(name)] = q.String()
+	}
+	for name, q := range r.Limits {
+		got["limits."+string(name)] = q.String()
+	}
+	want := map[string]string{"requests.cpu": "100m", "requests.memory": "96Mi", "limits.cpu": "2", "limits.memory": "1Gi"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("agent resources (-want +got):\n%s", diff)
 	}
 }
 

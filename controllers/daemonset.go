@@ -3,8 +3,11 @@ package controllers
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -49,6 +52,43 @@ func DefaultAgentResources() corev1.ResourceRequirements {
 		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("50m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
 		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("512Mi")},
 	}
+}
+
+// ParseAgentResources reads the agents' resources from the JSON form of a
+// container's resources, {"requests": {...}, "limits": {...}}, as the
+// manager's --agent-resources flag takes them. An empty string means
+// DefaultAgentResources. A request above its limit, a negative quantity or an
+// unknown key is refused here, naming it, rather than by the apiserver on
+// every DaemonSet the manager writes.
+func ParseAgentResources(s string) (corev1.ResourceRequirements, error) {
+	if strings.TrimSpace(s) == "" {
+		return DefaultAgentResources(), nil
+	}
+	var r corev1.ResourceRequirements
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return r, fmt.Errorf(`want JSON such as {"requests":{"cpu":"100m","memory":"64Mi"},"limits":{"memory":"512Mi"}}: %w`, err)
+	}
+	if dec.More() {
+		return r, errors.New("want one JSON object, found more after it")
+	}
+	for _, l := range []struct {
+		name string
+		list corev1.ResourceList
+	}{{"requests", r.Requests}, {"limits", r.Limits}} {
+		for name, q := range l.list {
+			if q.Sign() < 0 {
+				return r, fmt.Errorf("%s.%s is negative (%s)", l.name, name, q.String())
+			}
+		}
+	}
+	for name, req := range r.Requests {
+		if limit, ok := r.Limits[name]; ok && req.Cmp(limit) > 0 {
+			return r, fmt.Errorf("requests.%s (%s) is above limits.%s (%s): raise the limit or lower the request", name, req.String(), name, limit.String())
+		}
+	}
+	return r, nil
 }
 
 // daemonSetName names a pair's DaemonSet, shortened with a hash when the

@@ -9,6 +9,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -119,6 +120,34 @@ func TestAgentPodsCarryThePairLabelAgentsSelect(t *testing.T) {
 		got := podLabels(newPair("ns", name, nil, "198.18.0.100"))[lbv1.PairLabel]
 		if want := lbv1.PairLabelValue(name); got != want || len(got) > 63 {
 			t.Errorf("pair %q: pod label %s = %q, want %q (at most 63 characters)", name, lbv1.PairLabel, got, want)
+		}
+	}
+}
+
+func TestParseAgentResources(t *testing.T) {
+	got, err := ParseAgentResources("")
+	if err != nil || !equality.Semantic.DeepEqual(got, DefaultAgentResources()) {
+		t.Errorf(`ParseAgentResources("") = %+v, %v; want the defaults`, got, err)
+	}
+	got, err = ParseAgentResources(`{"requests":{"cpu":"250m","memory":"128Mi"},"limits":{"cpu":"2","memory":"1Gi"}}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := got.Requests[corev1.ResourceCPU]; q.MilliValue() != 250 {
+		t.Errorf("requests.cpu = %s, want 250m", q.String())
+	}
+	if q := got.Limits[corev1.ResourceMemory]; q.Value() != 1<<30 {
+		t.Errorf("limits.memory = %s, want 1Gi", q.String())
+	}
+	for in, want := range map[string]string{
+		`{"requests":{"cpu":"2"},"limits":{"cpu":"1"}}`: "requests.cpu (2) is above limits.cpu (1)",
+		`{"requests":{"memory":"-1Mi"}}`:                "requests.memory is negative",
+		`{"request":{"cpu":"1"}}`:                       `unknown field "request"`,
+		`{"limits":{"cpu":"lots"}}`:                     "want JSON such as",
+		`{"limits":{}} {}`:                              "want one JSON object",
+	} {
+		if _, err := ParseAgentResources(in); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseAgentResources(%s) = %v, want an error containing %q", in, err, want)
 		}
 	}
 }

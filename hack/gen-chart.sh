@@ -52,6 +52,12 @@ resources:
   limits:
     memory: 256Mi
 
+# Resources of the agents' container in every pair's DaemonSet (the manager's
+# --agent-resources). Empty keeps the manager's defaults: requests cpu 50m and
+# memory 64Mi, limit memory 512Mi. A CPU limit also caps the agent's proxy
+# event loops, one per CPU the Go runtime sees.
+agentResources: {}
+
 nodeSelector: {}
 tolerations: []
 YAML
@@ -137,6 +143,9 @@ spec:
         - --health-probe-bind-address=:8081
         {{- with .Values.watchNamespace }}
         - --watch-namespace={{ . }}
+        {{- end }}
+        {{- with .Values.agentResources }}
+        - {{ printf "--agent-resources=%s" (toJson .) | quote }}
         {{- end }}
         env:
         - name: AGENT_IMAGE
