@@ -195,18 +195,8 @@ func TestChartInstallsWhatConfigDefaultInstalls(t *testing.T) {
 // config/manager: with the default values, it must run the manager as
 // config/default does.
 func TestChartDeploymentMatchesConfigDefault(t *testing.T) {
-	find := func(what string, objs []object) map[string]any {
-		t.Helper()
-		for _, o := range objs {
-			if o.key() == "Deployment/lbpair-system/lbpair-manager" {
-				return o.Doc
-			}
-		}
-		t.Fatalf("%s has no Deployment lbpair-system/lbpair-manager", what)
-		return nil
-	}
-	chart := find("helm template", parseManifest(t, "helm template", helmTemplate(t)))
-	kustomize := find("kubectl kustomize config/default", parseManifest(t, "kubectl kustomize config/default", kustomizeDefault(t)))
+	chart := managerDeployment(t, "helm template", parseManifest(t, "helm template", helmTemplate(t)))
+	kustomize := managerDeployment(t, "kubectl kustomize config/default", parseManifest(t, "kubectl kustomize config/default", kustomizeDefault(t)))
 
 	// What the manager runs with; the chart adds labels and an
 	// imagePullPolicy of its own, which are left out.
@@ -240,14 +230,10 @@ func TestChartDeploymentMatchesConfigDefault(t *testing.T) {
 // --agent-resources, in a form the manager reads back to the same values.
 func TestChartPassesAgentResourcesToTheManager(t *testing.T) {
 	objs := parseManifest(t, "helm template", helmTemplate(t, "--set-json", `agentResources={"requests":{"cpu":"100m","memory":"96Mi"},"limits":{"cpu":"2","memory":"1Gi"}}`))
+	containers, _, _ := unstructured.NestedSlice(managerDeployment(t, "helm template", objs), "spec", "template", "spec", "containers")
 	var args []any
-	for _, o := range objs {
-		if o.key() == "Deployment/lbpair-system/lbpair-manager" {
-			containers, _, _ := unstructured.NestedSlice(o.Doc, "spec", "template", "spec", "containers")
-			if len(containers) == 1 {
-				args, _, _ = unstructured.NestedSlice(containers[0].(map[string]any), "args")
-			}
-		}
+	if len(containers) == 1 {
+		args, _, _ = unstructured.NestedSlice(containers[0].(map[string]any), "args")
 	}
 	var flag string
 	for _, a := range args {
@@ -331,6 +317,18 @@ func parseManifest(t *testing.T, what string, manifest []byte) []object {
 		t.Fatalf("%s: no objects", what)
 	}
 	return out
+}
+
+// managerDeployment is the manager's Deployment among objs.
+func managerDeployment(t *testing.T, what string, objs []object) map[string]any {
+	t.Helper()
+	for _, o := range objs {
+		if o.key() == "Deployment/lbpair-system/lbpair-manager" {
+			return o.Doc
+		}
+	}
+	t.Fatalf("%s has no Deployment lbpair-system/lbpair-manager", what)
+	return nil
 }
 
 func helmTemplate(t *testing.T, values ...string) []byte {

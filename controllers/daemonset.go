@@ -68,10 +68,10 @@ func ParseAgentResources(s string) (corev1.ResourceRequirements, error) {
 	dec := json.NewDecoder(strings.NewReader(s))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&r); err != nil {
-		return r, fmt.Errorf(`want JSON such as {"requests":{"cpu":"100m","memory":"64Mi"},"limits":{"memory":"512Mi"}}: %w`, err)
+		return corev1.ResourceRequirements{}, fmt.Errorf(`want JSON such as {"requests":{"cpu":"100m","memory":"64Mi"},"limits":{"memory":"512Mi"}}: %w`, err)
 	}
 	if dec.More() {
-		return r, errors.New("want one JSON object, found more after it")
+		return corev1.ResourceRequirements{}, errors.New("want one JSON object, found more after it")
 	}
 	for _, l := range []struct {
 		name string
@@ -79,13 +79,13 @@ func ParseAgentResources(s string) (corev1.ResourceRequirements, error) {
 	}{{"requests", r.Requests}, {"limits", r.Limits}} {
 		for name, q := range l.list {
 			if q.Sign() < 0 {
-				return r, fmt.Errorf("%s.%s is negative (%s)", l.name, name, q.String())
+				return corev1.ResourceRequirements{}, fmt.Errorf("%s.%s is negative (%s)", l.name, name, q.String())
 			}
 		}
 	}
 	for name, req := range r.Requests {
 		if limit, ok := r.Limits[name]; ok && req.Cmp(limit) > 0 {
-			return r, fmt.Errorf("requests.%s (%s) is above limits.%s (%s): raise the limit or lower the request", name, req.String(), name, limit.String())
+			return corev1.ResourceRequirements{}, fmt.Errorf("requests.%s (%s) is above limits.%s (%s): raise the limit or lower the request", name, req.String(), name, limit.String())
 		}
 	}
 	return r, nil
