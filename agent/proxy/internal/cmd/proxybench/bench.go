@@ -67,7 +67,7 @@ func runBench(args []string) error {
 	procs := fs.Int("gomaxprocs", 1, "GOMAXPROCS of the lbpair proxy")
 	only := fs.String("scenarios", "small50,small500,bulk,connclose", "scenarios to run, comma-separated: small50, small500 (keep-alive requests), bulk (8 MiB responses), connclose (a new connection per request)")
 	skipMem := fs.Bool("skip-memory", false, "skip the idle-connection memory figure")
-	compare := fs.String("compare", "", "another proxybench binary whose lbpair proxy runs as a fourth proxy, lbpair-b, for A/B comparisons of changes")
+	compare := fs.String("compare", "", "another proxybench binary whose lbpair proxy runs as a fourth proxy, lbpair-b: another build for an A/B comparison of a change, or this one for the noise floor")
 	verbose := fs.Bool("v", false, "print every sample")
 	_ = fs.Parse(args)
 
@@ -652,9 +652,15 @@ func reportRuns(w io.Writer, scenarios []scenario, proxies []*benchProxy, result
 	fmt.Fprintln(w, "Ratios of medians, lbpair / other (above 1 is better for req/s, req/CPU-s and MiB/s; below 1 is better for p99):")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\tvs\treq/s\treq/CPU-s\tp99\tMiB/s\t")
+	others := []string{"nginx", "haproxy"}
+	if _, ok := results[scenarios[0].name]["lbpair-b"]; ok {
+		// The same binary as lbpair makes this row the noise floor; another build, the
+		// A/B comparison.
+		others = append(others, "lbpair-b")
+	}
 	for _, sc := range scenarios {
 		ours := meds[sc.name]["lbpair"]
-		for _, other := range []string{"nginx", "haproxy"} {
+		for _, other := range others {
 			o := meds[sc.name][other]
 			fmt.Fprintf(tw, "%s\t%s\t%.2fx\t%.2fx\t%.2fx\t%.2fx\t\n", sc.name, other,
 				ratio(ours.rps, o.rps), ratio(ours.rpc, o.rpc), ratio(ours.p99, o.p99), ratio(ours.bps, o.bps))
@@ -664,32 +670,40 @@ func reportRuns(w io.Writer, scenarios []scenario, proxies []*benchProxy, result
 	fmt.Fprintln(w)
 	// Each round runs the proxies back to back, so a ratio within a round is free of the
 	// machine's drift between rounds; its spread shows how far one round can mislead.
-	fmt.Fprintln(w, "Ratios within each round, lbpair / other: median [lowest, highest] over the rounds:")
+	fmt.Fprintln(w, "Ratios within each round, lbpair / other: median [lowest, highest] over the rounds, and in how many rounds lbpair was better:")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\tvs\treq/s\tp99\t")
 	for _, sc := range scenarios {
 		ours := results[sc.name]["lbpair"]
-		for _, other := range []string{"nginx", "haproxy"} {
+		for _, other := range others {
 			theirs := results[sc.name][other]
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", sc.name, other,
-				roundRatios(ours, theirs, func(s sample) float64 { return s.rps }),
-				roundRatios(ours, theirs, func(s sample) float64 { return float64(s.p99) }))
+				roundRatios(ours, theirs, func(s sample) float64 { return s.rps }, false),
+				roundRatios(ours, theirs, func(s sample) float64 { return float64(s.p99) }, true))
 		}
 	}
 	_ = tw.Flush()
 	fmt.Fprintln(w)
 }
 
-// roundRatios summarises f(ours[i]) / f(theirs[i]) over the rounds i.
-func roundRatios(ours, theirs []sample, f func(sample) float64) string {
+// roundRatios summarises f(ours[i]) / f(theirs[i]) over the rounds i, with the count of
+// rounds in which ours was better: a lower figure when lowerIsBetter, else a higher one.
+// Between two equal proxies that count is a coin toss per round, so a median ratio away
+// from 1 means little unless the count is lopsided too.
+func roundRatios(ours, theirs []sample, f func(sample) float64, lowerIsBetter bool) string {
 	var rs []float64
+	better := 0
 	for i := range min(len(ours), len(theirs)) {
-		rs = append(rs, ratio(f(ours[i]), f(theirs[i])))
+		r := ratio(f(ours[i]), f(theirs[i]))
+		rs = append(rs, r)
+		if (lowerIsBetter && r < 1) || (!lowerIsBetter && r > 1) {
+			better++
+		}
 	}
 	if len(rs) == 0 {
 		return "-"
 	}
-	return fmt.Sprintf("%.2fx [%.2f, %.2f]", median(rs), slices.Min(rs), slices.Max(rs))
+	return fmt.Sprintf("%.2fx [%.2f, %.2f] %d/%d", median(rs), slices.Min(rs), slices.Max(rs), better, len(rs))
 }
 
 func ratio(a, b float64) float64 {
