@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	corev1 "k8s.io/api/core/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	rbacv1ac "k8s.io/client-go/applyconfigurations/rbac/v1"
@@ -49,15 +50,40 @@ func (r *LoadBalancerPairReconciler) ensureAgentAccess(ctx context.Context, pair
 	if err := r.Apply(ctx, rb, owner, client.ForceOwnership); err != nil {
 		return fmt.Errorf("applying RoleBinding %s/%s: %w", pair.Namespace, AgentServiceAccount, err)
 	}
-	// A cluster-scoped binding cannot be owned by a namespaced pair; it is
-	// left in place when the namespace's last pair goes, and grants nothing
-	// once the ServiceAccount is gone.
+	// A cluster-scoped binding cannot be owned by a namespaced pair. The
+	// namespace owns it, so that it goes with the namespace; when only the
+	// namespace's last pair goes, it stays and grants nothing until a pair
+	// brings the ServiceAccount back.
+	nsRef, err := r.namespaceOwner(ctx, pair.Namespace)
+	if err != nil {
+		return err
+	}
 	crb := rbacv1ac.ClusterRoleBinding(AgentNodesClusterRole + ":" + pair.Namespace).
 		WithLabels(labels).
+		WithOwnerReferences(nsRef).
 		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup("rbac.authorization.k8s.io").WithKind("ClusterRole").WithName(AgentNodesClusterRole)).
 		WithSubjects(subject)
 	if err := r.Apply(ctx, crb, client.FieldOwner(FieldManager), client.ForceOwnership); err != nil {
 		return fmt.Errorf("applying ClusterRoleBinding %s:%s: %w", AgentNodesClusterRole, pair.Namespace, err)
 	}
 	return nil
+}
+
+// namespaceOwner is an owner reference to the namespace. It is read from the
+// apiserver, not the cache, which would watch every namespace: the manager
+// only needs to get its pairs' ones.
+func (r *LoadBalancerPairReconciler) namespaceOwner(ctx context.Context, name string) (*metav1ac.OwnerReferenceApplyConfiguration, error) {
+	var reader client.Reader = r.Client
+	if r.APIReader != nil {
+		reader = r.APIReader
+	}
+	var ns corev1.Namespace
+	if err := reader.Get(ctx, client.ObjectKey{Name: name}, &ns); err != nil {
+		return nil, fmt.Errorf("reading namespace %s to own the agents' ClusterRoleBinding: %w", name, err)
+	}
+	return metav1ac.OwnerReference().
+		WithAPIVersion("v1").
+		WithKind("Namespace").
+		WithName(ns.Name).
+		WithUID(ns.UID), nil
 }

@@ -63,7 +63,8 @@ type LoadBalancerPairReconciler struct {
 // The manager writes by server-side apply (create and patch) and patches the
 // status (a merge patch, and a JSON patch to remove stale agents' entries);
 // it never updates or deletes: garbage collection removes the children. It
-// reads only pairs, DaemonSets and Nodes. rbac_test.go reconciles with
+// reads only pairs, DaemonSets, Nodes and the pairs' Namespaces (get, to own
+// the agents' ClusterRoleBinding). rbac_test.go reconciles with
 // exactly these permissions.
 // +kubebuilder:rbac:groups=lbpair.io,resources=loadbalancerpairs,verbs=get;list;watch
 // +kubebuilder:rbac:groups=lbpair.io,resources=loadbalancerpairs/status,verbs=patch
@@ -72,6 +73,7 @@ type LoadBalancerPairReconciler struct {
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=rolebindings;clusterrolebindings,verbs=create;patch
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles,verbs=bind,resourceNames=lbpair-agent;lbpair-agent-nodes
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile brings one pair's DaemonSet and status in line with its spec and

@@ -170,6 +170,15 @@ func TestCreateWritesTheAgentsDaemonSet(t *testing.T) {
 	if err := k8s.Get(ctx, types.NamespacedName{Name: AgentNodesClusterRole + ":" + ns}, &crb); err != nil {
 		t.Fatal(err)
 	}
+	// Owned by the namespace, so that garbage collection removes it with the
+	// namespace (envtest runs no garbage collector: the reference is checked).
+	var nsObj corev1.Namespace
+	if err := k8s.Get(ctx, types.NamespacedName{Name: ns}, &nsObj); err != nil {
+		t.Fatal(err)
+	}
+	if o := crb.OwnerReferences; len(o) != 1 || o[0].Kind != "Namespace" || o[0].APIVersion != "v1" || o[0].Name != ns || o[0].UID != nsObj.UID {
+		t.Errorf("ClusterRoleBinding owners = %+v, want namespace %s (uid %s)", o, ns, nsObj.UID)
+	}
 
 	// A second pair in the namespace shares the access objects and adds
 	// its own owner reference, so they outlive the first pair.
