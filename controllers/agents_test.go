@@ -6,6 +6,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
 
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
 )
@@ -174,5 +175,30 @@ func TestNodesSummary(t *testing.T) {
 	got := nodesSummary(agents, []string{"lb3"}, []string{"lb1"})
 	if want := "lb1:Unknown,lb2:Master"; got != want {
 		t.Errorf("nodesSummary = %q, want %q", got, want)
+	}
+}
+
+func TestHolderEventsNameTheReasonWhenThereIsOne(t *testing.T) {
+	for _, tc := range []struct {
+		name             string
+		previous, holder string
+		reason           string
+		want             string
+	}{
+		{"first holder with a reason", "", "lb1", "preempted a lower priority master", "Normal HolderElected lb1 holds the virtual IPs: preempted a lower priority master"},
+		{"first holder without one", "", "lb1", "", "Normal HolderElected lb1 holds the virtual IPs"},
+		{"a move with a reason", "lb1", "lb2", "master down timer expired", "Normal Failover virtual IPs moved from lb1 to lb2: master down timer expired"},
+		{"a move without one", "lb1", "lb2", "", "Normal Failover virtual IPs moved from lb1 to lb2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := events.NewFakeRecorder(1)
+			r := &LoadBalancerPairReconciler{Recorder: rec}
+			pair := &lbv1.LoadBalancerPair{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"}}
+			pair.Status.Holder = tc.previous
+			r.reportHolderChange(pair, agentSummary{Holder: tc.holder, HolderEntry: &lbv1.AgentStatus{Node: tc.holder, Reason: tc.reason}})
+			if got := <-rec.Events; got != tc.want {
+				t.Errorf("event %q, want %q", got, tc.want)
+			}
+		})
 	}
 }

@@ -258,11 +258,15 @@ func (r *LoadBalancerPairReconciler) reportHolderChange(pair *lbv1.LoadBalancerP
 		}
 	}
 	r.lastHolders.Store(key, s.Holder)
+	because := ""
+	if s.HolderEntry != nil && s.HolderEntry.Reason != "" {
+		because = ": " + s.HolderEntry.Reason
+	}
 	if previous == "" || previous == s.Holder {
-		r.Recorder.Eventf(pair, nil, corev1.EventTypeNormal, "HolderElected", "Failover", "%s holds the virtual IPs: %s", s.Holder, s.HolderEntry.Reason)
+		r.Recorder.Eventf(pair, nil, corev1.EventTypeNormal, "HolderElected", "Failover", "%s holds the virtual IPs%s", s.Holder, because)
 		return
 	}
-	r.Recorder.Eventf(pair, nil, corev1.EventTypeNormal, "Failover", "Failover", "virtual IPs moved from %s to %s: %s", previous, s.Holder, s.HolderEntry.Reason)
+	r.Recorder.Eventf(pair, nil, corev1.EventTypeNormal, "Failover", "Failover", "virtual IPs moved from %s to %s%s", previous, s.Holder, because)
 }
 
 // desiredAgents is how many agents should run: the DaemonSet's count once a
