@@ -255,3 +255,36 @@ func TestDeleteLeavesGarbageCollectionToOwnerReferences(t *testing.T) {
 		return nil
 	})
 }
+
+// A binding made before the manager set its owner, as older versions did,
+// gains the namespace as owner at the next reconcile.
+func TestAnExistingNodesBindingGainsTheNamespaceOwner(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	crb := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: AgentNodesClusterRole + ":" + ns},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: AgentNodesClusterRole},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: AgentServiceAccount, Namespace: ns}},
+	}
+	if err := k8s.Create(ctx, crb); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(context.Background(), crb) })
+	var nsObj corev1.Namespace
+	if err := k8s.Get(ctx, types.NamespacedName{Name: ns}, &nsObj); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Create(ctx, newPair(ns, "web", ptrTo(int32(80)), "198.18.0.80")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the namespace owning the binding", func() error {
+		var got rbacv1.ClusterRoleBinding
+		if err := k8s.Get(ctx, types.NamespacedName{Name: crb.Name}, &got); err != nil {
+			return err
+		}
+		if o := got.OwnerReferences; len(o) != 1 || o[0].Kind != "Namespace" || o[0].UID != nsObj.UID {
+			return fmt.Errorf("owners %+v, want namespace %s (uid %s)", o, ns, nsObj.UID)
+		}
+		return nil
+	})
+}
