@@ -176,8 +176,8 @@ func TestCreateWritesTheAgentsDaemonSet(t *testing.T) {
 	if err := k8s.Get(ctx, types.NamespacedName{Name: ns}, &nsObj); err != nil {
 		t.Fatal(err)
 	}
-	if o := crb.OwnerReferences; len(o) != 1 || o[0].Kind != "Namespace" || o[0].APIVersion != "v1" || o[0].Name != ns || o[0].UID != nsObj.UID {
-		t.Errorf("ClusterRoleBinding owners = %+v, want namespace %s (uid %s)", o, ns, nsObj.UID)
+	if err := ownedByNamespace(crb, nsObj); err != nil {
+		t.Error(err)
 	}
 
 	// A second pair in the namespace shares the access objects and adds
@@ -282,9 +282,14 @@ func TestAnExistingNodesBindingGainsTheNamespaceOwner(t *testing.T) {
 		if err := k8s.Get(ctx, types.NamespacedName{Name: crb.Name}, &got); err != nil {
 			return err
 		}
-		if o := got.OwnerReferences; len(o) != 1 || o[0].Kind != "Namespace" || o[0].UID != nsObj.UID {
-			return fmt.Errorf("owners %+v, want namespace %s (uid %s)", o, ns, nsObj.UID)
-		}
-		return nil
+		return ownedByNamespace(got, nsObj)
 	})
+}
+
+// ownedByNamespace checks that the namespace is the binding's one owner.
+func ownedByNamespace(crb rbacv1.ClusterRoleBinding, ns corev1.Namespace) error {
+	if o := crb.OwnerReferences; len(o) != 1 || o[0].Kind != "Namespace" || o[0].APIVersion != "v1" || o[0].Name != ns.Name || o[0].UID != ns.UID {
+		return fmt.Errorf("ClusterRoleBinding %s owners = %+v, want namespace %s (uid %s)", crb.Name, o, ns.Name, ns.UID)
+	}
+	return nil
 }
