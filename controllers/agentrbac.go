@@ -73,12 +73,8 @@ func (r *LoadBalancerPairReconciler) ensureAgentAccess(ctx context.Context, pair
 // apiserver, not the cache, which would watch every namespace: the manager
 // only needs to get its pairs' ones.
 func (r *LoadBalancerPairReconciler) namespaceOwner(ctx context.Context, name string) (*metav1ac.OwnerReferenceApplyConfiguration, error) {
-	var reader client.Reader = r.Client
-	if r.APIReader != nil {
-		reader = r.APIReader
-	}
 	var ns corev1.Namespace
-	if err := reader.Get(ctx, client.ObjectKey{Name: name}, &ns); err != nil {
+	if err := r.liveReader().Get(ctx, client.ObjectKey{Name: name}, &ns); err != nil {
 		return nil, fmt.Errorf("reading namespace %s to own the agents' ClusterRoleBinding: %w", name, err)
 	}
 	return metav1ac.OwnerReference().

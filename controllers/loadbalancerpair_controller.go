@@ -49,8 +49,9 @@ type LoadBalancerPairReconciler struct {
 	Recorder events.EventRecorder
 	Agent    AgentSettings
 	// APIReader reads from the apiserver, bypassing the cache; the manager's
-	// GetAPIReader. When set, a pair that needs a VRID allocated lists the
-	// pairs through it (see reconcile). The cache is used when nil.
+	// GetAPIReader. A VRID allocation lists the pairs through it (see
+	// reconcile), and the pairs' namespaces are read through it. The client
+	// is used when nil.
 	APIReader client.Reader
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
@@ -120,8 +121,8 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 	// hold the VRID the previous reconcile wrote to another pair's status, and
 	// reconciles run one at a time, so this read sees every allocation made.
 	var reader client.Reader = r.Client
-	if claimedVRID(pair) == 0 && r.APIReader != nil {
-		reader = r.APIReader
+	if claimedVRID(pair) == 0 {
+		reader = r.liveReader()
 	}
 	var all lbv1.LoadBalancerPairList
 	if err := reader.List(ctx, &all); err != nil {
@@ -360,6 +361,14 @@ func vridInputsChanged(oldObj, newObj client.Object) bool {
 	return o.Generation != n.Generation ||
 		o.Status.VirtualRouterID != n.Status.VirtualRouterID ||
 		inConflict(o) != inConflict(n)
+}
+
+// liveReader reads from the apiserver when the reconciler has an APIReader.
+func (r *LoadBalancerPairReconciler) liveReader() client.Reader {
+	if r.APIReader != nil {
+		return r.APIReader
+	}
+	return r.Client
 }
 
 func (r *LoadBalancerPairReconciler) otherPairs(ctx context.Context, obj client.Object) []reconcile.Request {
