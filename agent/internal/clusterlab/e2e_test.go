@@ -210,9 +210,10 @@ func TestClusterE2E(t *testing.T) {
 		start := time.Now()
 		must(t, l.SetEndpoints(ctx, web1, web2, web3))
 		// After the apiserver outage above, the agents' watches reconnect
-		// with client-go's backoff, which grows to 30s during a minute-long
-		// outage: the new endpoint may take that long to arrive.
-		netlab.Eventually(t, "web03 serves", 45*time.Second, func() error {
+		// with client-go's backoff, which grows to 30s with up to 100%
+		// jitter during a minute-long outage: the next attempt, and so the
+		// new endpoint, may come up to 60s after the apiserver returned.
+		netlab.Eventually(t, "web03 serves", 70*time.Second, func() error {
 			for _, r := range p.Results() {
 				if r.At.After(start) && r.Backend == "web03" {
 					return nil
