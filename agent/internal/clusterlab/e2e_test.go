@@ -232,7 +232,7 @@ func TestClusterE2E(t *testing.T) {
 				served++
 			}
 		}
-		t.Logf("scaled 2 -> 3 -> 2 backends: %d failed probes", failed)
+		t.Logf("scaled 2 -> 3 -> 2 backends: web03 served %v after it was added; %d failed probes", mid.Sub(start).Round(time.Millisecond), failed)
 		if failed > 0 {
 			t.Errorf("%d requests failed while the Service scaled", failed)
 		}
