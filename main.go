@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -72,7 +73,8 @@ func runManager(ctx context.Context, args []string) error {
 	fs.StringVar(&watchNamespace, "watch-namespace", os.Getenv("WATCH_NAMESPACE"), "reconcile pairs of this namespace only; all namespaces when empty")
 	fs.StringVar(&agentImage, "agent-image", os.Getenv("AGENT_IMAGE"), "image of the agents (the lbpair image itself; required, default $AGENT_IMAGE)")
 	fs.StringVar(&pullPolicy, "agent-image-pull-policy", "", "pull policy of the agents' image: Always, IfNotPresent or Never (default: Kubernetes' own)")
-	fs.StringVar(&agentResources, "agent-resources", "", `resources of the agents' container, as JSON: {"requests":{"cpu":"100m","memory":"64Mi"},"limits":{"memory":"512Mi"}} (replaces the default: requests cpu 50m and memory 64Mi, limit memory 512Mi)`)
+	defaultResources, _ := json.Marshal(controllers.DefaultAgentResources())
+	fs.StringVar(&agentResources, "agent-resources", "", fmt.Sprintf("resources of the agents' container, as JSON; replaces the default %s", defaultResources))
 	ctrlconfig.RegisterFlags(fs)
 	logOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
