@@ -172,11 +172,7 @@ func TestCreateWritesTheAgentsDaemonSet(t *testing.T) {
 	}
 	// Owned by the namespace, so that garbage collection removes it with the
 	// namespace (envtest runs no garbage collector: the reference is checked).
-	var nsObj corev1.Namespace
-	if err := k8s.Get(ctx, types.NamespacedName{Name: ns}, &nsObj); err != nil {
-		t.Fatal(err)
-	}
-	if err := ownedByNamespace(crb, nsObj); err != nil {
+	if err := ownedByNamespace(crb, ns); err != nil {
 		t.Error(err)
 	}
 
@@ -270,10 +266,6 @@ func TestAnExistingNodesBindingGainsTheNamespaceOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = k8s.Delete(context.Background(), crb) })
-	var nsObj corev1.Namespace
-	if err := k8s.Get(ctx, types.NamespacedName{Name: ns}, &nsObj); err != nil {
-		t.Fatal(err)
-	}
 	if err := k8s.Create(ctx, newPair(ns, "web", ptrTo(int32(80)), "198.18.0.80")); err != nil {
 		t.Fatal(err)
 	}
@@ -282,14 +274,18 @@ func TestAnExistingNodesBindingGainsTheNamespaceOwner(t *testing.T) {
 		if err := k8s.Get(ctx, types.NamespacedName{Name: crb.Name}, &got); err != nil {
 			return err
 		}
-		return ownedByNamespace(got, nsObj)
+		return ownedByNamespace(got, ns)
 	})
 }
 
-// ownedByNamespace checks that the namespace is the binding's one owner.
-func ownedByNamespace(crb rbacv1.ClusterRoleBinding, ns corev1.Namespace) error {
-	if o := crb.OwnerReferences; len(o) != 1 || o[0].Kind != "Namespace" || o[0].APIVersion != "v1" || o[0].Name != ns.Name || o[0].UID != ns.UID {
-		return fmt.Errorf("ClusterRoleBinding %s owners = %+v, want namespace %s (uid %s)", crb.Name, o, ns.Name, ns.UID)
+// ownedByNamespace checks that namespace ns is the binding's one owner.
+func ownedByNamespace(crb rbacv1.ClusterRoleBinding, ns string) error {
+	var nsObj corev1.Namespace
+	if err := k8s.Get(context.Background(), types.NamespacedName{Name: ns}, &nsObj); err != nil {
+		return err
+	}
+	if o := crb.OwnerReferences; len(o) != 1 || o[0].Kind != "Namespace" || o[0].APIVersion != "v1" || o[0].Name != ns || o[0].UID != nsObj.UID {
+		return fmt.Errorf("ClusterRoleBinding %s owners = %+v, want namespace %s (uid %s)", crb.Name, o, ns, nsObj.UID)
 	}
 	return nil
 }
