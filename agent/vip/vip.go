@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 
 	"github.com/go-logr/logr"
@@ -65,7 +66,13 @@ func Open(ifname string, vips []netip.Addr, log logr.Logger) (*Manager, error) {
 			return nil, fmt.Errorf("opening an ARP socket on %q (needs an IPv4 address and CAP_NET_RAW): %w", ifname, err)
 		}
 	} else {
-		m.ndp, _, err = ndp.Listen(ifi, ndp.LinkLocal)
+		// The NDP socket names its link-local addresses' zone by the interface's
+		// name, which Go resolves to an index in the namespace of whichever thread
+		// sends. Naming it by index keeps sends right from any thread, as the ARP
+		// socket's are.
+		byIndex := *ifi
+		byIndex.Name = strconv.Itoa(ifi.Index)
+		m.ndp, _, err = ndp.Listen(&byIndex, ndp.LinkLocal)
 		if err != nil {
 			h.Close()
 			return nil, fmt.Errorf("opening an NDP socket on %q: %w", ifname, err)

@@ -1,0 +1,238 @@
+package vip
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+
+	"github.com/lbpair/lbpair/agent/internal/netlab"
+)
+
+// openIn opens a Manager inside h's namespace (retrying while an IPv6 link-local
+// address, which the NDP socket needs, is still coming up); the test's cleanup removes
+// the virtual IPs and closes it.
+func openIn(t *testing.T, h *netlab.Host, vips ...netip.Addr) *Manager {
+	t.Helper()
+	var m *Manager
+	netlab.Eventually(t, "opening the manager on "+h.Name, 5*time.Second, func() error {
+		return h.Do(func() error {
+			var err error
+			m, err = Open(netlab.HostLink, vips, testr.New(t))
+			return err
+		})
+	})
+	t.Cleanup(func() {
+		if err := m.Remove(); err != nil {
+			t.Errorf("removing the virtual IPs: %v", err)
+		}
+		if err := m.Close(); err != nil {
+			t.Errorf("closing the manager: %v", err)
+		}
+	})
+	return m
+}
+
+// neighbourMAC is the link-layer address h's neighbour table holds for addr, or "".
+func neighbourMAC(t *testing.T, h *netlab.Host, addr netip.Addr) string {
+	t.Helper()
+	out, err := h.Exec("ip", "neigh", "show", addr.String(), "dev", netlab.HostLink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(out)
+	if i := slices.Index(f, "lladdr"); i >= 0 && i+1 < len(f) {
+		return f[i+1]
+	}
+	return ""
+}
+
+// TestAnnounceRepointsNeighbours is a failover as a neighbour sees it: it still maps the
+// virtual IP to the old holder's MAC, and the new holder's announcement alone must move
+// it, as a gratuitous ARP does for IPv4 and an unsolicited neighbour advertisement with
+// the override flag for IPv6.
+func TestAnnounceRepointsNeighbours(t *testing.T) {
+	for _, tc := range []struct {
+		name, holder, peer string
+		vip                netip.Addr
+	}{
+		{"IPv4", "198.18.0.11/24", "198.18.0.12/24", netip.MustParseAddr("198.18.0.100")},
+		{"IPv6", "fd00:198:18::11/64", "fd00:198:18::12/64", netip.MustParseAddr("fd00:198:18::100")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := netlab.NewT(t)
+			holder := netlab.MustAddHost(t, l, "holder", tc.holder)
+			peer := netlab.MustAddHost(t, l, "peer", tc.peer)
+			const oldMAC = "02:00:00:00:00:99"
+			if _, err := peer.Exec("ip", "neigh", "replace", tc.vip.String(), "lladdr", oldMAC, "dev", netlab.HostLink, "nud", "stale"); err != nil {
+				t.Fatal(err)
+			}
+			m := openIn(t, holder, tc.vip)
+			if err := m.Add(); err != nil {
+				t.Fatal(err)
+			}
+			// Holding the address tells the peer nothing by itself.
+			time.Sleep(200 * time.Millisecond)
+			if got := neighbourMAC(t, peer, tc.vip); got != oldMAC {
+				t.Fatalf("before the announcement the peer maps %s to %q, want the old holder's %s", tc.vip, got, oldMAC)
+			}
+			// From the test's goroutine, outside the holder's namespace: the manager's
+			// sockets must not depend on where it is called from.
+			if err := m.Announce(); err != nil {
+				t.Fatal(err)
+			}
+			want := m.ifi.HardwareAddr.String()
+			netlab.Eventually(t, "the peer learning the new holder", 2*time.Second, func() error {
+				if got := neighbourMAC(t, peer, tc.vip); got != want {
+					return fmt.Errorf("the peer maps %s to %q, want the holder's %s", tc.vip, got, want)
+				}
+				return nil
+			})
+		})
+	}
+}
+
+// TestAddRemovePresent: adding and removing are idempotent, leave the node's own
+// address alone, and an IPv6 virtual IP is usable at once even where the interface
+// runs duplicate address detection.
+func TestAddRemovePresent(t *testing.T) {
+	for _, tc := range []struct {
+		name, own string
+		vips      []netip.Addr
+	}{
+		{"IPv4", "198.18.0.11/24", []netip.Addr{netip.MustParseAddr("198.18.0.100"), netip.MustParseAddr("198.18.0.101")}},
+		{"IPv6", "fd00:198:18::11/64", []netip.Addr{netip.MustParseAddr("fd00:198:18::100"), netip.MustParseAddr("fd00:198:18::101")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := netlab.NewT(t)
+			h := netlab.MustAddHost(t, l, "lb", tc.own)
+			if err := h.Sysctl("net.ipv6.conf."+netlab.HostLink+".accept_dad", "1"); err != nil {
+				t.Fatal(err)
+			}
+			m := openIn(t, h, tc.vips...)
+			present := func(want []netip.Addr) {
+				t.Helper()
+				got, err := m.Present()
+				if err != nil {
+					t.Fatal(err)
+				}
+				slices.SortFunc(got, netip.Addr.Compare) // the kernel lists IPv6 addresses newest first
+				if !slices.Equal(got, want) {
+					t.Fatalf("present: %v, want %v", got, want)
+				}
+			}
+			present(nil)
+			for range 2 {
+				if err := m.Add(); err != nil {
+					t.Fatalf("adding: %v", err)
+				}
+			}
+			present(tc.vips)
+			out, err := h.Exec("ip", "-o", "addr", "show", "dev", netlab.HostLink)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(out, " "+tc.own+" ") {
+				t.Errorf("the node's own address %s is gone:\n%s", tc.own, out)
+			}
+			for _, line := range strings.Split(out, "\n") {
+				for _, v := range tc.vips {
+					if strings.Contains(line, " "+v.String()+"/") && strings.Contains(line, "tentative") {
+						t.Errorf("%s waits for duplicate address detection:\n%s", v, line)
+					}
+				}
+			}
+			for range 2 {
+				if err := m.Remove(); err != nil {
+					t.Fatalf("removing: %v", err)
+				}
+			}
+			present(nil)
+		})
+	}
+}
+
+func TestPrimaryAddressSkipsVirtualIPs(t *testing.T) {
+	l := netlab.NewT(t)
+	h := netlab.MustAddHost(t, l, "lb")
+	vip := netip.MustParseAddr("198.18.0.100")
+	primary := func() (netip.Addr, error) {
+		var a netip.Addr
+		err := h.Do(func() error {
+			var err error
+			a, err = PrimaryAddress(netlab.HostLink, false, []netip.Addr{vip})
+			return err
+		})
+		return a, err
+	}
+	// A virtual IP left by a crashed run, listed before the node's own address.
+	if err := h.AddAddr(vip.String() + "/32"); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := primary(); err == nil || !strings.Contains(err.Error(), "no IPv4 address of its own") {
+		t.Fatalf("with only the virtual IP: %v, %v; want an error saying there is no address of its own", a, err)
+	}
+	if err := h.AddAddr("198.18.0.11/24"); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := primary(); err != nil || a != netip.MustParseAddr("198.18.0.11") {
+		t.Fatalf("primary address %v, %v; want 198.18.0.11", a, err)
+	}
+	var ll netip.Addr
+	netlab.Eventually(t, "the IPv6 link-local address", 5*time.Second, func() error {
+		return h.Do(func() error {
+			var err error
+			ll, err = PrimaryAddress(netlab.HostLink, true, nil)
+			return err
+		})
+	})
+	if !ll.IsLinkLocalUnicast() {
+		t.Errorf("IPv6 primary address %v is not link-local", ll)
+	}
+}
+
+func TestInterfaceFor(t *testing.T) {
+	l := netlab.NewT(t)
+	h := netlab.MustAddHost(t, l, "lb", "198.18.0.11/24")
+	interfaceFor := func(addr string) (string, error) {
+		var name string
+		err := h.Do(func() error {
+			var err error
+			name, err = InterfaceFor(netip.MustParseAddr(addr))
+			return err
+		})
+		return name, err
+	}
+	if name, err := interfaceFor("198.18.0.100"); err != nil || name != netlab.HostLink {
+		t.Errorf("a virtual IP in the link's subnet: %q, %v; want %s", name, err, netlab.HostLink)
+	}
+	// Held, the address is routed through lo; the interface holding it still wins.
+	if err := h.AddAddr("198.18.0.100/32"); err != nil {
+		t.Fatal(err)
+	}
+	if name, err := interfaceFor("198.18.0.100"); err != nil || name != netlab.HostLink {
+		t.Errorf("a virtual IP held on the link: %q, %v; want %s", name, err, netlab.HostLink)
+	}
+	if err := h.Do(func() error {
+		lo, err := net.InterfaceByName("lo")
+		if err != nil {
+			return err
+		}
+		if lo.Flags&net.FlagUp == 0 {
+			return fmt.Errorf("lo is down")
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("the lab host's loopback: %v", err)
+	}
+	for _, addr := range []string{"198.19.0.1", "127.0.0.2"} { // no route; the loopback
+		if name, err := interfaceFor(addr); err == nil || !strings.Contains(err.Error(), "set spec.interface") {
+			t.Errorf("%s: %q, %v; want an error that says to set spec.interface", addr, name, err)
+		}
+	}
+}
