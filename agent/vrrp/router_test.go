@@ -2,6 +2,7 @@ package vrrp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -309,4 +310,64 @@ func linkLocal(t *testing.T, h *netlab.Host) netip.Addr {
 		t.Fatalf("%s has no link-local address", h.Name)
 	}
 	return addr
+}
+
+// TestReconfigureLive edits a running pair as a change of its spec does: priority and
+// preemption apply in place, a change of the group's identity asks for a new router, and
+// a refused change leaves the group as it was.
+func TestReconfigureLive(t *testing.T) {
+	h := lab(t, "lb1", "lb2")
+	lb1 := startRouter(t, h[0], baseConfig(150))
+	lb2 := startRouter(t, h[1], baseConfig(100))
+	waitFor(t, "lb1 elected", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+
+	// Raised above the master without preemption, lb2 waits...
+	cfg := baseConfig(200)
+	cfg.Preempt = false
+	if err := lb2.router.Reconfigure(cfg); err != nil {
+		t.Fatal(err)
+	}
+	netlab.Eventually(t, "lb2's priority", time.Second, func() error {
+		if p := lb2.router.Status().EffectivePriority; p != 200 {
+			return fmt.Errorf("effective priority %d, want 200", p)
+		}
+		return nil
+	})
+	time.Sleep(10 * testInterval)
+	waitFor(t, "lb2 at 200 without preemption", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+	// ...and with preemption it takes the VIP.
+	cfg.Preempt = true
+	if err := lb2.router.Reconfigure(cfg); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "lb2 preempts", testVIP, map[*node]State{lb1: Backup, lb2: Master})
+
+	restart := map[string]func(*Config){
+		"another virtual IP": func(c *Config) { c.VIPs = []netip.Addr{netip.MustParseAddr("198.18.0.101")} },
+		"another VRID":       func(c *Config) { c.VRID = 52 },
+		"VRRPv2":             func(c *Config) { c.Version, c.AdvertInterval = 2, time.Second },
+		"another interface":  func(c *Config) { c.Interface = "lo" },
+	}
+	for what, change := range restart {
+		c := cfg
+		change(&c)
+		if err := lb2.router.Reconfigure(c); !errors.Is(err, ErrRestartRequired) {
+			t.Errorf("%s: %v, want ErrRestartRequired", what, err)
+		}
+	}
+	bad := cfg
+	bad.AdvertInterval = 5 * time.Millisecond
+	if err := lb2.router.Reconfigure(bad); err == nil || errors.Is(err, ErrRestartRequired) || !strings.Contains(err.Error(), "advertisementInterval") {
+		t.Errorf("an interval of 5ms: %v, want an error naming advertisementInterval", err)
+	}
+	time.Sleep(10 * testInterval)
+	waitFor(t, "unchanged after the refused changes", testVIP, map[*node]State{lb1: Backup, lb2: Master})
+	if p := lb2.router.Status().EffectivePriority; p != 200 {
+		t.Errorf("effective priority %d after the refused changes, want 200", p)
+	}
+
+	lb2.stop()
+	if err := lb2.router.Reconfigure(cfg); err == nil {
+		t.Error("a stopped router accepted a new configuration")
+	}
 }
