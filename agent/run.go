@@ -81,7 +81,7 @@ func runStandalone(ctx context.Context, o Options, a *Agent, log logr.Logger) er
 	if err := a.Apply(ctx, s); err != nil {
 		return err
 	}
-	log.Info("Agent started", "mode", "standalone", "node", o.NodeName, "vrid", s.VRRP.VRID, "virtualIPs", s.VRRP.VIPs, "priority", s.VRRP.Priority, "listeners", len(s.Proxy.Listeners))
+	log.Info("Agent started", "mode", "standalone", "vrid", s.VRRP.VRID, "virtualIPs", s.VRRP.VIPs, "priority", s.VRRP.Priority, "listeners", len(s.Proxy.Listeners))
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
