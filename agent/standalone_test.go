@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -54,7 +55,7 @@ func lbpairBinary(t *testing.T) string {
 // pairFile is a standalone agent file: lb1 preferred, 100ms VRRPv3 adverts,
 // port 88 to web01 and web02.
 func pairFile(t *testing.T) string {
-	return pairFileWith(t, "advertisementInterval: 100ms", nodePriority{"lb1", 150}, nodePriority{"lb2", 100})
+	return pairFileWith(t, "advertisementInterval: 100ms\naccessLog: true", nodePriority{"lb1", 150}, nodePriority{"lb2", 100})
 }
 
 // nodePriority is a Node of a standalone file and its priority label.
@@ -222,6 +223,10 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 		return nil
 	})
 
+	netlab.Eventually(t, "an access log line on lb1", 5*time.Second, func() error {
+		return accessLogged(a1.proc.Output())
+	})
+
 	// An idle connection through lb1 outlives the stop: once the VIP has
 	// moved its packets reach lb2, so lb1 closes it at the drain timeout,
 	// which is a clean stop, not an error.
@@ -328,6 +333,26 @@ func TestStandaloneStopReleasesVIPWithLongInterval(t *testing.T) {
 	if hasVIP(t, lb1) {
 		t.Errorf("lb1 exited with the VIP still on its interface:\n%s", a.proc.Output())
 	}
+}
+
+// accessLogged looks in an agent's output for an access log line of a finished
+// connection from the client through port http to a web server.
+func accessLogged(output string) error {
+	for _, line := range strings.Split(output, "\n") {
+		var e struct {
+			Msg, Listener, Client, Backend, End string
+			BytesToClient                       int64
+		}
+		if json.Unmarshal([]byte(line), &e) != nil || e.Msg != "Connection" {
+			continue
+		}
+		if e.Listener != "http" || !strings.HasPrefix(e.Client, "198.18.0.30:") ||
+			(e.Backend != "198.18.0.21:80" && e.Backend != "198.18.0.22:80") || e.BytesToClient == 0 || e.End == "" {
+			return fmt.Errorf("access log line lacks a field: %s", line)
+		}
+		return nil
+	}
+	return fmt.Errorf("no access log line yet")
 }
 
 func tail(rs []probe.Result) []probe.Result {

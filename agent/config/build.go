@@ -155,6 +155,7 @@ func Build(ctx context.Context, in Inputs) (*Settings, error) {
 		resolver = net.DefaultResolver
 	}
 	s.Proxy.DrainTimeout = duration(spec.DrainTimeout)
+	s.Proxy.AccessLog = spec.AccessLog
 	for i := range spec.Ports {
 		l, svc, err := listener(ctx, resolver, vips, &spec.Ports[i], fmt.Sprintf("spec.ports[%d]", i))
 		if err != nil {

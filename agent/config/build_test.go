@@ -145,6 +145,23 @@ func TestBuild(t *testing.T) {
 			},
 		},
 		{
+			name: "the access log is off unless asked for",
+			check: func(t *testing.T, s *Settings) {
+				if s.Proxy.AccessLog {
+					t.Error("access log on by default")
+				}
+			},
+		},
+		{
+			name: "accessLog turns on the proxy's access log",
+			edit: func(f *File) { f.Pair.Spec.AccessLog = true },
+			check: func(t *testing.T, s *Settings) {
+				if !s.Proxy.AccessLog {
+					t.Error("access log off with spec.accessLog true")
+				}
+			},
+		},
+		{
 			name:    "unresolvable backend names its field",
 			edit:    func(f *File) { f.Pair.Spec.Ports[0].Backend.Static[1].Address = "web09:80" },
 			wantErr: `spec.ports[0].backend.static[1].address: resolving "web09"`,

@@ -162,6 +162,13 @@ type LoadBalancerPairSpec struct {
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('1h')",message="drainTimeout must be from 0s to 1h"
 	DrainTimeout *metav1.Duration `json:"drainTimeout,omitempty"`
 
+	// accessLog writes a line to the agent's log for every connection that ends: the port,
+	// client, backend, bytes each way, duration and why it ended, as an access_log in an
+	// nginx stream server. Off by default: at high connection rates the lines cost CPU and
+	// log volume.
+	// +optional
+	AccessLog bool `json:"accessLog,omitempty"`
+
 	// agentPort is the port on each node where the agent serves /healthz, /readyz and
 	// /metrics. Agents use the host network, so pairs sharing nodes need distinct ports.
 	// When unset the manager derives one from the virtual router ID: 9400+VRID for IPv4
