@@ -300,12 +300,13 @@ func (s *clusterSource) deactivate(reason string) {
 		return
 	}
 	s.log.Info("Stopping: giving up the virtual IPs and closing the listeners", "reason", reason)
+	// An inactive agent has nothing to report: its entry goes, and comes
+	// back when the pair selects the node again. The writes stop first, so
+	// that the transitions of stopping are not written to a deleted pair.
+	s.status.pause()
 	if err := s.agent.Deactivate(); err != nil {
 		s.log.Error(err, "Stopping the agent")
 	}
-	// An inactive agent has nothing to report: its entry goes, and comes
-	// back when the pair selects the node again.
-	s.status.pause()
 	s.status.remove()
 }
 

@@ -106,7 +106,9 @@ func (r *statusReporter) loop(ctx context.Context) {
 		case <-timer.C:
 		}
 		err := r.writeUnlessPaused(ctx)
-		if err == nil {
+		if err == nil || apierrors.IsNotFound(err) {
+			// A pair deleted a moment ago: the cache tells sync soon, which
+			// pauses the writes; until then there is nothing to retry.
 			backoff = minRetry
 			timer.Reset(statusRefresh)
 			continue

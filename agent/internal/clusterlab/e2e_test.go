@@ -359,6 +359,10 @@ func TestClusterE2E(t *testing.T) {
 	t.Run("pair deleted", func(t *testing.T) {
 		pair, err := l.Pair(ctx)
 		must(t, err)
+		logged := map[*Node]int{}
+		for _, n := range l.Nodes {
+			logged[n] = len(n.Agent.Output())
+		}
 		must(t, l.Client.Delete(ctx, pair))
 		netlab.Eventually(t, "no VIP and no listener left", 20*time.Second, func() error {
 			if h := l.VIPHolders(); len(h) > 0 {
@@ -371,6 +375,16 @@ func TestClusterE2E(t *testing.T) {
 			}
 			return nil
 		})
+		// Stopping for a deleted pair is routine: no agent logs an error for it
+		// (such as status writes to the deleted pair), now or on the first retry.
+		time.Sleep(time.Second)
+		for _, n := range l.Nodes {
+			for _, line := range strings.Split(n.Agent.Output()[logged[n]:], "\n") {
+				if strings.Contains(line, `"level":"error"`) {
+					t.Errorf("%s logged an error after the pair was deleted: %s", n.Name, line)
+				}
+			}
+		}
 	})
 }
 
