@@ -64,15 +64,31 @@ type nodePriority struct {
 	priority int
 }
 
+// family is the addresses of the pair lab in one address family.
+type family struct {
+	vip      string
+	backends [2]string // web01's and web02's
+}
+
+var (
+	ipv4 = family{standaloneVIP, [2]string{"198.18.0.21:80", "198.18.0.22:80"}}
+	ipv6 = family{"fd00:198:18::100", [2]string{"[fd00:198:18::21]:80", "[fd00:198:18::22]:80"}}
+)
+
 // pairFileWith is a standalone agent file for the given nodes, with port 88
 // to web01 and web02; vrrp holds the spec's VRRP fields, one per line.
 func pairFileWith(t *testing.T, vrrp string, nodes ...nodePriority) string {
+	return pairFileFor(t, ipv4, vrrp, nodes...)
+}
+
+// pairFileFor is pairFileWith in the given address family.
+func pairFileFor(t *testing.T, fam family, vrrp string, nodes ...nodePriority) string {
 	t.Helper()
 	doc := fmt.Sprintf(`apiVersion: lbpair.io/v1alpha1
 kind: LoadBalancerPair
 metadata: {name: web}
 spec:
-  virtualIPs: [%s]
+  virtualIPs: ["%s"]
   virtualRouterID: 51
   %s
   drainTimeout: 2s
@@ -81,9 +97,9 @@ spec:
   - name: http
     port: %d
     backend:
-      static: [{address: "198.18.0.21:80"}, {address: "198.18.0.22:80"}]
+      static: [{address: "%s"}, {address: "%s"}]
     timeouts: {connect: 200ms}
-`, standaloneVIP, strings.ReplaceAll(vrrp, "\n", "\n  "), lbPort)
+`, fam.vip, strings.ReplaceAll(vrrp, "\n", "\n  "), lbPort, fam.backends[0], fam.backends[1])
 	for _, n := range nodes {
 		doc += fmt.Sprintf("---\napiVersion: v1\nkind: Node\nmetadata: {name: %s, labels: {lbpair.io/priority: \"%d\"}}\n", n.name, n.priority)
 	}
@@ -156,16 +172,19 @@ func httpGetFrom(h *netlab.Host, url string) (int, string, error) {
 }
 
 // pairLab makes the hosts of a pair's lab: lb1 and lb2 for the pair, web01
-// and web02 serving their names on :80, and a client.
+// and web02 serving their names on :80, and a client; every host has an IPv4
+// and an IPv6 address.
 func pairLab(t *testing.T) (lb1, lb2, client *netlab.Host) {
 	l := netlab.NewT(t)
-	lb1 = netlab.MustAddHost(t, l, "lb1", "198.18.0.11/24")
-	lb2 = netlab.MustAddHost(t, l, "lb2", "198.18.0.12/24")
-	web1 := netlab.MustAddHost(t, l, "web01", "198.18.0.21/24")
-	web2 := netlab.MustAddHost(t, l, "web02", "198.18.0.22/24")
-	client = netlab.MustAddHost(t, l, "client", "198.18.0.30/24")
-	serveName(t, web1, "198.18.0.21:80")
-	serveName(t, web2, "198.18.0.22:80")
+	lb1 = netlab.MustAddHost(t, l, "lb1", "198.18.0.11/24", "fd00:198:18::11/64")
+	lb2 = netlab.MustAddHost(t, l, "lb2", "198.18.0.12/24", "fd00:198:18::12/64")
+	web1 := netlab.MustAddHost(t, l, "web01", "198.18.0.21/24", "fd00:198:18::21/64")
+	web2 := netlab.MustAddHost(t, l, "web02", "198.18.0.22/24", "fd00:198:18::22/64")
+	client = netlab.MustAddHost(t, l, "client", "198.18.0.30/24", "fd00:198:18::30/64")
+	for _, fam := range []family{ipv4, ipv6} {
+		serveName(t, web1, fam.backends[0])
+		serveName(t, web2, fam.backends[1])
+	}
 	return lb1, lb2, client
 }
 
@@ -311,6 +330,61 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 	})
 }
 
+// TestStandaloneIPv6PairFailsOver runs a pair on IPv6: VRRPv3 between link-local
+// addresses, the proxy on an IPv6 virtual IP to IPv6 backends. When the holder is
+// killed, its kernel keeps the virtual IP and resets every connection to it, and the
+// client still maps the virtual IP to its MAC: only the new holder's unsolicited
+// neighbour advertisements move the client within the bound checked here (without them
+// it waits for its neighbour entry to expire, tens of seconds).
+func TestStandaloneIPv6PairFailsOver(t *testing.T) {
+	lb1, lb2, client := pairLab(t)
+	bin, file := lbpairBinary(t), pairFileFor(t, ipv6, "advertisementInterval: 100ms", nodePriority{"lb1", 150}, nodePriority{"lb2", 100})
+	a1 := startAgent(t, lb1, bin, file)
+	startAgent(t, lb2, bin, file)
+	netlab.Eventually(t, "lb1 holds the IPv6 VIP", 10*time.Second, func() error {
+		if !holds(t, lb1, ipv6.vip) || holds(t, lb2, ipv6.vip) {
+			return fmt.Errorf("VIP on lb1 %v, lb2 %v", holds(t, lb1, ipv6.vip), holds(t, lb2, ipv6.vip))
+		}
+		return nil
+	})
+	p := &probe.Prober{Addr: fmt.Sprintf("[%s]:%d", ipv6.vip, lbPort), Period: 10 * time.Millisecond, Timeout: time.Second, Dial: dialFrom(client)}
+	p.Start()
+	defer p.Stop()
+	netlab.Eventually(t, "clients served through the IPv6 VIP", 5*time.Second, func() error { return lastOK(p.Results()) })
+
+	killAt := time.Now()
+	if err := a1.proc.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	netlab.Eventually(t, "clients served by lb2", 5*time.Second, func() error {
+		if !holds(t, lb2, ipv6.vip) {
+			return fmt.Errorf("lb2 has no VIP")
+		}
+		return lastOK(p.Results())
+	})
+	time.Sleep(p.Timeout + 100*time.Millisecond)
+	outage, failed := probe.Outage(p.Results(), killAt)
+	t.Logf("kill -9 over IPv6: longest outage %v, %d failed probes", outage, failed)
+	if outage > 3*time.Second {
+		t.Errorf("outage %v after the kill; the announcements should have moved the client within a second or so", outage)
+	}
+	mac, err := lb2.Exec("cat", "/sys/class/net/"+netlab.HostLink+"/address")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if neigh, err := client.Exec("ip", "-6", "neigh", "show", ipv6.vip, "dev", netlab.HostLink); err != nil || !strings.Contains(neigh, strings.TrimSpace(mac)) {
+		t.Errorf("the client maps the VIP to %q (%v), want lb2's MAC %s", strings.TrimSpace(neigh), err, strings.TrimSpace(mac))
+	}
+}
+
+// lastOK is nil when the latest probe was answered by a backend.
+func lastOK(rs []probe.Result) error {
+	if len(rs) == 0 || !rs[len(rs)-1].OK || rs[len(rs)-1].Backend == "" {
+		return fmt.Errorf("last probes %v", tail(rs))
+	}
+	return nil
+}
+
 // TestStandaloneStopReleasesVIPWithLongInterval stops a lone master whose
 // Master_Down_Interval (VRRPv2, 2s adverts: about 6.4s) is longer than the
 // agent waits for its router to stop: the handover wait must give up first,
@@ -364,9 +438,15 @@ func tail(rs []probe.Result) []probe.Result {
 
 func hasVIP(t *testing.T, h *netlab.Host) bool {
 	t.Helper()
+	return holds(t, h, standaloneVIP)
+}
+
+// holds tells whether addr is on the host's link.
+func holds(t *testing.T, h *netlab.Host, addr string) bool {
+	t.Helper()
 	out, err := h.Exec("ip", "-o", "addr", "show", "dev", netlab.HostLink)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return strings.Contains(out, " "+standaloneVIP+"/")
+	return strings.Contains(out, " "+addr+"/")
 }
