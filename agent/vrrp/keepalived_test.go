@@ -2,6 +2,7 @@ package vrrp
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -52,6 +53,7 @@ type keepalivedConfig struct {
 	priority int
 	interval string
 	password string
+	vip      netip.Addr
 }
 
 func needKeepalived(t *testing.T) string {
@@ -89,10 +91,10 @@ vrrp_instance VI_%[3]d {
     priority %[5]d
     advert_int %[6]s
 %[7]s    virtual_ipaddress {
-        %[8]s/32
+        %[8]s/%[9]d
     }
 }
-`, h.Name, c.version, c.vrid, netlab.HostLink, c.priority, c.interval, auth, testVIP)
+`, h.Name, c.version, c.vrid, netlab.HostLink, c.priority, c.interval, auth, c.vip, c.vip.BitLen())
 	path := filepath.Join(dir, "keepalived.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
@@ -108,18 +110,18 @@ vrrp_instance VI_%[3]d {
 	return k
 }
 
-// waitVIP waits until the VIP is on exactly the hosts given.
-func waitVIP(t *testing.T, what string, holders []*netlab.Host, others []*netlab.Host) time.Duration {
+// waitVIP waits until vip is on exactly the hosts given.
+func waitVIP(t *testing.T, what string, vip netip.Addr, holders []*netlab.Host, others []*netlab.Host) time.Duration {
 	t.Helper()
 	start := time.Now()
 	deadline := start.Add(15 * time.Second)
 	for {
 		ok := true
 		for _, h := range holders {
-			ok = ok && hasVIP(t, h, testVIP)
+			ok = ok && hasVIP(t, h, vip)
 		}
 		for _, h := range others {
-			ok = ok && !hasVIP(t, h, testVIP)
+			ok = ok && !hasVIP(t, h, vip)
 		}
 		if ok {
 			return time.Since(start)
@@ -141,46 +143,63 @@ func names(hs []*netlab.Host) string {
 
 func TestKeepalivedInterop(t *testing.T) {
 	needKeepalived(t)
+	vip6 := netip.MustParseAddr("fd00:198:18::100")
 	modes := []struct {
 		name     string
 		version  int
 		interval time.Duration
 		kaIntvl  string
 		password string
+		vip      netip.Addr
 	}{
-		{"VRRPv2 with PASS authentication", 2, time.Second, "1", "s3cret"},
-		{"VRRPv3 at 100ms", 3, 100 * time.Millisecond, "0.1", ""},
+		{"VRRPv2 with PASS authentication", 2, time.Second, "1", "s3cret", testVIP},
+		{"VRRPv3 at 100ms", 3, 100 * time.Millisecond, "0.1", "", testVIP},
+		{"VRRPv3 over IPv6", 3, 100 * time.Millisecond, "0.1", "", vip6},
 	}
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
+			vip := m.vip
 			cfg := func(prio uint8) Config {
 				c := baseConfig(prio)
 				c.Version, c.AdvertInterval, c.AuthPassword = m.version, m.interval, m.password
+				c.VIPs, c.Interface = []netip.Addr{vip}, netlab.HostLink
 				return c
 			}
-			ka := keepalivedConfig{version: m.version, vrid: 51, interval: m.kaIntvl, password: m.password}
+			ka := keepalivedConfig{version: m.version, vrid: 51, interval: m.kaIntvl, password: m.password, vip: vip}
+			// Both families on every host: IPv6 adverts go between link-local
+			// addresses, which must be up before a router starts.
+			lab := func(t *testing.T, names ...string) []*netlab.Host {
+				hosts := lab(t, names...)
+				for i, h := range hosts {
+					if err := h.AddAddr(fmt.Sprintf("fd00:198:18::%d/64", 11+i)); err != nil {
+						t.Fatal(err)
+					}
+					linkLocal(t, h)
+				}
+				return hosts
+			}
 
 			t.Run("ours master, keepalived backup, failover both ways", func(t *testing.T) {
 				h := lab(t, "ours", "ka")
 				ours := startRouter(t, h[0], cfg(150))
-				waitFor(t, "ours alone", testVIP, map[*node]State{ours: Master})
+				waitFor(t, "ours alone", vip, map[*node]State{ours: Master})
 				ka.priority = 100
 				k := startKeepalived(t, h[1], ka)
 				// keepalived stays backup for many intervals.
 				time.Sleep(5 * m.interval)
-				waitVIP(t, "ours holds against keepalived", h[:1], h[1:])
+				waitVIP(t, "ours holds against keepalived", vip, h[:1], h[1:])
 				if s := ours.state(); s != Master {
 					t.Fatalf("ours is %v", s)
 				}
 				ours.stop()
-				waitVIP(t, "keepalived takes over after our graceful stop", h[1:], h[:1])
+				waitVIP(t, "keepalived takes over after our graceful stop", vip, h[1:], h[:1])
 				// keepalived's own log says why: our priority-0 advert, not
 				// a silent master.
 				if out := k.proc.Output(); !strings.Contains(out, "Backup received priority 0 advertisement") {
 					t.Errorf("keepalived did not log our priority-0 advert:\n%s", out)
 				}
 				ours = startRouter(t, h[0], cfg(150))
-				took := waitVIP(t, "ours preempts keepalived", h[:1], h[1:])
+				took := waitVIP(t, "ours preempts keepalived", vip, h[:1], h[1:])
 				t.Logf("ours preempted keepalived in %v", took)
 				if s := ours.state(); s != Master {
 					t.Fatalf("ours is %v", s)
@@ -191,30 +210,30 @@ func TestKeepalivedInterop(t *testing.T) {
 				h := lab(t, "ka", "ours")
 				ka.priority = 150
 				k := startKeepalived(t, h[0], ka)
-				waitVIP(t, "keepalived alone", h[:1], h[1:])
+				waitVIP(t, "keepalived alone", vip, h[:1], h[1:])
 				ours := startRouter(t, h[1], cfg(100))
 				time.Sleep(5 * m.interval)
-				waitFor(t, "ours follows keepalived", testVIP, map[*node]State{ours: Backup})
+				waitFor(t, "ours follows keepalived", vip, map[*node]State{ours: Backup})
 				// kill -9: keepalived goes silent with the VIP still on its
 				// (now dead) host; ours takes over after Master_Down_Interval.
 				start := time.Now()
 				k.crash(t)
-				waitFor(t, "ours after keepalived was killed", testVIP, map[*node]State{ours: Master})
+				waitFor(t, "ours after keepalived was killed", vip, map[*node]State{ours: Master})
 				t.Logf("ours took over %v after keepalived was killed", time.Since(start))
 				// A restarted keepalived with the higher priority takes the
 				// VIP back from ours.
-				if _, err := h[0].Exec("ip", "addr", "del", testVIP.String()+"/32", "dev", netlab.HostLink); err != nil {
+				if _, err := h[0].Exec("ip", "addr", "del", fmt.Sprintf("%s/%d", vip, vip.BitLen()), "dev", netlab.HostLink); err != nil {
 					t.Logf("removing the dead keepalived's VIP: %v", err)
 				}
 				startKeepalived(t, h[0], ka)
-				waitVIP(t, "keepalived preempts ours", h[:1], h[1:])
-				waitFor(t, "ours back to backup", testVIP, map[*node]State{ours: Backup})
+				waitVIP(t, "keepalived preempts ours", vip, h[:1], h[1:])
+				waitFor(t, "ours back to backup", vip, map[*node]State{ours: Backup})
 			})
 
 			t.Run("wrong VRID or password is ignored", func(t *testing.T) {
 				h := lab(t, "ours", "ka")
 				ours := startRouter(t, h[0], cfg(100))
-				waitFor(t, "ours alone", testVIP, map[*node]State{ours: Master})
+				waitFor(t, "ours alone", vip, map[*node]State{ours: Master})
 				bad := ka
 				bad.priority = 200
 				if m.password != "" {
@@ -226,7 +245,7 @@ func TestKeepalivedInterop(t *testing.T) {
 				// keepalived becomes master of its own group; ours is not
 				// disturbed and drops its adverts.
 				time.Sleep(5*m.interval + time.Second)
-				waitFor(t, "ours undisturbed", testVIP, map[*node]State{ours: Master})
+				waitFor(t, "ours undisturbed", vip, map[*node]State{ours: Master})
 				reason := "auth"
 				if m.password == "" {
 					reason = "vrid"
