@@ -252,7 +252,7 @@ func (r *Router) Run(ctx context.Context) error {
 			now := time.Now()
 			r.exec(r.m.Tick(now))
 			if !r.nextAnnounce.IsZero() && !now.Before(r.nextAnnounce) {
-				r.announce()
+				r.announceBurst()
 				r.nextAnnounce = time.Time{}
 				if r.cfg.Announce.Refresh > 0 && r.m.State() == Master {
 					r.nextAnnounce = now.Add(r.cfg.Announce.Refresh)
@@ -494,9 +494,7 @@ func (r *Router) exec(step Step) {
 			if err := r.vips.Add(); err != nil {
 				r.log.Error(err, "Adding the virtual IPs")
 			}
-			for range max(r.cfg.Announce.Repeat, 1) {
-				r.announce()
-			}
+			r.announceBurst()
 			r.nextAnnounce = time.Time{}
 			if r.cfg.Announce.Delay > 0 {
 				r.nextAnnounce = time.Now().Add(r.cfg.Announce.Delay)
@@ -504,9 +502,7 @@ func (r *Router) exec(step Step) {
 				r.nextAnnounce = time.Now().Add(r.cfg.Announce.Refresh)
 			}
 		case Reannounce:
-			for range max(r.cfg.Announce.Repeat, 1) {
-				r.announce()
-			}
+			r.announceBurst()
 		case ReleaseVIPs:
 			r.nextAnnounce = time.Time{}
 			if err := r.vips.Remove(); err != nil {
@@ -552,9 +548,13 @@ func (r *Router) runHooks(done chan<- struct{}) {
 	}
 }
 
-func (r *Router) announce() {
-	if err := r.vips.Announce(); err != nil {
-		r.log.Error(err, "Announcing the virtual IPs")
+// announceBurst sends Announce.Repeat announcements of every virtual IP.
+func (r *Router) announceBurst() {
+	for range max(r.cfg.Announce.Repeat, 1) {
+		if err := r.vips.Announce(); err != nil {
+			r.log.Error(err, "Announcing the virtual IPs")
+			return
+		}
 	}
 }
 

@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr/testr"
+	"github.com/mdlayher/arp"
 
 	"github.com/lbpair/lbpair/agent/internal/netlab"
 	"github.com/lbpair/lbpair/agent/track"
@@ -370,4 +374,85 @@ func TestReconfigureLive(t *testing.T) {
 	if err := lb2.router.Reconfigure(cfg); err == nil {
 		t.Error("a stopped router accepted a new configuration")
 	}
+}
+
+// arpCounter counts, on a lab host, the gratuitous ARP requests for vip.
+type arpCounter struct {
+	mu sync.Mutex
+	at []time.Time
+}
+
+func countAnnouncements(t *testing.T, h *netlab.Host, vip netip.Addr) *arpCounter {
+	t.Helper()
+	var c *arp.Client
+	if err := h.Do(func() error {
+		ifi, err := net.InterfaceByName(netlab.HostLink)
+		if err != nil {
+			return err
+		}
+		c, err = arp.Dial(ifi)
+		return err
+	}); err != nil {
+		t.Fatalf("listening for ARP on %s: %v", h.Name, err)
+	}
+	ac := &arpCounter{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			p, _, err := c.Read()
+			if err != nil {
+				return // closed
+			}
+			if p.Operation == arp.OperationRequest && p.SenderIP == vip && p.TargetIP == vip {
+				ac.mu.Lock()
+				ac.at = append(ac.at, time.Now())
+				ac.mu.Unlock()
+			}
+		}
+	}()
+	t.Cleanup(func() { c.Close(); <-done })
+	return ac
+}
+
+func (ac *arpCounter) times() []time.Time {
+	ac.mu.Lock()
+	defer ac.mu.Unlock()
+	return slices.Clone(ac.at)
+}
+
+// TestAnnouncementBursts: a new master sends Repeat announcements at once, Repeat more
+// after Delay, and Repeat every Refresh while it is master, as a neighbour sees them.
+func TestAnnouncementBursts(t *testing.T) {
+	// master starts a lone router with the announcements a, and counts what a peer sees.
+	master := func(t *testing.T, a Announce) (*node, *arpCounter) {
+		h := lab(t, "lb1", "peer")
+		seen := countAnnouncements(t, h[1], testVIP)
+		cfg := baseConfig(150)
+		cfg.Announce = a
+		lb1 := startRouter(t, h[0], cfg)
+		waitFor(t, "lb1 alone", testVIP, map[*node]State{lb1: Master})
+		return lb1, seen
+	}
+	t.Run("second burst after the delay", func(t *testing.T) {
+		_, seen := master(t, Announce{Repeat: 3, Delay: 500 * time.Millisecond})
+		time.Sleep(1500 * time.Millisecond)
+		at := seen.times()
+		if len(at) != 6 {
+			t.Fatalf("the peer saw %d announcements, want 3 at takeover and 3 after the delay", len(at))
+		}
+		if gap := at[3].Sub(at[2]); gap < 400*time.Millisecond {
+			t.Errorf("the second burst came %v after the first, want about the 500ms delay", gap)
+		}
+	})
+	t.Run("a burst every refresh", func(t *testing.T) {
+		lb1, seen := master(t, Announce{Repeat: 2, Refresh: 200 * time.Millisecond})
+		time.Sleep(time.Second)
+		lb1.stop() // a stopped master announces no more, and no burst is left half sent
+		time.Sleep(100 * time.Millisecond)
+		n := len(seen.times())
+		if n < 2+3*2 || n%2 != 0 {
+			t.Errorf("the peer saw %d announcements in about a second, want bursts of 2 at takeover and every 200ms", n)
+		}
+	})
 }
