@@ -233,3 +233,25 @@ func TestVRIDAllocationAndConflictsOnTheAPIServer(t *testing.T) {
 		return nil
 	})
 }
+
+// TestAgentPort: an explicit spec.agentPort wins; otherwise the port follows the VRID,
+// in a range per family, since VRIDs are unique only within a family.
+func TestAgentPort(t *testing.T) {
+	pair := func(vip string, port *int32) *lbv1.LoadBalancerPair {
+		return &lbv1.LoadBalancerPair{Spec: lbv1.LoadBalancerPairSpec{VirtualIPs: []string{vip}, AgentPort: port}}
+	}
+	explicit := int32(19000)
+	for _, tt := range []struct {
+		name string
+		pair *lbv1.LoadBalancerPair
+		want int32
+	}{
+		{"IPv4", pair("198.18.0.100", nil), 9451},
+		{"IPv6", pair("fd00:198:18::100", nil), 9751},
+		{"set in the spec", pair("fd00:198:18::100", &explicit), 19000},
+	} {
+		if got := agentPort(tt.pair, 51); got != tt.want {
+			t.Errorf("%s: agent port %d for VRID 51, want %d", tt.name, got, tt.want)
+		}
+	}
+}
