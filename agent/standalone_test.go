@@ -67,12 +67,12 @@ type nodePriority struct {
 // family is the addresses of the pair lab in one address family.
 type family struct {
 	vip      string
-	backends [2]string // web01's and web02's
+	backends []string // web01's and web02's
 }
 
 var (
-	ipv4 = family{standaloneVIP, [2]string{"198.18.0.21:80", "198.18.0.22:80"}}
-	ipv6 = family{"fd00:198:18::100", [2]string{"[fd00:198:18::21]:80", "[fd00:198:18::22]:80"}}
+	ipv4 = family{standaloneVIP, []string{"198.18.0.21:80", "198.18.0.22:80"}}
+	ipv6 = family{"fd00:198:18::100", []string{"[fd00:198:18::21]:80", "[fd00:198:18::22]:80"}}
 )
 
 // pairFileWith is a standalone agent file for the given nodes, with port 88
@@ -84,6 +84,10 @@ func pairFileWith(t *testing.T, vrrp string, nodes ...nodePriority) string {
 // pairFileFor is pairFileWith in the given address family.
 func pairFileFor(t *testing.T, fam family, vrrp string, nodes ...nodePriority) string {
 	t.Helper()
+	var static []string
+	for _, b := range fam.backends {
+		static = append(static, fmt.Sprintf("{address: %q}", b))
+	}
 	doc := fmt.Sprintf(`apiVersion: lbpair.io/v1alpha1
 kind: LoadBalancerPair
 metadata: {name: web}
@@ -97,9 +101,9 @@ spec:
   - name: http
     port: %d
     backend:
-      static: [{address: "%s"}, {address: "%s"}]
+      static: [%s]
     timeouts: {connect: 200ms}
-`, fam.vip, strings.ReplaceAll(vrrp, "\n", "\n  "), lbPort, fam.backends[0], fam.backends[1])
+`, fam.vip, strings.ReplaceAll(vrrp, "\n", "\n  "), lbPort, strings.Join(static, ", "))
 	for _, n := range nodes {
 		doc += fmt.Sprintf("---\napiVersion: v1\nkind: Node\nmetadata: {name: %s, labels: {lbpair.io/priority: \"%d\"}}\n", n.name, n.priority)
 	}
@@ -374,6 +378,79 @@ func TestStandaloneIPv6PairFailsOver(t *testing.T) {
 	}
 	if neigh, err := client.Exec("ip", "-6", "neigh", "show", ipv6.vip, "dev", netlab.HostLink); err != nil || !strings.Contains(neigh, strings.TrimSpace(mac)) {
 		t.Errorf("the client maps the VIP to %q (%v), want lb2's MAC %s", strings.TrimSpace(neigh), err, strings.TrimSpace(mac))
+	}
+}
+
+// TestStandaloneReloadOnSIGHUP reloads the file as `nginx -s reload` does: a new backend
+// list applies without a failed request or a VRRP transition, and a file that does not
+// load is reported while the running configuration keeps serving.
+func TestStandaloneReloadOnSIGHUP(t *testing.T) {
+	lb1, _, client := pairLab(t)
+	bin := lbpairBinary(t)
+	file := pairFileWith(t, "advertisementInterval: 100ms", nodePriority{"lb1", 150})
+	a := startAgent(t, lb1, bin, file)
+	netlab.Eventually(t, "lb1 holds the VIP", 10*time.Second, func() error {
+		if !hasVIP(t, lb1) {
+			return fmt.Errorf("lb1 has no VIP")
+		}
+		return nil
+	})
+	p := &probe.Prober{Addr: fmt.Sprintf("%s:%d", standaloneVIP, lbPort), Period: 10 * time.Millisecond, Timeout: time.Second, Dial: dialFrom(client)}
+	p.Start()
+	defer p.Stop()
+	netlab.Eventually(t, "clients served through the VIP", 5*time.Second, func() error { return lastOK(p.Results()) })
+	start := time.Now()
+	transitions := strings.Count(a.proc.Output(), "VRRP state changed")
+
+	// reload rewrites the file in place and signals the agent, then waits for want in
+	// its log.
+	reload := func(content []byte, want string) time.Time {
+		t.Helper()
+		logged := len(a.proc.Output())
+		if err := os.WriteFile(file, content, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.proc.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		netlab.Eventually(t, "the agent logging "+want, 5*time.Second, func() error {
+			if !strings.Contains(a.proc.Output()[logged:], want) {
+				return fmt.Errorf("not yet")
+			}
+			return nil
+		})
+		return time.Now()
+	}
+	// servedOnlyBy checks that every probe since at went to backend.
+	servedOnlyBy := func(what, backend string, at time.Time) {
+		t.Helper()
+		time.Sleep(300 * time.Millisecond)
+		for _, r := range p.Results() {
+			if r.At.After(at) && r.OK && r.Backend != backend {
+				t.Errorf("%s: a request went to %s, want only %s", what, r.Backend, backend)
+				return
+			}
+		}
+	}
+
+	onlyWeb02 := ipv4
+	onlyWeb02.backends = ipv4.backends[1:]
+	edited, err := os.ReadFile(pairFileFor(t, onlyWeb02, "advertisementInterval: 100ms", nodePriority{"lb1", 150}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := reload(edited, "Configuration reloaded")
+	servedOnlyBy("after the reload", "web02", at)
+
+	at = reload([]byte("apiVersion: lbpair.io/v1alpha1\nkind: LoadBalancerPair\nspec: {virtualIPs: [\n"), "Reload failed; keeping the running configuration")
+	servedOnlyBy("after a file that does not load", "web02", at)
+
+	time.Sleep(p.Timeout)
+	if _, failed := probe.Outage(p.Results(), start); failed > 0 {
+		t.Errorf("%d requests failed across the reloads", failed)
+	}
+	if n := strings.Count(a.proc.Output(), "VRRP state changed"); n != transitions || !hasVIP(t, lb1) {
+		t.Errorf("the reloads moved the VIP: %d VRRP transitions, VIP on lb1 %v", n-transitions, hasVIP(t, lb1))
 	}
 }
 
