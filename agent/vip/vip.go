@@ -28,15 +28,14 @@ var allNodes = netip.MustParseAddr("ff02::1")
 // sockets are opened by Open in the network namespace of the caller, and
 // stay there whichever goroutine uses them later.
 type Manager struct {
-	log   logr.Logger
-	vips  []netip.Addr
-	ifi   *net.Interface
-	h     *netlink.Handle
-	link  netlink.Link
-	mu    sync.Mutex
-	arp   *arp.Client
-	ndp   *ndp.Conn
-	label string
+	log  logr.Logger
+	vips []netip.Addr
+	ifi  *net.Interface
+	h    *netlink.Handle
+	link netlink.Link
+	mu   sync.Mutex
+	arp  *arp.Client
+	ndp  *ndp.Conn
 }
 
 // Open prepares the virtual IPs of one family on the interface named ifname.
