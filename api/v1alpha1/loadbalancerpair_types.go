@@ -658,7 +658,3 @@ type LoadBalancerPairList struct {
 	// items are the LoadBalancerPairs.
 	Items []LoadBalancerPair `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&LoadBalancerPair{}, &LoadBalancerPairList{})
-}
