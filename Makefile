@@ -55,9 +55,14 @@ tools-gen:
 lab-deps: ## Install the Debian packages the namespace labs use (root).
 	hack/install-lab-deps.sh
 
-.PHONY: test
-test: tools lab-deps verify ## Everything CI runs: tools, generated-file drift, vet, unit, envtest, namespace and e2e (make e2e) tests.
+.PHONY: lint
+lint: ## go vet and staticcheck.
+	hack/tools.sh staticcheck
 	$(GO) vet ./...
+	$(BIN)/staticcheck ./...
+
+.PHONY: test
+test: tools lab-deps verify lint ## Everything CI runs: tools, generated-file drift, lint, unit, envtest, namespace and e2e (make e2e) tests.
 	KUBEBUILDER_ASSETS=$(BIN) $(GO) test -count=1 -timeout 20m ./...
 
 .PHONY: e2e

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Builds the pinned binaries the tests need from Go modules: kube-apiserver and kubectl
 # (k8s.io/kubernetes with its staging modules replaced by their published versions), etcd
-# (through a wrapper main), helm and controller-gen. Nothing is downloaded prebuilt.
+# (through a wrapper main), helm, controller-gen and staticcheck. Nothing is downloaded
+# prebuilt.
 #
 # Each binary is built once per version into a cache outside the clone
 # (LBPAIR_TOOLS_CACHE, default ~/.cache/lbpair/tools/NAME-VERSION) and linked into bin/, so
 # a fresh clone on the same machine reuses it.
 #
-# Usage: hack/tools.sh [kube-apiserver|kubectl|etcd|helm|controller-gen|all]...
+# Usage: hack/tools.sh [kube-apiserver|kubectl|etcd|helm|controller-gen|staticcheck|all]...
 set -euo pipefail
 
 KUBE_VERSION=${KUBE_VERSION:-v1.37.2}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
 CONTROLLER_TOOLS_VERSION=${CONTROLLER_TOOLS_VERSION:-v0.23.0}
+STATICCHECK_VERSION=${STATICCHECK_VERSION:-v0.8.2}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${LBPAIR_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lbpair/tools}
@@ -130,7 +132,8 @@ for w in "${want[@]}"; do
     etcd) build_etcd ;;
     helm) go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" ;;
     controller-gen) go_install controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen "$CONTROLLER_TOOLS_VERSION" ;;
-    all) "$0" etcd kube-apiserver kubectl helm controller-gen ;;
+    staticcheck) go_install staticcheck honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION" ;;
+    all) "$0" etcd kube-apiserver kubectl helm controller-gen staticcheck ;;
     *) echo "tools: unknown tool $w" >&2; exit 2 ;;
   esac
 done

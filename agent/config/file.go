@@ -83,19 +83,19 @@ func (f *File) add(doc []byte) error {
 		}
 		var p lbv1.LoadBalancerPair
 		if err := yaml.UnmarshalStrict(doc, &p); err != nil {
-			return fmt.Errorf("LoadBalancerPair: %w", err)
+			return fmt.Errorf("reading the LoadBalancerPair: %w", err)
 		}
 		f.Pair = &p
 	case tm.APIVersion == "v1" && tm.Kind == "Secret":
 		var s corev1.Secret
 		if err := yaml.UnmarshalStrict(doc, &s); err != nil {
-			return fmt.Errorf("Secret: %w", err)
+			return fmt.Errorf("reading the Secret: %w", err)
 		}
 		f.Secrets = append(f.Secrets, s)
 	case tm.APIVersion == "v1" && tm.Kind == "Node":
 		var n corev1.Node
 		if err := yaml.UnmarshalStrict(doc, &n); err != nil {
-			return fmt.Errorf("Node: %w", err)
+			return fmt.Errorf("reading the Node: %w", err)
 		}
 		f.Nodes = append(f.Nodes, n)
 	default:

@@ -72,7 +72,7 @@ func TestParseFileErrors(t *testing.T) {
 		{"two pairs", seedPair + "---\n" + seedPair, "document 2: a second LoadBalancerPair"},
 		{"other kind", seedPair + "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", `document 2: unsupported object apiVersion "v1" kind "ConfigMap"`},
 		{"bad yaml", seedPair + "---\nkind: [\n", "document 2: reading apiVersion and kind"},
-		{"wrong type", strings.Replace(seedPair, "port: 88", "port: eighty-eight", 1), "document 1: LoadBalancerPair:"},
+		{"wrong type", strings.Replace(seedPair, "port: 88", "port: eighty-eight", 1), "document 1: reading the LoadBalancerPair:"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
