@@ -76,6 +76,12 @@ func TestLargeTransfersIntact(t *testing.T) {
 	if got := testutil.ToFloat64(s.metrics.accepted.WithLabelValues("bulk")); got != 4 {
 		t.Errorf("connections_accepted_total = %v, want 4", got)
 	}
+	// Round robin over two healthy backends: two connections each.
+	for i := 1; i <= 2; i++ {
+		if got := testutil.ToFloat64(s.metrics.selections.WithLabelValues("bulk", backendAddr(i, 8080).String())); got != 2 {
+			t.Errorf("backend_selections_total{backend=%q} = %v, want 2", backendAddr(i, 8080), got)
+		}
+	}
 	if n, err := testutil.GatherAndCount(reg, "lbpair_proxy_connection_duration_seconds"); err != nil || n != 1 {
 		t.Errorf("connection_duration_seconds series = %d, %v; want 1", n, err)
 	}
@@ -416,6 +422,8 @@ func TestMaxConnections(t *testing.T) {
 	if err := roundTrip(tl, vip(80), "over"); err == nil || !isRefused(err) {
 		t.Errorf("third connection: %v, want a refusal", err)
 	}
+	refused := s.metrics.refused.WithLabelValues("web", refusedMaxConnections)
+	waitFor(t, "the refusal to be counted", func() bool { return testutil.ToFloat64(refused) == 1 })
 	open[0].Close()
 	waitFor(t, "the closed connection to leave the count", func() bool { return s.Status()[0].Active < 2 })
 	if err := roundTrip(tl, vip(80), "room again"); err != nil {
