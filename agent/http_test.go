@@ -1,0 +1,72 @@
+package agent
+
+import (
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/lbpair/lbpair/agent/proxy"
+	"github.com/lbpair/lbpair/agent/vrrp"
+)
+
+// TestHealthAndReadiness: /healthz fails only when the router does not run; /readyz
+// also until the router has joined the group and while a listener is down, and each
+// failure says why.
+func TestHealthAndReadiness(t *testing.T) {
+	up := []proxy.ListenerStatus{{Name: "http", Listening: true}, {Name: "https", Listening: true}}
+	for _, tt := range []struct {
+		name                string
+		st                  Status
+		wantHealth, wantRdy string // "" is ok, else a part of the 503's body
+	}{
+		{"backup, listeners up", Status{Running: true, VRRP: vrrp.Status{State: vrrp.Backup}, Ports: up}, "", ""},
+		{"master, listeners up", Status{Running: true, VRRP: vrrp.Status{State: vrrp.Master}, Ports: up}, "", ""},
+		{"router failed", Status{Err: errors.New("no such interface"), Ports: up}, "VRRP router failed: no such interface", "VRRP router failed"},
+		{"router not started", Status{Ports: up}, "not running", "not running"},
+		{"not joined yet", Status{Running: true, VRRP: vrrp.Status{State: vrrp.Init}, Ports: up}, "", "has not joined the group"},
+		{"a listener down", Status{Running: true, VRRP: vrrp.Status{State: vrrp.Backup}, Ports: []proxy.ListenerStatus{{Name: "http", Listening: true}, {Name: "https"}}}, "", "listeners not up: https"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, c := range []struct {
+				what string
+				err  error
+				want string
+			}{{"healthz", healthy(tt.st), tt.wantHealth}, {"readyz", ready(tt.st), tt.wantRdy}} {
+				w := httptest.NewRecorder()
+				writeCheck(w, c.err)
+				body := w.Body.String()
+				switch {
+				case c.want == "" && (w.Code != http.StatusOK || body != "ok\n"):
+					t.Errorf("%s: %d %q, want 200 ok", c.what, w.Code, body)
+				case c.want != "" && (w.Code != http.StatusServiceUnavailable || !strings.Contains(body, c.want)):
+					t.Errorf("%s: %d %q, want 503 saying %q", c.what, w.Code, body, c.want)
+				}
+			}
+		})
+	}
+}
+
+// TestPeerAddresses: the internal addresses of every other node, of both families.
+func TestPeerAddresses(t *testing.T) {
+	node := func(name string, addrs ...corev1.NodeAddress) corev1.Node {
+		return corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Status: corev1.NodeStatus{Addresses: addrs}}
+	}
+	internal := func(a string) corev1.NodeAddress { return corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: a} }
+	nodes := []corev1.Node{
+		node("lb1", internal("198.18.0.11")),
+		node("lb2", internal("198.18.0.12"), internal("fd00:198:18::12"), corev1.NodeAddress{Type: corev1.NodeExternalIP, Address: "198.19.0.12"}, corev1.NodeAddress{Type: corev1.NodeHostName, Address: "lb2"}),
+		node("lb3", internal("::ffff:198.18.0.13"), internal("not an address")),
+	}
+	got := peerAddresses(nodes, "lb1")
+	want := []netip.Addr{netip.MustParseAddr("198.18.0.12"), netip.MustParseAddr("fd00:198:18::12"), netip.MustParseAddr("198.18.0.13")}
+	if !slices.Equal(got, want) {
+		t.Errorf("peers of lb1: %v, want %v", got, want)
+	}
+}
