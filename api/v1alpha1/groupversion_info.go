@@ -16,8 +16,7 @@ var (
 	GroupVersion = schema.GroupVersion{Group: "lbpair.io", Version: "v1alpha1"}
 
 	// SchemeBuilder registers the API's types with a scheme. It is apimachinery's, so
-	// that the API package imports nothing beyond apimachinery and can be used without
-	// controller-runtime.
+	// that importing the API does not pull in controller-runtime.
 	SchemeBuilder = runtime.NewSchemeBuilder(addKnownTypes)
 
 	// AddToScheme adds the API's types to a scheme.
