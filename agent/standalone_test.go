@@ -53,7 +53,7 @@ func lbpairBinary(t *testing.T) string {
 }
 
 // pairFile is a standalone agent file: lb1 preferred, 100ms VRRPv3 adverts,
-// port 88 to web01 and web02.
+// port 88 to web01 and web02, the access log on.
 func pairFile(t *testing.T) string {
 	return pairFileWith(t, "advertisementInterval: 100ms\naccessLog: true", nodePriority{"lb1", 150}, nodePriority{"lb2", 100})
 }
@@ -339,7 +339,7 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 // killed, its kernel keeps the virtual IP and resets every connection to it, and the
 // client still maps the virtual IP to its MAC: only the new holder's unsolicited
 // neighbour advertisements move the client within the bound checked here (without them
-// it waits for its neighbour entry to expire, tens of seconds).
+// it is still refused seconds later, until its neighbour entry expires).
 func TestStandaloneIPv6PairFailsOver(t *testing.T) {
 	lb1, lb2, client := pairLab(t)
 	bin, file := lbpairBinary(t), pairFileFor(t, ipv6, "advertisementInterval: 100ms", nodePriority{"lb1", 150}, nodePriority{"lb2", 100})
