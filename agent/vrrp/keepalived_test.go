@@ -168,7 +168,7 @@ func TestKeepalivedInterop(t *testing.T) {
 			ka := keepalivedConfig{version: m.version, vrid: 51, interval: m.kaIntvl, password: m.password, vip: vip}
 			// Both families on every host: IPv6 adverts go between link-local
 			// addresses, which must be up before a router starts.
-			lab := func(t *testing.T, names ...string) []*netlab.Host {
+			dualStackLab := func(t *testing.T, names ...string) []*netlab.Host {
 				hosts := lab(t, names...)
 				for i, h := range hosts {
 					if err := h.AddAddr(fmt.Sprintf("fd00:198:18::%d/64", 11+i)); err != nil {
@@ -180,7 +180,7 @@ func TestKeepalivedInterop(t *testing.T) {
 			}
 
 			t.Run("ours master, keepalived backup, failover both ways", func(t *testing.T) {
-				h := lab(t, "ours", "ka")
+				h := dualStackLab(t, "ours", "ka")
 				ours := startRouter(t, h[0], cfg(150))
 				waitFor(t, "ours alone", vip, map[*node]State{ours: Master})
 				ka.priority = 100
@@ -207,7 +207,7 @@ func TestKeepalivedInterop(t *testing.T) {
 			})
 
 			t.Run("keepalived master, ours backup, failover both ways", func(t *testing.T) {
-				h := lab(t, "ka", "ours")
+				h := dualStackLab(t, "ka", "ours")
 				ka.priority = 150
 				k := startKeepalived(t, h[0], ka)
 				waitVIP(t, "keepalived alone", vip, h[:1], h[1:])
@@ -231,7 +231,7 @@ func TestKeepalivedInterop(t *testing.T) {
 			})
 
 			t.Run("wrong VRID or password is ignored", func(t *testing.T) {
-				h := lab(t, "ours", "ka")
+				h := dualStackLab(t, "ours", "ka")
 				ours := startRouter(t, h[0], cfg(100))
 				waitFor(t, "ours alone", vip, map[*node]State{ours: Master})
 				bad := ka
