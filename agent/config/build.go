@@ -94,11 +94,26 @@ func Build(ctx context.Context, in Inputs) (*Settings, error) {
 	vrid := pair.Status.VirtualRouterID
 	if vrid == 0 && spec.VirtualRouterID != nil {
 		vrid = *spec.VirtualRouterID
+		if vrid < 1 || vrid > 255 { // in a standalone file; the apiserver enforces it
+			return nil, fmt.Errorf("spec.virtualRouterID %d: use 1 to 255", vrid)
+		}
 	}
 	if vrid < 1 || vrid > 255 {
 		return nil, errors.New("spec.virtualRouterID: not set and none allocated yet (status.virtualRouterID); set it from 1 to 255: a standalone agent has no manager to allocate one")
 	}
 
+	// Bounds the apiserver enforces, checked again for standalone files: out of range,
+	// these would wrap around or invert (a negative proxyWeight would raise the priority
+	// of a node whose proxy fails).
+	if d := spec.Priority.Default; d < 1 || d > 254 {
+		return nil, fmt.Errorf("spec.priority.default %d: use 1 to 254", d)
+	}
+	if w := spec.Tracking.ProxyWeight; w < 0 || w > 253 {
+		return nil, fmt.Errorf("spec.tracking.proxyWeight %d: use 0 (give up the virtual IPs) to 253", w)
+	}
+	if r := spec.Announcements.Repeat; r < 1 || r > 100 {
+		return nil, fmt.Errorf("spec.announcements.repeat %d: use 1 to 100", r)
+	}
 	priority, warning := nodePriority(spec.Priority, in.Node)
 	if warning != "" {
 		s.Warnings = append(s.Warnings, warning)
@@ -173,6 +188,9 @@ func Build(ctx context.Context, in Inputs) (*Settings, error) {
 }
 
 func listener(ctx context.Context, r Resolver, vips []netip.Addr, p *lbv1.PortSpec, path string) (proxy.ListenerConfig, *ServicePort, error) {
+	if p.Port < 1 || p.Port > 65535 {
+		return proxy.ListenerConfig{}, nil, fmt.Errorf("%s.port %d: use 1 to 65535", path, p.Port)
+	}
 	l := proxy.ListenerConfig{
 		Name:            p.Name,
 		ConnectTimeout:  duration(p.Timeouts.Connect),

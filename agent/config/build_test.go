@@ -172,6 +172,31 @@ func TestBuild(t *testing.T) {
 			wantErr: "spec.virtualRouterID: not set",
 		},
 		{
+			name:    "VRID out of range",
+			edit:    func(f *File) { f.Pair.Spec.VirtualRouterID = new(int32(300)) },
+			wantErr: "spec.virtualRouterID 300: use 1 to 255",
+		},
+		{
+			name:    "default priority out of range",
+			edit:    func(f *File) { f.Pair.Spec.Priority.Default = 400 },
+			wantErr: "spec.priority.default 400: use 1 to 254",
+		},
+		{
+			name:    "negative proxy weight",
+			edit:    func(f *File) { f.Pair.Spec.Tracking = &lbv1.TrackingSpec{ProxyWeight: -20} },
+			wantErr: "spec.tracking.proxyWeight -20: use 0",
+		},
+		{
+			name:    "a flood of announcements",
+			edit:    func(f *File) { f.Pair.Spec.Announcements.Repeat = 1000 },
+			wantErr: "spec.announcements.repeat 1000: use 1 to 100",
+		},
+		{
+			name:    "port out of range",
+			edit:    func(f *File) { f.Pair.Spec.Ports[0].Port = 70000 },
+			wantErr: "spec.ports[0].port 70000: use 1 to 65535",
+		},
+		{
 			name:    "missing Secret",
 			edit:    func(f *File) { f.Secrets = nil },
 			wantErr: `spec.authentication.passwordSecretRef: Secret "vrrp" not found`,
