@@ -191,6 +191,7 @@ func (s *clusterSource) sync(ctx context.Context) {
 	settings, err := config.Build(ctx, in)
 	if err != nil {
 		s.log.Error(err, "Invalid pair configuration; keeping the running one")
+		s.status.setConfigError(err)
 		return
 	}
 	for _, w := range settings.Warnings {
@@ -198,8 +199,10 @@ func (s *clusterSource) sync(ctx context.Context) {
 	}
 	if err := s.agent.Apply(ctx, settings); err != nil {
 		s.log.Error(err, "Applying the pair's configuration; keeping the running one")
+		s.status.setConfigError(err)
 		return
 	}
+	s.status.setConfigError(nil)
 	preferIPv4 := settings.VRRP.VIPs[0].Is4()
 	for _, sp := range settings.Services {
 		var svc corev1.Service

@@ -54,6 +54,8 @@ type statusReporter struct {
 	addr   func() string
 	done   chan struct{}
 	paused atomic.Bool
+	// configErr is why the pair's current spec was not applied; empty when it was.
+	configErr atomic.Pointer[string]
 	// writeMu orders writes and removal.
 	writeMu sync.Mutex
 
@@ -75,6 +77,24 @@ func (r *statusReporter) notify(vrrp.Transition) {
 	default:
 	}
 }
+
+// setConfigError records why the pair's current spec was not applied (nil: it was),
+// and asks for a write when that changes.
+func (r *statusReporter) setConfigError(err error) {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+		if len(msg) > maxConfigError {
+			msg = msg[:maxConfigError-3] + "..."
+		}
+	}
+	if old := r.configErr.Swap(&msg); old == nil || *old != msg {
+		r.notify(vrrp.Transition{})
+	}
+}
+
+// maxConfigError is the CRD's bound on status.agents[].configError.
+const maxConfigError = 1024
 
 // pause stops the writes until resume.
 func (r *statusReporter) pause() { r.paused.Store(true) }
@@ -165,6 +185,9 @@ func (r *statusReporter) entry(now time.Time) lbv1.AgentStatus {
 		Since:          metav1.NewMicroTime(r.idleSince),
 		LastUpdateTime: metav1.NewMicroTime(now),
 		Address:        r.addr(),
+	}
+	if msg := r.configErr.Load(); msg != nil {
+		e.ConfigError = *msg
 	}
 	if st.Running {
 		e.Since = metav1.NewMicroTime(now)

@@ -47,6 +47,9 @@ type agentSummary struct {
 	// DownPorts names the holder's ports that have no healthy backend, and
 	// PartialPorts those with some backends down.
 	DownPorts, PartialPorts []string
+	// ConfigErrors are the live agents that could not apply the current spec, as
+	// "node: why".
+	ConfigErrors []string
 }
 
 // summarizeAgents reads the per-node entries. previous is the pair's
@@ -73,6 +76,9 @@ func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *
 			continue
 		}
 		s.changesAt(a.LastUpdateTime.Add(AgentSilentAfter))
+		if a.ConfigError != "" {
+			s.ConfigErrors = append(s.ConfigErrors, a.Node+": "+a.ConfigError)
+		}
 		switch a.State {
 		case lbv1.StateMaster:
 			masters = append(masters, a)
@@ -155,6 +161,9 @@ func agentConditions(s agentSummary, desired int32, generation int64) []metav1.C
 	}
 	if len(s.PartialPorts) > 0 {
 		problems = append(problems, "backends down on ports: "+strings.Join(s.PartialPorts, ", "))
+	}
+	if len(s.ConfigErrors) > 0 {
+		problems = append(problems, "spec not applied on "+strings.Join(s.ConfigErrors, "; "))
 	}
 	if len(problems) > 0 {
 		out = append(out, cond(lbv1.ConditionDegraded, true, "Degraded", strings.Join(problems, "; ")))

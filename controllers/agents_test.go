@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -35,6 +36,7 @@ func TestSummarizeAgents(t *testing.T) {
 		Stale       []string
 		Down        []string
 		Partial     []string
+		Config      []string
 		Conditions  map[string]string
 	}
 	tests := []struct {
@@ -121,6 +123,18 @@ func TestSummarizeAgents(t *testing.T) {
 				Conditions: map[string]string{"Ready": "True/Serving", "Degraded": "True/Degraded", "SplitBrain": "False/OneMaster"}},
 		},
 		{
+			name: "a spec an agent could not apply degrades",
+			agents: func() []lbv1.AgentStatus {
+				backup := agent("lb2", lbv1.StateBackup, 90, t0, fresh)
+				backup.ConfigError = `spec.authentication.passwordSecretRef: Secret "vrrp" not found`
+				return []lbv1.AgentStatus{agent("lb1", lbv1.StateMaster, 100, t1, fresh, healthy), backup}
+			}(),
+			desired: 2,
+			want: result{Holder: "lb1", HolderSince: &t1, Masters: []string{"lb1"}, Live: 2,
+				Config:     []string{`lb2: spec.authentication.passwordSecretRef: Secret "vrrp" not found`},
+				Conditions: map[string]string{"Ready": "True/Serving", "Degraded": "True/Degraded", "SplitBrain": "False/OneMaster"}},
+		},
+		{
 			name:    "fewer agents than nodes degrade",
 			agents:  []lbv1.AgentStatus{agent("lb1", lbv1.StateMaster, 100, t1, fresh, healthy)},
 			desired: 2,
@@ -132,11 +146,16 @@ func TestSummarizeAgents(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := summarizeAgents(tt.agents, tt.previous, tt.previousSince, now)
 			got := result{Holder: s.Holder, HolderSince: s.HolderSince, Masters: s.Masters, Live: s.Live,
-				Faulty: s.Faulty, Unknown: s.Unknown, Stale: s.Stale, Down: s.DownPorts, Partial: s.PartialPorts, Conditions: map[string]string{}}
+				Faulty: s.Faulty, Unknown: s.Unknown, Stale: s.Stale, Down: s.DownPorts, Partial: s.PartialPorts, Config: s.ConfigErrors, Conditions: map[string]string{}}
 			for _, c := range agentConditions(s, tt.desired, 1) {
 				got.Conditions[c.Type] = string(c.Status) + "/" + c.Reason
 				if c.Message == "" || c.ObservedGeneration != 1 {
 					t.Errorf("condition %s lacks a message or generation: %+v", c.Type, c)
+				}
+				for _, e := range tt.want.Config {
+					if c.Type == lbv1.ConditionDegraded && !strings.Contains(c.Message, e) {
+						t.Errorf("Degraded says %q, not %q", c.Message, e)
+					}
 				}
 			}
 			if diff := cmp.Diff(tt.want, got); diff != "" {

@@ -590,6 +590,13 @@ type AgentStatus struct {
 	// +kubebuilder:validation:MaxLength=45
 	Address string `json:"address,omitempty"`
 
+	// configError says why the agent could not apply the pair's current spec, such as a
+	// missing Secret or a backend name that does not resolve. The agent keeps running the
+	// last spec it applied, if any. Empty when the current spec is applied.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	ConfigError string `json:"configError,omitempty"`
+
 	// lastUpdateTime is when the agent last wrote this entry; the manager treats an entry
 	// not refreshed for a while as stale.
 	// +required

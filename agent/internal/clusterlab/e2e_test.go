@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -354,6 +355,59 @@ func TestClusterE2E(t *testing.T) {
 		})
 		waitCondition(t, l, lbv1.ConditionReady, metav1.ConditionTrue, 10*time.Second)
 		netlab.Eventually(t, "client served over unicast VRRP", 10*time.Second, func() error { return p.LastOK(10) })
+	})
+
+	t.Run("a spec the agents cannot apply is reported", func(t *testing.T) {
+		// VRRPv2 with a password from a Secret that does not exist: valid to the
+		// apiserver, impossible for the agents, which keep serving with the last spec.
+		pair, err := l.Pair(ctx)
+		must(t, err)
+		applied := pair.DeepCopy()
+		holder := pair.Status.Holder
+		pair.Spec.VRRPVersion = 2
+		pair.Spec.AdvertisementInterval = &metav1.Duration{Duration: time.Second}
+		pair.Spec.Authentication = &lbv1.AuthenticationSpec{PasswordSecretRef: corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "nope"}, Key: "password"}}
+		must(t, l.Client.Patch(ctx, pair, client.MergeFrom(applied)))
+		const why = `Secret "nope" not found`
+		netlab.Eventually(t, "every agent reporting the spec it cannot apply", 10*time.Second, func() error {
+			p, err := l.Pair(ctx)
+			if err != nil {
+				return err
+			}
+			for _, a := range p.Status.Agents {
+				if !strings.Contains(a.ConfigError, why) {
+					return fmt.Errorf("%s's configError is %q", a.Node, a.ConfigError)
+				}
+			}
+			if c := apimeta.FindStatusCondition(p.Status.Conditions, lbv1.ConditionDegraded); c == nil || !strings.Contains(c.Message, why) {
+				return fmt.Errorf("Degraded is %+v", c)
+			}
+			return nil
+		})
+		if err := p.LastOK(10); err != nil {
+			t.Errorf("clients not served with the last applied spec: %v", err)
+		}
+		if h := l.VIPHolders(); len(h) != 1 || h[0] != holder {
+			t.Errorf("the VIP moved to %v, want it kept on %s", h, holder)
+		}
+
+		current, err := l.Pair(ctx)
+		must(t, err)
+		restored := current.DeepCopy()
+		restored.Spec = applied.Spec
+		must(t, l.Client.Patch(ctx, restored, client.MergeFrom(current)))
+		netlab.Eventually(t, "the report cleared once the spec is valid again", 10*time.Second, func() error {
+			p, err := l.Pair(ctx)
+			if err != nil {
+				return err
+			}
+			for _, a := range p.Status.Agents {
+				if a.ConfigError != "" {
+					return fmt.Errorf("%s's configError is still %q", a.Node, a.ConfigError)
+				}
+			}
+			return nil
+		})
 	})
 
 	t.Run("pair deleted", func(t *testing.T) {
