@@ -198,12 +198,7 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 
 	a1 := startAgent(t, lb1, bin, file)
 	startAgent(t, lb2, bin, file)
-	netlab.Eventually(t, "lb1 holds the VIP", 10*time.Second, func() error {
-		if !hasVIP(t, lb1) || hasVIP(t, lb2) {
-			return fmt.Errorf("VIP on lb1 %v, lb2 %v", hasVIP(t, lb1), hasVIP(t, lb2))
-		}
-		return nil
-	})
+	waitVIP(t, standaloneVIP, lb1, lb2)
 	for _, h := range []*netlab.Host{lb1, lb2} {
 		h := h
 		netlab.Eventually(t, h.Name+" ready", 10*time.Second, func() error {
@@ -238,13 +233,7 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 		time.Sleep(p.Timeout + 100*time.Millisecond)
 		return probe.Outage(p.Results(), since)
 	}
-	netlab.Eventually(t, "clients served through the VIP", 5*time.Second, func() error {
-		rs := p.Results()
-		if len(rs) == 0 || !rs[len(rs)-1].OK {
-			return fmt.Errorf("last probes %v", tail(rs))
-		}
-		return nil
-	})
+	netlab.Eventually(t, "clients served through the VIP", 5*time.Second, func() error { return p.LastOK(1) })
 
 	netlab.Eventually(t, "an access log line on lb1", 5*time.Second, func() error {
 		return accessLogged(a1.proc.Output())
@@ -273,12 +262,7 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 	if err := a1.proc.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	netlab.Eventually(t, "lb2 holds the VIP after lb1 stopped", 10*time.Second, func() error {
-		if hasVIP(t, lb1) || !hasVIP(t, lb2) {
-			return fmt.Errorf("VIP on lb1 %v, lb2 %v", hasVIP(t, lb1), hasVIP(t, lb2))
-		}
-		return nil
-	})
+	waitVIP(t, standaloneVIP, lb2, lb1)
 	if err := a1.proc.Err(); err != nil {
 		t.Errorf("lb1 did not exit cleanly on SIGTERM: %v", err)
 	}
@@ -290,12 +274,7 @@ func TestStandalonePairServesAndFailsOver(t *testing.T) {
 
 	// The stopped agent comes back and preempts.
 	a1 = startAgent(t, lb1, bin, file)
-	netlab.Eventually(t, "lb1 preempts", 10*time.Second, func() error {
-		if !hasVIP(t, lb1) || hasVIP(t, lb2) {
-			return fmt.Errorf("VIP on lb1 %v, lb2 %v", hasVIP(t, lb1), hasVIP(t, lb2))
-		}
-		return nil
-	})
+	waitVIP(t, standaloneVIP, lb1, lb2)
 	time.Sleep(500 * time.Millisecond)
 
 	// kill -9: the crashed agent leaves its VIP behind; lb2 takes over
@@ -345,16 +324,11 @@ func TestStandaloneIPv6PairFailsOver(t *testing.T) {
 	bin, file := lbpairBinary(t), pairFileFor(t, ipv6, "advertisementInterval: 100ms", nodePriority{"lb1", 150}, nodePriority{"lb2", 100})
 	a1 := startAgent(t, lb1, bin, file)
 	startAgent(t, lb2, bin, file)
-	netlab.Eventually(t, "lb1 holds the IPv6 VIP", 10*time.Second, func() error {
-		if !holds(t, lb1, ipv6.vip) || holds(t, lb2, ipv6.vip) {
-			return fmt.Errorf("VIP on lb1 %v, lb2 %v", holds(t, lb1, ipv6.vip), holds(t, lb2, ipv6.vip))
-		}
-		return nil
-	})
+	waitVIP(t, ipv6.vip, lb1, lb2)
 	p := &probe.Prober{Addr: fmt.Sprintf("[%s]:%d", ipv6.vip, lbPort), Period: 10 * time.Millisecond, Timeout: time.Second, Dial: dialFrom(client)}
 	p.Start()
 	defer p.Stop()
-	netlab.Eventually(t, "clients served through the IPv6 VIP", 5*time.Second, func() error { return lastOK(p.Results()) })
+	netlab.Eventually(t, "clients served through the IPv6 VIP", 5*time.Second, func() error { return p.LastOK(1) })
 
 	killAt := time.Now()
 	if err := a1.proc.Signal(syscall.SIGKILL); err != nil {
@@ -364,7 +338,7 @@ func TestStandaloneIPv6PairFailsOver(t *testing.T) {
 		if !holds(t, lb2, ipv6.vip) {
 			return fmt.Errorf("lb2 has no VIP")
 		}
-		return lastOK(p.Results())
+		return p.LastOK(1)
 	})
 	time.Sleep(p.Timeout + 100*time.Millisecond)
 	outage, failed := probe.Outage(p.Results(), killAt)
@@ -389,16 +363,11 @@ func TestStandaloneReloadOnSIGHUP(t *testing.T) {
 	bin := lbpairBinary(t)
 	file := pairFileWith(t, "advertisementInterval: 100ms", nodePriority{"lb1", 150})
 	a := startAgent(t, lb1, bin, file)
-	netlab.Eventually(t, "lb1 holds the VIP", 10*time.Second, func() error {
-		if !hasVIP(t, lb1) {
-			return fmt.Errorf("lb1 has no VIP")
-		}
-		return nil
-	})
+	waitVIP(t, standaloneVIP, lb1)
 	p := &probe.Prober{Addr: fmt.Sprintf("%s:%d", standaloneVIP, lbPort), Period: 10 * time.Millisecond, Timeout: time.Second, Dial: dialFrom(client)}
 	p.Start()
 	defer p.Stop()
-	netlab.Eventually(t, "clients served through the VIP", 5*time.Second, func() error { return lastOK(p.Results()) })
+	netlab.Eventually(t, "clients served through the VIP", 5*time.Second, func() error { return p.LastOK(1) })
 	start := time.Now()
 	transitions := strings.Count(a.proc.Output(), "VRRP state changed")
 
@@ -454,14 +423,6 @@ func TestStandaloneReloadOnSIGHUP(t *testing.T) {
 	}
 }
 
-// lastOK is nil when the latest probe was answered by a backend.
-func lastOK(rs []probe.Result) error {
-	if len(rs) == 0 || !rs[len(rs)-1].OK || rs[len(rs)-1].Backend == "" {
-		return fmt.Errorf("last probes %v", tail(rs))
-	}
-	return nil
-}
-
 // TestStandaloneStopReleasesVIPWithLongInterval stops a lone master whose
 // Master_Down_Interval (VRRPv2, 2s adverts: about 6.4s) is longer than the
 // agent waits for its router to stop: the handover wait must give up first,
@@ -469,12 +430,7 @@ func lastOK(rs []probe.Result) error {
 func TestStandaloneStopReleasesVIPWithLongInterval(t *testing.T) {
 	lb1, _, _ := pairLab(t)
 	a := startAgent(t, lb1, lbpairBinary(t), pairFileWith(t, "vrrpVersion: 2\nadvertisementInterval: 2s", nodePriority{"lb1", 150}))
-	netlab.Eventually(t, "lb1 holds the VIP", 20*time.Second, func() error {
-		if !hasVIP(t, lb1) {
-			return fmt.Errorf("lb1 has no VIP")
-		}
-		return nil
-	})
+	waitVIP(t, standaloneVIP, lb1)
 	if err := a.proc.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -516,6 +472,23 @@ func tail(rs []probe.Result) []probe.Result {
 func hasVIP(t *testing.T, h *netlab.Host) bool {
 	t.Helper()
 	return holds(t, h, standaloneVIP)
+}
+
+// waitVIP waits until addr is on holder's link and on none of the others'.
+// The generous bound allows for VRRPv2's whole-second intervals.
+func waitVIP(t *testing.T, addr string, holder *netlab.Host, others ...*netlab.Host) {
+	t.Helper()
+	netlab.Eventually(t, holder.Name+" holding "+addr, 20*time.Second, func() error {
+		if !holds(t, holder, addr) {
+			return fmt.Errorf("%s does not hold %s", holder.Name, addr)
+		}
+		for _, o := range others {
+			if holds(t, o, addr) {
+				return fmt.Errorf("%s holds %s too", o.Name, addr)
+			}
+		}
+		return nil
+	})
 }
 
 // holds tells whether addr is on the host's link.
