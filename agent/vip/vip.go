@@ -8,6 +8,7 @@ package vip
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"strconv"
@@ -105,6 +106,14 @@ func (m *Manager) addr(a netip.Addr) *netlink.Addr {
 		// The holder must answer at once: no duplicate address detection
 		// (the backup never holds the address at the same time).
 		na.Flags = unix.IFA_F_NODAD
+		// Deprecated (preferred lifetime 0, valid forever), so that the kernel
+		// never picks the VIP as the source of the node's own connections. It
+		// would for hosts of the VIP's /64, a /128 matching more bits than the
+		// node's /64 address (RFC 6724 rule 8), and the proxy's connections to
+		// backends, still draining when the VIP moves, would then lose their
+		// replies to the new holder. A deprecated address still takes
+		// connections, answers neighbour solicitations and can be bound.
+		na.PreferedLft, na.ValidLft = 0, math.MaxUint32
 	}
 	return na
 }

@@ -98,15 +98,19 @@ func TestAnnounceRepointsNeighbours(t *testing.T) {
 }
 
 // TestAddRemovePresent: adding and removing are idempotent, leave the node's own
-// address alone, and an IPv6 virtual IP is usable at once even where the interface
-// runs duplicate address detection.
+// address alone and its source address for the subnet's hosts, and an IPv6 virtual IP is
+// usable at once even where the interface runs duplicate address detection.
 func TestAddRemovePresent(t *testing.T) {
 	for _, tc := range []struct {
 		name, own string
 		vips      []netip.Addr
+		// neighbour is a host of the subnet whose longest common prefix is with a
+		// virtual IP: IPv6 source selection would prefer that VIP were it not
+		// deprecated.
+		neighbour netip.Addr
 	}{
-		{"IPv4", "198.18.0.11/24", []netip.Addr{netip.MustParseAddr("198.18.0.100"), netip.MustParseAddr("198.18.0.101")}},
-		{"IPv6", "fd00:198:18::11/64", []netip.Addr{netip.MustParseAddr("fd00:198:18::100"), netip.MustParseAddr("fd00:198:18::101")}},
+		{"IPv4", "198.18.0.11/24", []netip.Addr{netip.MustParseAddr("198.18.0.100"), netip.MustParseAddr("198.18.0.101")}, netip.MustParseAddr("198.18.0.102")},
+		{"IPv6", "fd00:198:18::11/64", []netip.Addr{netip.MustParseAddr("fd00:198:18::100"), netip.MustParseAddr("fd00:198:18::101")}, netip.MustParseAddr("fd00:198:18::102")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l := netlab.NewT(t)
@@ -140,6 +144,10 @@ func TestAddRemovePresent(t *testing.T) {
 			if !strings.Contains(out, " "+tc.own+" ") {
 				t.Errorf("the node's own address %s is gone:\n%s", tc.own, out)
 			}
+			own := netip.MustParsePrefix(tc.own).Addr()
+			if src := sourceFor(t, h, tc.neighbour); src != own {
+				t.Errorf("connections to %s come from %v, want the node's own %v:\n%s", tc.neighbour, src, own, out)
+			}
 			for _, line := range strings.Split(out, "\n") {
 				for _, v := range tc.vips {
 					if strings.Contains(line, " "+v.String()+"/") && strings.Contains(line, "tentative") {
@@ -155,6 +163,22 @@ func TestAddRemovePresent(t *testing.T) {
 			present(nil)
 		})
 	}
+}
+
+// sourceFor is the source address h's kernel picks for a connection to dst.
+func sourceFor(t *testing.T, h *netlab.Host, dst netip.Addr) netip.Addr {
+	t.Helper()
+	nh, err := h.Handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nh.Close()
+	routes, err := nh.RouteGet(dst.AsSlice())
+	if err != nil || len(routes) == 0 {
+		t.Fatalf("route to %s: %v %v", dst, routes, err)
+	}
+	src, _ := netip.AddrFromSlice(routes[0].Src)
+	return src.Unmap()
 }
 
 func TestPrimaryAddressSkipsVirtualIPs(t *testing.T) {
