@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 )
 
@@ -70,5 +71,8 @@ func Main(ctx context.Context, args []string) error {
 		return err
 	}
 	log := zap.New(zap.UseFlagOptions(&o.Log)).WithValues("node", o.NodeName)
+	// The watch cache and client-go's reflectors log through controller-runtime's
+	// logger: without one they drop their messages and print a stack trace.
+	ctrllog.SetLogger(log)
 	return run(ctx, o, log)
 }
