@@ -116,6 +116,11 @@ func (l *Lab) AddHost(name string, cidrs ...string) (*Host, error) {
 	if err := h.Sysctl("net.ipv6.conf."+HostLink+".accept_dad", "0"); err != nil {
 		return nil, err
 	}
+	// IPv6 addresses survive a link flap, as IPv4 ones do: on a real host the network
+	// manager would put them back, and a lab has none.
+	if err := h.Sysctl("net.ipv6.conf."+HostLink+".keep_addr_on_down", "1"); err != nil {
+		return nil, err
+	}
 	// Loopback up too: in-process servers and forwarders on 127.0.0.1.
 	for _, link := range []string{HostLink, "lo"} {
 		if err := l.ip(h.NS, "link", "set", link, "up"); err != nil {
