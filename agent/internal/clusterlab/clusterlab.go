@@ -39,9 +39,11 @@ import (
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
 )
 
-// The lab's addresses, all in 198.18.0.0/24.
+// The lab's addresses, all in 198.18.0.0/24; a dual-stack lab gives every
+// host the same last digits in fd00:198:18::/64 too.
 const (
 	VIP       = "198.18.0.100"
+	VIP6      = "fd00:198:18::100"
 	Port      = 88
 	Namespace = "default"
 	PairName  = "web"
@@ -52,6 +54,7 @@ const (
 type Node struct {
 	Name  string
 	IP    string
+	IP6   string // "" unless the lab is dual-stack
 	Host  *netlab.Host
 	Agent *netlab.Proc
 	fwd   *forwarder
@@ -71,6 +74,7 @@ type Lab struct {
 	manager                         *exec.Cmd
 	managerLog                      *os.File
 	logf                            func(string, ...any)
+	dualStack                       bool
 	mu                              sync.Mutex
 	servers                         []*http.Server
 }
@@ -85,11 +89,15 @@ type Options struct {
 	Logf func(format string, args ...any)
 	// Quiet keeps the agents' and manager's logs out of Logf.
 	Quiet bool
+	// DualStack gives every host, Node, agent Pod and backend an IPv6 address
+	// besides its IPv4 one (IPv4 first, as in a dual-stack cluster whose
+	// primary family is IPv4), and Service web an EndpointSlice per family.
+	DualStack bool
 }
 
 // New starts a lab. Close it even when New fails.
 func New(ctx context.Context, o Options) (l *Lab, err error) {
-	l = &Lab{root: o.Root, logf: o.Logf}
+	l = &Lab{root: o.Root, logf: o.Logf, dualStack: o.DualStack}
 	if l.logf == nil {
 		l.logf = func(string, ...any) {}
 	}
@@ -108,7 +116,7 @@ func New(ctx context.Context, o Options) (l *Lab, err error) {
 	}
 	for i := range o.Nodes {
 		name, ip := fmt.Sprintf("lb%d", i+1), fmt.Sprintf("198.18.0.%d", 11+i)
-		h, err := l.Net.AddHost(name, ip+"/24")
+		h, err := l.addHost(name, ip)
 		if err != nil {
 			return l, err
 		}
@@ -120,8 +128,9 @@ func New(ctx context.Context, o Options) (l *Lab, err error) {
 		if err != nil {
 			return l, fmt.Errorf("apiserver forwarder on %s: %w", name, err)
 		}
-		l.Nodes = append(l.Nodes, &Node{Name: name, IP: ip, Host: h, fwd: fwd})
-		if err := l.createNode(ctx, name, ip, 150-50*i); err != nil {
+		n := &Node{Name: name, IP: ip, IP6: l.ipv6(ip), Host: h, fwd: fwd}
+		l.Nodes = append(l.Nodes, n)
+		if err := l.createNode(ctx, n, 150-50*i); err != nil {
 			return l, err
 		}
 	}
@@ -132,10 +141,36 @@ func New(ctx context.Context, o Options) (l *Lab, err error) {
 		}
 		_ = h
 	}
-	if l.ClientHost, err = l.Net.AddHost("client", ClientIP+"/24"); err != nil {
+	if l.ClientHost, err = l.addHost("client", ClientIP); err != nil {
 		return l, err
 	}
 	return l, l.startManager(o.Quiet)
+}
+
+// addHost adds a host with ip, and in a dual-stack lab its IPv6 twin.
+func (l *Lab) addHost(name, ip string) (*netlab.Host, error) {
+	cidrs := []string{ip + "/24"}
+	if ip6 := l.ipv6(ip); ip6 != "" {
+		cidrs = append(cidrs, ip6+"/64")
+	}
+	return l.Net.AddHost(name, cidrs...)
+}
+
+// ipv6 is the IPv6 address of the host whose IPv4 address is ip, or "" in
+// an IPv4 lab: 198.18.0.11 is fd00:198:18::11.
+func (l *Lab) ipv6(ip string) string {
+	if !l.dualStack {
+		return ""
+	}
+	return "fd00:198:18::" + ip[strings.LastIndex(ip, ".")+1:]
+}
+
+// addresses lists ip and, in a dual-stack lab, its IPv6 twin.
+func (l *Lab) addresses(ip string) []string {
+	if ip6 := l.ipv6(ip); ip6 != "" {
+		return []string{ip, ip6}
+	}
+	return []string{ip}
 }
 
 func (l *Lab) startAPIServer() error {
@@ -210,28 +245,33 @@ func (l *Lab) startManager(quiet bool) error {
 }
 
 // createNode makes the Node object the kubelet would have registered.
-func (l *Lab) createNode(ctx context.Context, name, ip string, priority int) error {
-	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
+func (l *Lab) createNode(ctx context.Context, node *Node, priority int) error {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node.Name, Labels: map[string]string{
 		"lbpair.io/lb": "true", "lbpair.io/priority": fmt.Sprint(priority),
 	}}}
 	if err := l.Client.Create(ctx, n); err != nil {
-		return fmt.Errorf("creating Node %s: %w", name, err)
+		return fmt.Errorf("creating Node %s: %w", node.Name, err)
 	}
-	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}
+	for _, ip := range l.addresses(node.IP) {
+		n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ip})
+	}
 	return l.Client.Status().Update(ctx, n)
 }
 
-// AddWeb adds a backend host answering HTTP on :80 with its name.
+// AddWeb adds a backend host answering HTTP on :80 with its name, and with
+// the address the request came from in the X-Remote-Addr header.
 func (l *Lab) AddWeb(name, ip string) (*netlab.Host, error) {
-	h, err := l.Net.AddHost(name, ip+"/24")
+	h, err := l.addHost(name, ip)
 	if err != nil {
 		return nil, err
 	}
 	var ln net.Listener
-	if err := h.Do(func() (err error) { ln, err = net.Listen("tcp", ip+":80"); return err }); err != nil {
+	// Every address of the host: its namespace has no other.
+	if err := h.Do(func() (err error) { ln, err = net.Listen("tcp", ":80"); return err }); err != nil {
 		return nil, err
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Remote-Addr", r.RemoteAddr)
 		fmt.Fprintln(w, name)
 	}), ReadHeaderTimeout: time.Second}
 	go func() { _ = srv.Serve(ln) }()
@@ -242,8 +282,9 @@ func (l *Lab) AddWeb(name, ip string) (*netlab.Host, error) {
 	return h, nil
 }
 
-// SetEndpoints makes Service "web" and its EndpointSlice list the given
-// backends (by host name) as ready: the endpoint controller's job.
+// SetEndpoints makes Service "web" and its EndpointSlices (one per address
+// family) list the given backends (by host name) as ready: the endpoint
+// controller's job.
 func (l *Lab) SetEndpoints(ctx context.Context, webs ...*netlab.Host) error {
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: "web"}}
 	if err := l.Client.Get(ctx, client.ObjectKeyFromObject(svc), svc); apierrors.IsNotFound(err) {
@@ -254,14 +295,25 @@ func (l *Lab) SetEndpoints(ctx context.Context, webs ...*netlab.Host) error {
 	} else if err != nil {
 		return err
 	}
+	if err := l.setSlice(ctx, "web-lab", discoveryv1.AddressTypeIPv4, webs, webIP); err != nil {
+		return err
+	}
+	if !l.dualStack {
+		return nil
+	}
+	return l.setSlice(ctx, "web-lab-v6", discoveryv1.AddressTypeIPv6, webs, func(h *netlab.Host) string { return l.ipv6(webIP(h)) })
+}
+
+// setSlice writes one EndpointSlice of Service web.
+func (l *Lab) setSlice(ctx context.Context, name string, family discoveryv1.AddressType, webs []*netlab.Host, address func(*netlab.Host) string) error {
 	slice := &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Namespace: Namespace, Name: "web-lab", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
+		ObjectMeta:  metav1.ObjectMeta{Namespace: Namespace, Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+		AddressType: family,
 		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(int32(80)), Protocol: ptr.To(corev1.ProtocolTCP)}},
 	}
 	for _, h := range webs {
 		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
-			Addresses:  []string{webIP(h)},
+			Addresses:  []string{address(h)},
 			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
 		})
 	}
@@ -283,7 +335,10 @@ func webIP(h *netlab.Host) string {
 
 // PairYAML is the lab's pair: the seed recipe on port 88 with the Service
 // "web" as backend, 100 ms adverts so failovers are quick.
-func PairYAML(interval string) string {
+func PairYAML(interval string) string { return NamedPairYAML(PairName, VIP, interval) }
+
+// NamedPairYAML is the lab's pair under another name and virtual IP.
+func NamedPairYAML(name, vip, interval string) string {
 	return fmt.Sprintf(`apiVersion: lbpair.io/v1alpha1
 kind: LoadBalancerPair
 metadata: {name: %s, namespace: %s}
@@ -299,7 +354,7 @@ spec:
     backend: {service: {name: web, port: http}}
     healthCheck: {active: {interval: 200ms, timeout: 100ms, rise: 1, fall: 2}}
     timeouts: {connect: 200ms}
-`, PairName, Namespace, VIP, interval, Port)
+`, name, Namespace, vip, interval, Port)
 }
 
 // ApplyPair creates the pair from YAML.
@@ -313,24 +368,35 @@ func (l *Lab) ApplyPair(ctx context.Context, doc string) error {
 
 // Pair reads the pair.
 func (l *Lab) Pair(ctx context.Context) (*lbv1.LoadBalancerPair, error) {
+	return l.NamedPair(ctx, PairName)
+}
+
+// NamedPair reads another pair.
+func (l *Lab) NamedPair(ctx context.Context, name string) (*lbv1.LoadBalancerPair, error) {
 	var p lbv1.LoadBalancerPair
-	err := l.Client.Get(ctx, client.ObjectKey{Namespace: Namespace, Name: PairName}, &p)
+	err := l.Client.Get(ctx, client.ObjectKey{Namespace: Namespace, Name: name}, &p)
 	return &p, err
 }
 
-// StartAgent starts the node's agent in cluster mode.
+// StartAgent starts the node's agent of the lab's pair in cluster mode.
 func (l *Lab) StartAgent(n *Node, quiet bool) error {
-	var logw func(string)
-	if !quiet {
-		logw = func(s string) { l.logf("%s: %s", n.Name, s) }
-	}
-	p, err := n.Host.Start(logw, "env", "POD_IP="+n.IP, "POD_NAMESPACE="+Namespace, l.bin, "agent",
-		"--kubeconfig", l.agentKubeconfig, "--pair", PairName, "--node-name", n.Name, "--health-addr", n.IP+":9440")
+	p, err := l.StartPairAgent(n, PairName, n.IP+":9440", quiet)
 	if err != nil {
 		return err
 	}
 	n.Agent = p
 	return nil
+}
+
+// StartPairAgent starts an agent of the named pair on the node, serving its
+// health and metrics on healthAddr, as the pair's DaemonSet would.
+func (l *Lab) StartPairAgent(n *Node, pair, healthAddr string, quiet bool) (*netlab.Proc, error) {
+	var logw func(string)
+	if !quiet {
+		logw = func(s string) { l.logf("%s/%s: %s", n.Name, pair, s) }
+	}
+	return n.Host.Start(logw, "env", "POD_IP="+n.IP, "POD_NAMESPACE="+Namespace, l.bin, "agent",
+		"--kubeconfig", l.agentKubeconfig, "--pair", pair, "--node-name", n.Name, "--health-addr", healthAddr)
 }
 
 // SignalAgent sends sig to the node's agent (the agent itself: `ip netns
@@ -348,20 +414,31 @@ func (n *Node) ResumeAPI() error { return n.fwd.Resume() }
 
 // VIPHolders lists the nodes that have the VIP on their link: the ground
 // truth the status must match.
-func (l *Lab) VIPHolders() []string {
+func (l *Lab) VIPHolders() []string { return l.Holders(VIP) }
+
+// Holders lists the nodes that have vip on their link.
+func (l *Lab) Holders(vip string) []string {
 	var out []string
 	for _, n := range l.Nodes {
 		o, err := n.Host.Exec("ip", "-o", "addr", "show", "dev", netlab.HostLink)
-		if err == nil && strings.Contains(o, " "+VIP+"/") {
+		if err == nil && strings.Contains(o, " "+vip+"/") {
 			out = append(out, n.Name)
 		}
 	}
 	return out
 }
 
-// Listening tells whether anything listens on VIP:Port on the node.
-func (n *Node) Listening() bool {
-	o, err := n.Host.Exec("ss", "-Hltn", "sport", "= :"+fmt.Sprint(Port))
+// Listening tells whether anything listens on port Port on the node.
+func (n *Node) Listening() bool { return n.ListeningOn("") }
+
+// ListeningOn tells whether anything listens on ip:Port on the node; "" is
+// any address.
+func (n *Node) ListeningOn(ip string) bool {
+	filter := "sport = :" + fmt.Sprint(Port)
+	if ip != "" {
+		filter = "src " + net.JoinHostPort(ip, fmt.Sprint(Port))
+	}
+	o, err := n.Host.Exec("ss", "-Hltn", filter)
 	return err == nil && strings.TrimSpace(o) != ""
 }
 
@@ -456,7 +533,9 @@ func (l *Lab) CreateAgentPods(ctx context.Context) error {
 			return fmt.Errorf("creating pod %s: %w", pod.Name, err)
 		}
 		pod.Status.PodIP = n.IP
-		pod.Status.PodIPs = []corev1.PodIP{{IP: n.IP}}
+		for _, ip := range l.addresses(n.IP) {
+			pod.Status.PodIPs = append(pod.Status.PodIPs, corev1.PodIP{IP: ip})
+		}
 		if err := l.Client.Status().Update(ctx, pod); err != nil {
 			return fmt.Errorf("setting pod %s's IP: %w", pod.Name, err)
 		}

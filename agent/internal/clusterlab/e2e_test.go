@@ -2,9 +2,13 @@ package clusterlab
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -37,7 +41,7 @@ func TestClusterE2E(t *testing.T) {
 	}
 	ctx := context.Background()
 	quiet := os.Getenv("E2E_VERBOSE") == ""
-	l, err := New(ctx, Options{Root: root, Nodes: 2, Webs: 3, Logf: t.Logf, Quiet: quiet})
+	l, err := New(ctx, Options{Root: root, Nodes: 2, Webs: 3, Logf: t.Logf, Quiet: quiet, DualStack: true})
 	t.Cleanup(func() {
 		if err := l.Close(); err != nil {
 			t.Errorf("closing the lab: %v", err)
@@ -410,6 +414,107 @@ func TestClusterE2E(t *testing.T) {
 		})
 	})
 
+	t.Run("an IPv6 pair beside the IPv4 pair", func(t *testing.T) {
+		// A dual-stack cluster runs a pair per family, here on the same nodes,
+		// VRID and Service: VRRP for IPv6 is a protocol of its own, and the
+		// IPv6 pair's agents proxy to the Service's IPv6 endpoints.
+		const pair6 = "web6"
+		holder4 := l.VIPHolders()
+		must(t, l.ApplyPair(ctx, NamedPairYAML(pair6, VIP6, "100ms")))
+		agents := map[*Node]*netlab.Proc{}
+		t.Cleanup(func() {
+			// Whatever failed, the IPv6 pair must not outlive this step.
+			if pair, err := l.NamedPair(ctx, pair6); err == nil {
+				_ = l.Client.Delete(ctx, pair)
+			}
+			for n, a := range agents {
+				_ = a.Stop(5 * time.Second)
+				checkLog(t, n.Name+"/"+pair6, a.Output())
+			}
+		})
+		for _, n := range l.Nodes {
+			a, err := l.StartPairAgent(n, pair6, n.IP+":9441", quiet)
+			must(t, err)
+			agents[n] = a
+		}
+		p6 := &probe.Prober{Addr: net.JoinHostPort(VIP6, fmt.Sprint(Port)), Period: 10 * time.Millisecond, Timeout: 500 * time.Millisecond, Dial: l.DialFromClient}
+		p6.Start()
+		defer p6.Stop()
+		onlyOn := func(vip string, n *Node) error {
+			if h := l.Holders(vip); len(h) != 1 || h[0] != n.Name {
+				return fmt.Errorf("%s on %v", vip, h)
+			}
+			return nil
+		}
+
+		waitPairHolder(t, l, pair6, "IPv6 pair: lb1 elected", lb1.Name, 30*time.Second)
+		waitPairCondition(t, l, pair6, lbv1.ConditionReady, metav1.ConditionTrue, 10*time.Second)
+		must(t, onlyOn(VIP6, lb1))
+		netlab.Eventually(t, "client served over IPv6", 10*time.Second, func() error { return p6.LastOK(10) })
+		// The backend sees the holder's own address: neither IPv4 nor the VIP,
+		// which would lose the replies of draining connections once it moves.
+		hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return l.DialFromClient(ctx, addr)
+		}}}
+		resp, err := hc.Get("http://" + net.JoinHostPort(VIP6, fmt.Sprint(Port)) + "/")
+		must(t, err)
+		resp.Body.Close()
+		if from, _, _ := net.SplitHostPort(resp.Header.Get("X-Remote-Addr")); from != lb1.IP6 {
+			t.Errorf("the backend saw the IPv6 pair's connection from %q, want lb1's %s", from, lb1.IP6)
+		}
+
+		start := time.Now()
+		must(t, agents[lb1].Signal(syscall.SIGKILL))
+		netlab.Eventually(t, "IPv6 VIP on lb2", 15*time.Second, func() error {
+			if !contains(l.Holders(VIP6), lb2.Name) {
+				return fmt.Errorf("%s on %v", VIP6, l.Holders(VIP6))
+			}
+			return nil
+		})
+		waitPairHolder(t, l, pair6, "IPv6 pair after kill -9 of lb1's agent", lb2.Name, 15*time.Second)
+		// lb1 still has the address its killed agent held: only the unsolicited
+		// neighbour advertisement of lb2 moves the client.
+		netlab.Eventually(t, "client served over IPv6 again", 15*time.Second, func() error { return p6.LastOK(10) })
+		settle()
+		outage, failed := probe.Outage(p6.Results(), start)
+		t.Logf("IPv6 pair, agent crash (kill -9): client outage %v (%d failed probes)", outage.Round(time.Millisecond), failed)
+
+		<-agents[lb1].Done()
+		a, err := l.StartPairAgent(lb1, pair6, lb1.IP+":9441", quiet)
+		must(t, err)
+		agents[lb1] = a
+		waitPairHolder(t, l, pair6, "IPv6 pair: lb1 back after restart", lb1.Name, 30*time.Second)
+		netlab.Eventually(t, "the restarted agent removed the stale IPv6 VIP and lb2 released", 15*time.Second, func() error { return onlyOn(VIP6, lb1) })
+
+		pair, err := l.NamedPair(ctx, pair6)
+		must(t, err)
+		must(t, l.Client.Delete(ctx, pair))
+		netlab.Eventually(t, "no IPv6 VIP and no IPv6 listener left", 20*time.Second, func() error {
+			if h := l.Holders(VIP6); len(h) > 0 {
+				return fmt.Errorf("%s still on %v", VIP6, h)
+			}
+			for _, n := range l.Nodes {
+				if n.ListeningOn(VIP6) {
+					return fmt.Errorf("%s still listens on [%s]:%d", n.Name, VIP6, Port)
+				}
+			}
+			return nil
+		})
+
+		// The IPv4 pair, with the same VRID, saw none of it.
+		if h := l.VIPHolders(); !slices.Equal(h, holder4) {
+			t.Errorf("the IPv4 VIP moved from %v to %v", holder4, h)
+		}
+		if outage, failed := probe.Outage(p.Results(), start); failed > 0 {
+			t.Errorf("the IPv4 pair's clients failed %d times (longest outage %v) while the IPv6 pair failed over", failed, outage)
+		}
+		for _, n := range l.Nodes {
+			if !n.ListeningOn(VIP) {
+				t.Errorf("%s no longer listens on %s:%d", n.Name, VIP, Port)
+			}
+		}
+	})
+
 	t.Run("pair deleted", func(t *testing.T) {
 		pair, err := l.Pair(ctx)
 		must(t, err)
@@ -438,15 +543,35 @@ func TestClusterE2E(t *testing.T) {
 					t.Errorf("%s logged an error after the pair was deleted: %s", n.Name, line)
 				}
 			}
+			checkLog(t, n.Name, n.Agent.Output())
 		}
 	})
 }
 
+// checkLog fails the test for every line of an agent's output that is not
+// a JSON log entry: everything the agent and its libraries say must reach
+// the log pipeline as structured entries.
+func checkLog(t *testing.T, agent, out string) {
+	t.Helper()
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if line != "" && !json.Valid([]byte(line)) {
+			t.Errorf("%s wrote a line that is not a JSON log entry: %s", agent, line)
+		}
+	}
+}
+
 func waitHolder(t *testing.T, l *Lab, what, want string, timeout time.Duration) time.Time {
+	t.Helper()
+	return waitPairHolder(t, l, PairName, what, want, timeout)
+}
+
+// waitPairHolder waits until the named pair's status.holder is want, and
+// returns when it saw it.
+func waitPairHolder(t *testing.T, l *Lab, pair, what, want string, timeout time.Duration) time.Time {
 	t.Helper()
 	var at time.Time
 	netlab.Eventually(t, what+": status.holder "+want, timeout, func() error {
-		p, err := l.Pair(context.Background())
+		p, err := l.NamedPair(context.Background(), pair)
 		if err != nil {
 			return err
 		}
@@ -503,8 +628,13 @@ func waitFailoverEvent(t *testing.T, l *Lab, from, to string, since time.Time) {
 
 func waitCondition(t *testing.T, l *Lab, typ string, want metav1.ConditionStatus, timeout time.Duration) {
 	t.Helper()
-	netlab.Eventually(t, fmt.Sprintf("condition %s=%s", typ, want), timeout, func() error {
-		p, err := l.Pair(context.Background())
+	waitPairCondition(t, l, PairName, typ, want, timeout)
+}
+
+func waitPairCondition(t *testing.T, l *Lab, pair, typ string, want metav1.ConditionStatus, timeout time.Duration) {
+	t.Helper()
+	netlab.Eventually(t, fmt.Sprintf("%s: condition %s=%s", pair, typ, want), timeout, func() error {
+		p, err := l.NamedPair(context.Background(), pair)
 		if err != nil {
 			return err
 		}
