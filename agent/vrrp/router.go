@@ -87,7 +87,17 @@ type Router struct {
 	// publishedPrio is the priority last set in the metrics and status;
 	// 0, which no machine has, until the first step.
 	publishedPrio uint8
+	// prevPassword is the VRRPv2 password before the last change, still
+	// accepted until prevUntil (see passwordGrace).
+	prevPassword string
+	prevUntil    time.Time
 }
+
+// passwordGrace is how long adverts with the previous VRRPv2 password are
+// still accepted after a change. The routers of a group learn a new password
+// one at a time (each agent reads the Secret, each keepalived is reloaded);
+// in between, a backup that dropped the master's adverts would take over.
+const passwordGrace = time.Minute
 
 // NewRouter opens the router's sockets on the interface: it must run in
 // the network namespace of that interface; the router may then run from any
@@ -278,6 +288,10 @@ func (r *Router) Run(ctx context.Context) error {
 			}
 		case cfg := <-r.reconf:
 			base = cfg.Priority
+			if cfg.AuthPassword != r.cfg.AuthPassword {
+				r.prevPassword, r.prevUntil = r.cfg.AuthPassword, time.Now().Add(passwordGrace)
+				r.log.Info("VRRP password changed; the previous one is accepted for a while", "for", passwordGrace)
+			}
 			r.cfg = cfg
 			prio, fault, why = r.effective(base)
 			mc := r.m.Config()
@@ -393,6 +407,16 @@ func (r *Router) handle(p received) {
 	}
 }
 
+// authMatches tells whether a VRRPv2 advert carries password, or no
+// authentication when password is "".
+func authMatches(pkt *Packet, password string) bool {
+	if password == "" {
+		return pkt.AuthType == AuthNone
+	}
+	want := Password(password)
+	return pkt.AuthType == AuthSimple && subtle.ConstantTimeCompare(pkt.Auth[:], want[:]) == 1
+}
+
 // check applies the receive-side checks of RFC 5798 7.1 and RFC 3768 7.1;
 // it returns the packet when it belongs to this group and passes them.
 func (r *Router) check(p received) *Packet {
@@ -426,9 +450,7 @@ func (r *Router) check(p received) *Packet {
 		return nil
 	}
 	if pkt.Version == 2 {
-		want := Password(r.cfg.AuthPassword)
-		if r.cfg.AuthPassword == "" && pkt.AuthType != AuthNone ||
-			r.cfg.AuthPassword != "" && (pkt.AuthType != AuthSimple || subtle.ConstantTimeCompare(pkt.Auth[:], want[:]) != 1) {
+		if !authMatches(pkt, r.cfg.AuthPassword) && (time.Now().After(r.prevUntil) || !authMatches(pkt, r.prevPassword)) {
 			r.drop("auth", p.src, errors.New("authentication does not match"))
 			return nil
 		}

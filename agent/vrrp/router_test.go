@@ -376,6 +376,44 @@ func TestReconfigureLive(t *testing.T) {
 	}
 }
 
+// TestPasswordRotation: the routers of a group learn a new VRRPv2 password one at a
+// time. A backup that has it already still accepts the master's adverts with the
+// previous one, and does not take over.
+func TestPasswordRotation(t *testing.T) {
+	h := lab(t, "lb1", "lb2")
+	cfg := func(prio uint8, password string) Config {
+		c := baseConfig(prio)
+		c.Version, c.AdvertInterval, c.AuthPassword = 2, time.Second, password
+		return c
+	}
+	lb1 := startRouter(t, h[0], cfg(150, "old"))
+	lb2 := startRouter(t, h[1], cfg(100, "old"))
+	waitFor(t, "lb1 elected", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+
+	// steady fails the test if lb2 leaves Backup within d: its master-down interval
+	// is about 3.6 s.
+	steady := func(what string, d time.Duration) {
+		t.Helper()
+		for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+			if s := lb2.state(); s != Backup {
+				t.Fatalf("%s: lb2 became %v", what, s)
+			}
+		}
+	}
+	if err := lb2.router.Reconfigure(cfg(100, "new")); err != nil {
+		t.Fatal(err)
+	}
+	steady("lb2 has the new password, lb1 the old one", 5*time.Second)
+	if err := lb1.router.Reconfigure(cfg(150, "new")); err != nil {
+		t.Fatal(err)
+	}
+	steady("both have the new password", 2*time.Second)
+	waitFor(t, "after the rotation", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+	if n := metricValue(t, lb2.router.metrics.dropped.WithLabelValues("auth")); n != 0 {
+		t.Errorf("lb2 dropped %v adverts for their authentication", n)
+	}
+}
+
 // arpCounter counts, on a lab host, the gratuitous ARP requests for vip.
 type arpCounter struct {
 	mu sync.Mutex

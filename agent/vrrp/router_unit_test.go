@@ -74,6 +74,10 @@ func TestCheck(t *testing.T) {
 		corrupt func([]byte) []byte
 		ttl     int
 		src     netip.Addr
+		// prev was the password until a change prevFor ago; accepted
+		// until passwordGrace has passed.
+		prev    string
+		prevFor time.Duration
 		// drop is the reason counted, or "" when the packet is accepted.
 		drop string
 	}{
@@ -92,6 +96,10 @@ func TestCheck(t *testing.T) {
 		{name: "VRRPv2 PASS with a wrong password", config: v2pass, packet: pkt(2, func(p *Packet) { p.AuthType, p.Auth = AuthSimple, Password("wrong") }), drop: "auth"},
 		{name: "VRRPv2 without authentication to a PASS group", config: v2pass, packet: pkt(2, nil), drop: "auth"},
 		{name: "VRRPv2 PASS to a group without authentication", config: v2, packet: pkt(2, func(p *Packet) { p.AuthType, p.Auth = AuthSimple, Password("s3cret") }), drop: "auth"},
+		{name: "VRRPv2 the previous password just after a change", config: v2pass, prev: "old", prevFor: time.Second, packet: pkt(2, func(p *Packet) { p.AuthType, p.Auth = AuthSimple, Password("old") })},
+		{name: "VRRPv2 the previous password once its grace has passed", config: v2pass, prev: "old", prevFor: passwordGrace + time.Second, packet: pkt(2, func(p *Packet) { p.AuthType, p.Auth = AuthSimple, Password("old") }), drop: "auth"},
+		{name: "VRRPv2 without authentication just after PASS was turned on", config: v2pass, prevFor: time.Second, packet: pkt(2, nil)},
+		{name: "VRRPv2 another password just after a change", config: v2pass, prev: "old", prevFor: time.Second, packet: pkt(2, func(p *Packet) { p.AuthType, p.Auth = AuthSimple, Password("wrong") }), drop: "auth"},
 		{name: "VRRPv2 unknown authentication type", config: v2, packet: pkt(2, func(p *Packet) { p.AuthType = 2 }), drop: "auth"},
 		{name: "VRRPv2 interval mismatch", config: v2, packet: pkt(2, func(p *Packet) { p.Interval = 2 * time.Second }), drop: "interval"},
 		{name: "fewer addresses", config: Config{Version: 3, VRID: 51, Priority: 100, AdvertInterval: time.Second, VIPs: []netip.Addr{vip4, other}}, packet: pkt(3, nil), drop: "addresses"},
@@ -104,6 +112,9 @@ func TestCheck(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := socketFreeRouter(tt.config, logr.Discard())
+			if tt.prevFor != 0 {
+				r.prevPassword, r.prevUntil = tt.prev, time.Now().Add(passwordGrace-tt.prevFor)
+			}
 			src := upper
 			if tt.src.IsValid() {
 				src = tt.src
