@@ -395,20 +395,51 @@ func TestClusterE2E(t *testing.T) {
 			t.Errorf("the VIP moved to %v, want it kept on %s", h, holder)
 		}
 
+		// Agents may get Secrets but not watch them: they read the password again
+		// every few seconds, so the Secret's creation and a new password both apply.
+		secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: "nope"}, StringData: map[string]string{"password": "first"}}
+		must(t, l.Client.Create(ctx, secret))
+		t.Cleanup(func() { _ = l.Client.Delete(ctx, secret) })
+		waitConfigApplied(t, l, "the spec applied once its Secret exists", 15*time.Second)
+		waitCondition(t, l, lbv1.ConditionReady, metav1.ConditionTrue, 15*time.Second)
+		advertAuth := func(want string) error {
+			out, err := lb2.Host.Exec("timeout", "3", "tcpdump", "-i", "eth0", "-c", "1", "-n", "-v", "ip proto 112")
+			if err != nil {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+			if !strings.Contains(out, "VRRPv2") || !strings.Contains(out, `auth "`+want) {
+				return fmt.Errorf("advert %q", out)
+			}
+			return nil
+		}
+		netlab.Eventually(t, "VRRPv2 adverts with the Secret's password", 15*time.Second, func() error { return advertAuth("first") })
+		netlab.Eventually(t, "client served over VRRPv2", 15*time.Second, func() error { return p.LastOK(10) })
+		holder = l.VIPHolders()[0]
+
+		rotated := time.Now()
+		secret.StringData = map[string]string{"password": "second"}
+		must(t, l.Client.Update(ctx, secret))
+		netlab.Eventually(t, "VRRPv2 adverts with the new password", 15*time.Second, func() error { return advertAuth("second") })
+		// The agents learnt it one after the other; neither took over meanwhile.
+		time.Sleep(2 * time.Second)
+		if h := l.VIPHolders(); len(h) != 1 || h[0] != holder {
+			t.Errorf("the VIP moved from %s to %v during the password change", holder, h)
+		}
+		if outage, failed := probe.Outage(p.Results(), rotated); failed > 0 {
+			t.Errorf("clients failed %d times (longest outage %v) during the password change", failed, outage)
+		}
+
 		current, err := l.Pair(ctx)
 		must(t, err)
 		restored := current.DeepCopy()
 		restored.Spec = applied.Spec
 		must(t, l.Client.Patch(ctx, restored, client.MergeFrom(current)))
-		netlab.Eventually(t, "the report cleared once the spec is valid again", 10*time.Second, func() error {
-			p, err := l.Pair(ctx)
-			if err != nil {
-				return err
-			}
-			for _, a := range p.Status.Agents {
-				if a.ConfigError != "" {
-					return fmt.Errorf("%s's configError is still %q", a.Node, a.ConfigError)
-				}
+		waitConfigApplied(t, l, "the report cleared once the spec is valid again", 10*time.Second)
+		// Back to VRRPv3, a new router on each node: lb1 is elected again.
+		waitHolder(t, l, "VRRPv3 again", lb1.Name, 30*time.Second)
+		netlab.Eventually(t, "the VIP on lb1 alone", 15*time.Second, func() error {
+			if h := l.VIPHolders(); len(h) != 1 || h[0] != lb1.Name {
+				return fmt.Errorf("VIP on %v", h)
 			}
 			return nil
 		})
@@ -623,6 +654,23 @@ func waitFailoverEvent(t *testing.T, l *Lab, from, to string, since time.Time) {
 			seen = append(seen, e.Note)
 		}
 		return fmt.Errorf("Failover events %q", seen)
+	})
+}
+
+// waitConfigApplied waits until no agent reports a configError.
+func waitConfigApplied(t *testing.T, l *Lab, what string, timeout time.Duration) {
+	t.Helper()
+	netlab.Eventually(t, what, timeout, func() error {
+		p, err := l.Pair(context.Background())
+		if err != nil {
+			return err
+		}
+		for _, a := range p.Status.Agents {
+			if a.ConfigError != "" {
+				return fmt.Errorf("%s's configError is still %q", a.Node, a.ConfigError)
+			}
+		}
+		return nil
 	})
 }
 
