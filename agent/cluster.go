@@ -32,11 +32,6 @@ import (
 // EndpointSlices) into one reconfiguration.
 const settleDelay = 100 * time.Millisecond
 
-// secretRecheck is how often an agent whose pair names a password Secret
-// reads it again. Agents may get Secrets but not watch them, and no other
-// event follows the creation of a missing Secret or a new password.
-const secretRecheck = 5 * time.Second
-
 // clusterSource feeds an Agent from the apiserver. Everything it reads comes
 // from informers, so when the apiserver is unreachable the agent keeps its
 // last configuration and keeps serving.
@@ -48,15 +43,12 @@ type clusterSource struct {
 	reader client.Client // uncached: the auth Secret and status writes
 	status *statusReporter
 	podIP  netip.Addr
-	// secretName is the password Secret the pair named at the last sync, or "".
-	secretName string
 
-	mu            sync.Mutex
-	secret        *corev1.Secret
-	secretFailing bool // the last read of the Secret failed, and was logged
-	nodeIP        string
-	running       bool
-	applied       *config.Settings
+	mu      sync.Mutex
+	secret  *corev1.Secret
+	nodeIP  string
+	running bool
+	applied *config.Settings
 }
 
 func newScheme() (*runtime.Scheme, error) {
@@ -136,20 +128,12 @@ func runCluster(ctx context.Context, o Options, a *Agent, st *statusReporter, lo
 	st.start(ctx, reader, src.address)
 	for {
 		src.sync(ctx)
-		var recheck <-chan time.Time
-		if src.secretName != "" {
-			// On the wall clock's multiples of secretRecheck, so that the agents of
-			// a pair read a new password within moments of each other.
-			now := time.Now()
-			recheck = time.After(now.Truncate(secretRecheck).Add(secretRecheck).Sub(now))
-		}
 		select {
 		case <-trigger:
 			select {
 			case <-time.After(settleDelay):
 			case <-ctx.Done():
 			}
-		case <-recheck:
 		case <-ctx.Done():
 		}
 		if ctx.Err() != nil {
@@ -177,7 +161,6 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 // is gone, or a node that no longer matches the pair's nodeSelector, stops
 // the agent: it gives up the virtual IPs and closes its listeners.
 func (s *clusterSource) sync(ctx context.Context) {
-	s.secretName = ""
 	var pair lbv1.LoadBalancerPair
 	err := s.cache.Get(ctx, types.NamespacedName{Namespace: s.o.Namespace, Name: s.o.Pair}, &pair)
 	switch {
@@ -203,8 +186,7 @@ func (s *clusterSource) sync(ctx context.Context) {
 	s.status.resume()
 	in := config.Inputs{Pair: &pair, Node: node, Peers: s.peers(ctx)}
 	if pair.Spec.Authentication != nil {
-		s.secretName = pair.Spec.Authentication.PasswordSecretRef.Name
-		in.Secrets = s.authSecret(ctx, s.secretName)
+		in.Secrets = s.authSecret(ctx, pair.Spec.Authentication.PasswordSecretRef.Name)
 	}
 	settings, err := config.Build(ctx, in)
 	if err != nil {
@@ -279,13 +261,11 @@ func (s *clusterSource) authSecret(ctx context.Context, name string) []corev1.Se
 	defer s.mu.Unlock()
 	switch {
 	case err == nil:
-		s.secret, s.secretFailing = &sec, false
+		s.secret = &sec
 	case apierrors.IsNotFound(err):
-		s.secret, s.secretFailing = nil, false
-	case !s.secretFailing:
-		// Once per outage: the Secret is read again every secretRecheck.
-		s.secretFailing = true
-		s.log.Error(err, "Reading the authentication Secret; using the last one read until it can be read again", "secret", name)
+		s.secret = nil
+	default:
+		s.log.Error(err, "Reading the authentication Secret; using the last one read", "secret", name)
 	}
 	if s.secret == nil {
 		return nil

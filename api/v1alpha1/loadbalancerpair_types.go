@@ -213,10 +213,10 @@ type PrioritySpec struct {
 type AuthenticationSpec struct {
 	// passwordSecretRef names a Secret in the pair's namespace and the key that holds the
 	// password: 1 to 8 bytes, as keepalived's auth_pass (longer passwords are cut to 8 by
-	// keepalived, so they are refused here). In a cluster the agents read the Secret every 5
-	// seconds, so a Secret created late or a new password applies without a restart; for a
-	// minute after a change, adverts with the previous password are still accepted, so that
-	// routers learning it one after another do not take over from each other.
+	// keepalived, so they are refused here). In a cluster the agents read the Secret again at
+	// least every 10 seconds, so a Secret created late or a new password applies without a
+	// restart; for a minute after a change, adverts with the previous password are still
+	// accepted, so that routers learning it one after another do not take over from each other.
 	// +required
 	PasswordSecretRef corev1.SecretKeySelector `json:"passwordSecretRef"`
 }

@@ -395,8 +395,9 @@ func TestClusterE2E(t *testing.T) {
 			t.Errorf("the VIP moved to %v, want it kept on %s", h, holder)
 		}
 
-		// Agents may get Secrets but not watch them: they read the password again
-		// every few seconds, so the Secret's creation and a new password both apply.
+		// Agents may get Secrets but not watch them. They read the password on every
+		// sync, and each agent's status refresh (every 10 s) is a watch event, so a
+		// sync, for all of them: the Secret's creation and a new password both apply.
 		secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: "nope"}, StringData: map[string]string{"password": "first"}}
 		must(t, l.Client.Create(ctx, secret))
 		t.Cleanup(func() { _ = l.Client.Delete(ctx, secret) })
