@@ -197,6 +197,11 @@ func (r *statusReporter) entry(now time.Time) lbv1.AgentStatus {
 		if !st.VRRP.Since.IsZero() {
 			e.Since = metav1.NewMicroTime(st.VRRP.Since)
 		}
+		// Not the pod's address: the router sends from the interface it runs on,
+		// and from a link-local address for IPv6.
+		if a := st.VRRP.Address; a.IsValid() {
+			e.Address = a.WithZone("").String()
+		}
 	} else if st.Err != nil {
 		e.State, e.Reason = lbv1.StateFault, st.Err.Error()
 	}

@@ -36,6 +36,9 @@ type Status struct {
 	Reason            string
 	EffectivePriority uint8
 	MasterAddr        netip.Addr
+	// Address is the router's own address, the source of its adverts: the
+	// interface's primary IPv4 address, or its IPv6 link-local one.
+	Address netip.Addr
 }
 
 // Option configures a Router.
@@ -158,7 +161,9 @@ func NewRouter(cfg Config, log logr.Logger, opts ...Option) (*Router, error) {
 func (r *Router) Status() Status {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.status
+	st := r.status
+	st.Address = r.self
+	return st
 }
 
 // Reconfigure applies a new configuration to the running router. Changes

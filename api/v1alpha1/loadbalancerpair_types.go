@@ -588,7 +588,9 @@ type AgentStatus struct {
 	// +kubebuilder:validation:MaxLength=256
 	Reason string `json:"reason,omitempty"`
 
-	// address is the node address the agent sends advertisements from.
+	// address is the node address the agent sends advertisements from: the primary IPv4
+	// address of its interface, or for IPv6 its link-local address (RFC 5798). Until the
+	// agent runs VRRP, the node's address.
 	// +optional
 	// +kubebuilder:validation:MaxLength=45
 	Address string `json:"address,omitempty"`

@@ -408,6 +408,16 @@ func (l *Lab) SignalAgent(n *Node, sig syscall.Signal) error {
 	return n.Agent.Signal(sig)
 }
 
+// node is the lab node named name, or nil.
+func (l *Lab) node(name string) *Node {
+	for _, n := range l.Nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
 // PauseAPI cuts the node off the apiserver; ResumeAPI reconnects it.
 func (n *Node) PauseAPI()        { n.fwd.Pause() }
 func (n *Node) ResumeAPI() error { return n.fwd.Resume() }

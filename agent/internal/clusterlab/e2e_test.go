@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -482,6 +483,20 @@ func TestClusterE2E(t *testing.T) {
 		waitPairHolder(t, l, pair6, "IPv6 pair: lb1 elected", lb1.Name, 30*time.Second)
 		waitPairCondition(t, l, pair6, lbv1.ConditionReady, metav1.ConditionTrue, 10*time.Second)
 		must(t, onlyOn(VIP6, lb1))
+		// Each pair's status names the address its agents advertise from.
+		for name, want := range map[string]func(*Node, netip.Addr) bool{
+			PairName: func(n *Node, a netip.Addr) bool { return a.String() == n.IP },
+			pair6:    func(_ *Node, a netip.Addr) bool { return a.Is6() && a.IsLinkLocalUnicast() },
+		} {
+			pair, err := l.NamedPair(ctx, name)
+			must(t, err)
+			for _, a := range pair.Status.Agents {
+				addr, _ := netip.ParseAddr(a.Address)
+				if n := l.node(a.Node); n == nil || !want(n, addr) {
+					t.Errorf("%s's status gives %s's address as %q", name, a.Node, a.Address)
+				}
+			}
+		}
 		netlab.Eventually(t, "client served over IPv6", 10*time.Second, func() error { return p6.LastOK(10) })
 		// The backend sees the holder's own address: neither IPv4 nor the VIP,
 		// which would lose the replies of draining connections once it moves.
