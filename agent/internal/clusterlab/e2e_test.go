@@ -103,12 +103,7 @@ func TestClusterE2E(t *testing.T) {
 		<-lb1.Agent.Done()
 		must(t, l.StartAgent(lb1, quiet))
 		waitHolder(t, l, "lb1 back after restart", lb1.Name, 30*time.Second)
-		netlab.Eventually(t, "the restarted agent removed the stale VIP and lb2 released", 15*time.Second, func() error {
-			if h := l.VIPHolders(); len(h) != 1 || h[0] != lb1.Name {
-				return fmt.Errorf("VIP on %v", h)
-			}
-			return nil
-		})
+		netlab.Eventually(t, "the restarted agent removed the stale VIP and lb2 released", 15*time.Second, func() error { return onlyOn(l, VIP, lb1) })
 	})
 
 	t.Run("link loss", func(t *testing.T) {
@@ -301,12 +296,7 @@ func TestClusterE2E(t *testing.T) {
 			<-lb1.Agent.Done()
 			must(t, l.StartAgent(lb1, quiet))
 		}
-		netlab.Eventually(t, "lb2 holds the VIP", 15*time.Second, func() error {
-			if h := l.VIPHolders(); len(h) != 1 || h[0] != lb2.Name {
-				return fmt.Errorf("VIP on %v", h)
-			}
-			return nil
-		})
+		netlab.Eventually(t, "lb2 holds the VIP", 15*time.Second, func() error { return onlyOn(l, VIP, lb2) })
 		settle()
 		start := time.Now()
 		relabel("false")
@@ -439,12 +429,7 @@ func TestClusterE2E(t *testing.T) {
 		waitConfigApplied(t, l, "the report cleared once the spec is valid again", 10*time.Second)
 		// Back to VRRPv3, a new router on each node: lb1 is elected again.
 		waitHolder(t, l, "VRRPv3 again", lb1.Name, 30*time.Second)
-		netlab.Eventually(t, "the VIP on lb1 alone", 15*time.Second, func() error {
-			if h := l.VIPHolders(); len(h) != 1 || h[0] != lb1.Name {
-				return fmt.Errorf("VIP on %v", h)
-			}
-			return nil
-		})
+		netlab.Eventually(t, "the VIP on lb1 alone", 15*time.Second, func() error { return onlyOn(l, VIP, lb1) })
 	})
 
 	t.Run("an IPv6 pair beside the IPv4 pair", func(t *testing.T) {
@@ -473,16 +458,10 @@ func TestClusterE2E(t *testing.T) {
 		p6 := &probe.Prober{Addr: net.JoinHostPort(VIP6, fmt.Sprint(Port)), Period: 10 * time.Millisecond, Timeout: 500 * time.Millisecond, Dial: l.DialFromClient}
 		p6.Start()
 		defer p6.Stop()
-		onlyOn := func(vip string, n *Node) error {
-			if h := l.Holders(vip); len(h) != 1 || h[0] != n.Name {
-				return fmt.Errorf("%s on %v", vip, h)
-			}
-			return nil
-		}
 
 		waitPairHolder(t, l, pair6, "IPv6 pair: lb1 elected", lb1.Name, 30*time.Second)
 		waitPairCondition(t, l, pair6, lbv1.ConditionReady, metav1.ConditionTrue, 10*time.Second)
-		must(t, onlyOn(VIP6, lb1))
+		must(t, onlyOn(l, VIP6, lb1))
 		// Each pair's status names the address its agents advertise from.
 		for name, want := range map[string]func(*Node, netip.Addr) bool{
 			PairName: func(n *Node, a netip.Addr) bool { return a.String() == n.IP },
@@ -531,7 +510,7 @@ func TestClusterE2E(t *testing.T) {
 		must(t, err)
 		agents[lb1] = a
 		waitPairHolder(t, l, pair6, "IPv6 pair: lb1 back after restart", lb1.Name, 30*time.Second)
-		netlab.Eventually(t, "the restarted agent removed the stale IPv6 VIP and lb2 released", 15*time.Second, func() error { return onlyOn(VIP6, lb1) })
+		netlab.Eventually(t, "the restarted agent removed the stale IPv6 VIP and lb2 released", 15*time.Second, func() error { return onlyOn(l, VIP6, lb1) })
 
 		pair, err := l.NamedPair(ctx, pair6)
 		must(t, err)
@@ -593,6 +572,14 @@ func TestClusterE2E(t *testing.T) {
 			checkLog(t, n.Name, n.Agent.Output())
 		}
 	})
+}
+
+// onlyOn says where vip is unless n alone has it.
+func onlyOn(l *Lab, vip string, n *Node) error {
+	if h := l.Holders(vip); len(h) != 1 || h[0] != n.Name {
+		return fmt.Errorf("%s on %v", vip, h)
+	}
+	return nil
 }
 
 // checkLog fails the test for every line of an agent's output that is not
