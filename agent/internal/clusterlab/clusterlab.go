@@ -530,13 +530,16 @@ func (l *Lab) PartitionNodes(cut bool) error {
 	return nil
 }
 
-// CreateAgentPods registers the Pods the DaemonSet would run, one per node
-// with the node's address (host network), as the kubelet would: agents find
-// their unicast peers from them.
-func (l *Lab) CreateAgentPods(ctx context.Context) error {
+// CreateAgentPods registers the Pods the lab pair's DaemonSet would run, one
+// per node with the node's addresses (host network), as the kubelet would:
+// agents find their unicast peers from them.
+func (l *Lab) CreateAgentPods(ctx context.Context) error { return l.CreatePairAgentPods(ctx, PairName) }
+
+// CreatePairAgentPods registers the agent Pods of the named pair.
+func (l *Lab) CreatePairAgentPods(ctx context.Context, pair string) error {
 	for _, n := range l.Nodes {
 		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: "lbpair-" + PairName + "-" + n.Name, Labels: map[string]string{"lbpair.io/pair": PairName}},
+			ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: "lbpair-" + pair + "-" + n.Name, Labels: map[string]string{lbv1.PairLabel: lbv1.PairLabelValue(pair)}},
 			Spec:       corev1.PodSpec{NodeName: n.Name, HostNetwork: true, Containers: []corev1.Container{{Name: "agent", Image: "ghcr.io/lbpair/lbpair:lab"}}},
 		}
 		if err := l.Client.Create(ctx, pod); err != nil {

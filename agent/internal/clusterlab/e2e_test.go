@@ -489,6 +489,24 @@ func TestClusterE2E(t *testing.T) {
 			t.Errorf("the backend saw the IPv6 pair's connection from %q, want lb1's %s", from, lb1.IP6)
 		}
 
+		// Unicast, with the peers' IPv6 addresses from the agent pods (which list
+		// both families): lb1 advertises to lb2's, from its link-local address.
+		must(t, l.CreatePairAgentPods(ctx, pair6))
+		pair, err := l.NamedPair(ctx, pair6)
+		must(t, err)
+		before := pair.DeepCopy()
+		pair.Spec.Unicast = &lbv1.UnicastSpec{Enabled: true}
+		must(t, l.Client.Patch(ctx, pair, client.MergeFrom(before)))
+		netlab.Eventually(t, "a unicast VRRP advert to lb2's IPv6 address", 20*time.Second, func() error {
+			out, err := lb2.Host.Exec("timeout", "2", "tcpdump", "-i", "eth0", "-c", "1", "-n", "ip6 proto 112 and dst host "+lb2.IP6)
+			if err == nil && !strings.Contains(out, "IP6 fe80:") {
+				err = fmt.Errorf("not from a link-local address: %s", out)
+			}
+			return err
+		})
+		waitPairCondition(t, l, pair6, lbv1.ConditionReady, metav1.ConditionTrue, 10*time.Second)
+		must(t, onlyOn(l, VIP6, lb1))
+
 		start := time.Now()
 		must(t, agents[lb1].Signal(syscall.SIGKILL))
 		netlab.Eventually(t, "IPv6 VIP on lb2", 15*time.Second, func() error {
@@ -498,8 +516,9 @@ func TestClusterE2E(t *testing.T) {
 			return nil
 		})
 		waitPairHolder(t, l, pair6, "IPv6 pair after kill -9 of lb1's agent", lb2.Name, 15*time.Second)
-		// lb1 still has the address its killed agent held: only the unsolicited
-		// neighbour advertisement of lb2 moves the client.
+		// lb2 took over when lb1's unicast adverts stopped. lb1 still has the
+		// address its killed agent held: only lb2's unsolicited neighbour
+		// advertisement moves the client.
 		netlab.Eventually(t, "client served over IPv6 again", 15*time.Second, func() error { return p6.LastOK(10) })
 		settle()
 		outage, failed := probe.Outage(p6.Results(), start)
@@ -512,7 +531,7 @@ func TestClusterE2E(t *testing.T) {
 		waitPairHolder(t, l, pair6, "IPv6 pair: lb1 back after restart", lb1.Name, 30*time.Second)
 		netlab.Eventually(t, "the restarted agent removed the stale IPv6 VIP and lb2 released", 15*time.Second, func() error { return onlyOn(l, VIP6, lb1) })
 
-		pair, err := l.NamedPair(ctx, pair6)
+		pair, err = l.NamedPair(ctx, pair6)
 		must(t, err)
 		must(t, l.Client.Delete(ctx, pair))
 		netlab.Eventually(t, "no IPv6 VIP and no IPv6 listener left", 20*time.Second, func() error {
