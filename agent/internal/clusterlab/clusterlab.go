@@ -530,12 +530,9 @@ func (l *Lab) PartitionNodes(cut bool) error {
 	return nil
 }
 
-// CreateAgentPods registers the Pods the lab pair's DaemonSet would run, one
-// per node with the node's addresses (host network), as the kubelet would:
-// agents find their unicast peers from them.
-func (l *Lab) CreateAgentPods(ctx context.Context) error { return l.CreatePairAgentPods(ctx, PairName) }
-
-// CreatePairAgentPods registers the agent Pods of the named pair.
+// CreatePairAgentPods registers the Pods the named pair's DaemonSet would
+// run, one per node with the node's addresses (host network), as the kubelet
+// would: agents find their unicast peers from them.
 func (l *Lab) CreatePairAgentPods(ctx context.Context, pair string) error {
 	for _, n := range l.Nodes {
 		pod := &corev1.Pod{

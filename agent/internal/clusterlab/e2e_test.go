@@ -332,12 +332,7 @@ func TestClusterE2E(t *testing.T) {
 	})
 
 	t.Run("unicast peers found from the agent pods", func(t *testing.T) {
-		must(t, l.CreateAgentPods(ctx))
-		pair, err := l.Pair(ctx)
-		must(t, err)
-		before := pair.DeepCopy()
-		pair.Spec.Unicast = &lbv1.UnicastSpec{Enabled: true}
-		must(t, l.Client.Patch(ctx, pair, client.MergeFrom(before)))
+		enableUnicast(t, l, PairName)
 		// The master's adverts now go to the backup's address, which nobody
 		// listed: tcpdump on the backup sees one addressed to it.
 		backup := lb1
@@ -345,7 +340,7 @@ func TestClusterE2E(t *testing.T) {
 			backup = lb2
 		}
 		netlab.Eventually(t, "a unicast VRRP advert to "+backup.Name, 20*time.Second, func() error {
-			_, err := backup.Host.Exec("timeout", "2", "tcpdump", "-i", "eth0", "-c", "1", "-n", "ip proto 112 and dst host "+backup.IP)
+			_, err := captureVRRP(backup, "ip proto 112 and dst host "+backup.IP)
 			return err
 		})
 		waitCondition(t, l, lbv1.ConditionReady, metav1.ConditionTrue, 10*time.Second)
@@ -395,9 +390,9 @@ func TestClusterE2E(t *testing.T) {
 		waitConfigApplied(t, l, "the spec applied once its Secret exists", 15*time.Second)
 		waitCondition(t, l, lbv1.ConditionReady, metav1.ConditionTrue, 15*time.Second)
 		advertAuth := func(want string) error {
-			out, err := lb2.Host.Exec("timeout", "3", "tcpdump", "-i", "eth0", "-c", "1", "-n", "-v", "ip proto 112")
+			out, err := captureVRRP(lb2, "ip proto 112")
 			if err != nil {
-				return fmt.Errorf("%v: %s", err, out)
+				return err
 			}
 			if !strings.Contains(out, "VRRPv2") || !strings.Contains(out, `auth "`+want) {
 				return fmt.Errorf("advert %q", out)
@@ -491,15 +486,10 @@ func TestClusterE2E(t *testing.T) {
 
 		// Unicast, with the peers' IPv6 addresses from the agent pods (which list
 		// both families): lb1 advertises to lb2's, from its link-local address.
-		must(t, l.CreatePairAgentPods(ctx, pair6))
-		pair, err := l.NamedPair(ctx, pair6)
-		must(t, err)
-		before := pair.DeepCopy()
-		pair.Spec.Unicast = &lbv1.UnicastSpec{Enabled: true}
-		must(t, l.Client.Patch(ctx, pair, client.MergeFrom(before)))
+		enableUnicast(t, l, pair6)
 		netlab.Eventually(t, "a unicast VRRP advert to lb2's IPv6 address", 20*time.Second, func() error {
-			out, err := lb2.Host.Exec("timeout", "2", "tcpdump", "-i", "eth0", "-c", "1", "-n", "ip6 proto 112 and dst host "+lb2.IP6)
-			if err == nil && !strings.Contains(out, "IP6 fe80:") {
+			out, err := captureVRRP(lb2, "ip6 proto 112 and dst host "+lb2.IP6)
+			if src, _, _ := strings.Cut(out, " > "); err == nil && !strings.Contains(src, " fe80:") {
 				err = fmt.Errorf("not from a link-local address: %s", out)
 			}
 			return err
@@ -531,7 +521,7 @@ func TestClusterE2E(t *testing.T) {
 		waitPairHolder(t, l, pair6, "IPv6 pair: lb1 back after restart", lb1.Name, 30*time.Second)
 		netlab.Eventually(t, "the restarted agent removed the stale IPv6 VIP and lb2 released", 15*time.Second, func() error { return onlyOn(l, VIP6, lb1) })
 
-		pair, err = l.NamedPair(ctx, pair6)
+		pair, err := l.NamedPair(ctx, pair6)
 		must(t, err)
 		must(t, l.Client.Delete(ctx, pair))
 		netlab.Eventually(t, "no IPv6 VIP and no IPv6 listener left", 20*time.Second, func() error {
@@ -591,6 +581,29 @@ func TestClusterE2E(t *testing.T) {
 			checkLog(t, n.Name, n.Agent.Output())
 		}
 	})
+}
+
+// enableUnicast registers the named pair's agent pods, which the agents take
+// their peers from, and turns unicast on.
+func enableUnicast(t *testing.T, l *Lab, name string) {
+	t.Helper()
+	ctx := context.Background()
+	must(t, l.CreatePairAgentPods(ctx, name))
+	pair, err := l.NamedPair(ctx, name)
+	must(t, err)
+	before := pair.DeepCopy()
+	pair.Spec.Unicast = &lbv1.UnicastSpec{Enabled: true}
+	must(t, l.Client.Patch(ctx, pair, client.MergeFrom(before)))
+}
+
+// captureVRRP waits up to 3 s for one packet matching the tcpdump filter on
+// n's link and returns tcpdump's verbose line for it.
+func captureVRRP(n *Node, filter string) (string, error) {
+	out, err := n.Host.Exec("timeout", "3", "tcpdump", "-i", netlab.HostLink, "-c", "1", "-n", "-v", filter)
+	if err != nil {
+		return "", fmt.Errorf("%v: %s", err, out)
+	}
+	return out, nil
 }
 
 // onlyOn says where vip is unless n alone has it.
