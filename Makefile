@@ -74,8 +74,8 @@ bench: tools lab-deps ## Proxy benchmark: lbpair vs nginx stream vs HAProxy.
 	hack/bench.sh
 
 .PHONY: bench-latency
-bench-latency: tools lab-deps ## Small requests at 50 connections, 31 rounds, with a second copy of lbpair as the noise floor.
-	hack/bench.sh -scenarios small50 -rounds 31 -skip-memory -compare $(CURDIR)/bin/proxybench
+bench-latency: tools lab-deps ## Small requests at 50 connections, 32 rounds, with a second copy of lbpair as the noise floor.
+	hack/bench.sh -scenarios small50 -rounds 32 -skip-memory -compare $(CURDIR)/bin/proxybench
 
 .PHONY: bench-failover
 bench-failover: lab-deps ## Failover benchmark: lbpair vs keepalived.

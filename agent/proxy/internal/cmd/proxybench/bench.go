@@ -61,7 +61,7 @@ type sample struct {
 
 func runBench(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
-	rounds := fs.Int("rounds", 5, "rounds; medians are reported")
+	rounds := fs.Int("rounds", 6, "rounds; medians are reported. The order of the proxies is balanced over every 2 rounds for 2 proxies, 4 for 4, and 6 for 3")
 	duration := fs.Duration("duration", 4*time.Second, "length of each wrk run")
 	idleConns := fs.Int("idle-conns", 4000, "idle connections for the memory figure")
 	procs := fs.Int("gomaxprocs", 1, "GOMAXPROCS of the lbpair proxy")
@@ -161,7 +161,13 @@ func runBench(args []string) error {
 
 	fmt.Printf("lbpair proxy benchmark: %d rounds of %v per run; wrk -t1 on the client, each proxy with one worker (lbpair GOMAXPROCS=%d), two nginx backends\n",
 		*rounds, *duration, *procs)
-	fmt.Printf("CPU: %d cores shared with the client, the backends and anything else on the machine; ratios are the figures to read.\n\n", runtimeCPUs())
+	fmt.Printf("CPU: %d cores shared with the client, the backends and anything else on the machine; ratios are the figures to read.\n", runtimeCPUs())
+	period := orderPeriod(len(proxies))
+	fmt.Printf("Order within a round: over every %d rounds, each proxy runs equally often in each position and right after each other proxy", period)
+	if *rounds%period != 0 {
+		fmt.Printf(" (%d rounds is not a multiple of %d, so this run is not fully balanced)", *rounds, period)
+	}
+	fmt.Print(".\n\n")
 
 	var scenarios []scenario
 	for _, sc := range []scenario{
@@ -185,9 +191,8 @@ func runBench(args []string) error {
 	}
 	for r := range *rounds {
 		for _, sc := range scenarios {
-			// Rotate the order, so no proxy always runs first or last.
-			for k := range proxies {
-				p := proxies[(r+k)%len(proxies)]
+			for _, k := range runOrder(r, len(proxies)) {
+				p := proxies[k]
 				s, err := wrk(client, bins["wrk"], p, sc.conns, sc.path, *duration)
 				if err != nil {
 					return err
@@ -693,6 +698,38 @@ func reportRuns(w io.Writer, scenarios []scenario, proxies []*benchProxy, result
 	}
 	_ = tw.Flush()
 	fmt.Fprintln(w)
+}
+
+// runOrder is the order in which round r runs n proxies: a row of a Williams design, so
+// that over a whole period (orderPeriod rounds) every proxy runs equally often in every
+// position and directly after every other proxy. A run disturbs the next one (sockets
+// closing, backends still waking, caches), and a plain rotation, which gives each proxy
+// the same predecessor in every round, would charge one proxy's after-effects to the
+// same other proxy every time.
+func runOrder(r, n int) []int {
+	row := r % orderPeriod(n)
+	order := make([]int, n)
+	for j := range order {
+		// The first row goes 0, 1, n-1, 2, n-2, ...; row i adds i to each entry.
+		first := (j + 1) / 2
+		if j > 0 && j%2 == 0 {
+			first = n - j/2
+		}
+		order[j] = (first + row) % n
+	}
+	if row >= n {
+		slices.Reverse(order)
+	}
+	return order
+}
+
+// orderPeriod is the number of rounds after which runOrder repeats: an odd number of
+// proxies needs each row's reverse as well.
+func orderPeriod(n int) int {
+	if n%2 == 1 {
+		return 2 * n
+	}
+	return n
 }
 
 // roundRatios summarises f(ours[i]) / f(theirs[i]) over the rounds i, with the count of

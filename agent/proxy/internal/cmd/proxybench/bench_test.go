@@ -1,6 +1,9 @@
 package main
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 func TestRoundRatiosCountsTheRoundsOursWasBetter(t *testing.T) {
 	rps := func(xs ...float64) []sample {
@@ -28,5 +31,42 @@ func TestRoundRatiosCountsTheRoundsOursWasBetter(t *testing.T) {
 				t.Errorf("roundRatios = %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestRunOrderBalancesPositionsAndPredecessors(t *testing.T) {
+	for n := 1; n <= 7; n++ {
+		period := orderPeriod(n)
+		atPosition := map[[2]int]int{} // {position, proxy}
+		after := map[[2]int]int{}      // {predecessor, proxy}
+		for r := range period {
+			order := runOrder(r, n)
+			if !slices.Equal(runOrder(r+period, n), order) {
+				t.Errorf("n=%d: round %d and round %d differ: the design should repeat", n, r, r+period)
+			}
+			seen := make([]bool, n)
+			for pos, k := range order {
+				if k < 0 || k >= n || seen[k] {
+					t.Fatalf("n=%d round %d: %v is not an order of %d proxies", n, r, order, n)
+				}
+				seen[k] = true
+				atPosition[[2]int{pos, k}]++
+				if pos > 0 {
+					after[[2]int{order[pos-1], k}]++
+				}
+			}
+		}
+		for k := range n {
+			for pos := range n {
+				if got, want := atPosition[[2]int{pos, k}], period/n; got != want {
+					t.Errorf("n=%d: proxy %d runs in position %d in %d of %d rounds, want %d", n, k, pos, got, period, want)
+				}
+			}
+			for prev := range n {
+				if got, want := after[[2]int{prev, k}], period/n; prev != k && got != want {
+					t.Errorf("n=%d: proxy %d runs right after proxy %d in %d of %d rounds, want %d", n, k, prev, got, period, want)
+				}
+			}
+		}
 	}
 }
