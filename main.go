@@ -16,7 +16,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/client/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -70,7 +69,7 @@ func runManager(ctx context.Context, args []string) error {
 	fs.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of the /healthz and /readyz endpoints")
 	fs.BoolVar(&leaderElect, "leader-elect", false, "elect a leader, so that several replicas can run with one active")
 	fs.StringVar(&leaderNamespace, "leader-election-namespace", "", "namespace of the leader election Lease (default: the manager's own)")
-	fs.StringVar(&watchNamespace, "watch-namespace", os.Getenv("WATCH_NAMESPACE"), "reconcile pairs of this namespace only; all namespaces when empty")
+	fs.StringVar(&watchNamespace, "watch-namespace", os.Getenv("WATCH_NAMESPACE"), "run the pairs of this namespace only, all namespaces when empty; VRIDs are still checked against the pairs of every namespace")
 	fs.StringVar(&agentImage, "agent-image", os.Getenv("AGENT_IMAGE"), "image of the agents (the lbpair image itself; required, default $AGENT_IMAGE)")
 	fs.StringVar(&pullPolicy, "agent-image-pull-policy", "", "pull policy of the agents' image: Always, IfNotPresent or Never (default: Kubernetes' own)")
 	defaultResources, _ := json.Marshal(controllers.DefaultAgentResources())
@@ -94,11 +93,8 @@ func runManager(ctx context.Context, args []string) error {
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&logOpts)))
 
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return err
-	}
-	if err := lbv1.AddToScheme(scheme); err != nil {
+	scheme, err := newScheme()
+	if err != nil {
 		return err
 	}
 	cfg, err := ctrlconfig.GetConfig()
@@ -107,6 +103,7 @@ func runManager(ctx context.Context, args []string) error {
 	}
 	opts := ctrl.Options{
 		Scheme:                  scheme,
+		Cache:                   controllers.CacheOptions(watchNamespace),
 		Metrics:                 metricsserver.Options{BindAddress: metricsAddr},
 		HealthProbeBindAddress:  probeAddr,
 		LeaderElection:          leaderElect,
@@ -115,11 +112,6 @@ func runManager(ctx context.Context, args []string) error {
 		// The manager exits when its context ends, so it can hand the
 		// lease over at once instead of making a new leader wait it out.
 		LeaderElectionReleaseOnCancel: true,
-	}
-	if watchNamespace != "" {
-		opts.Cache.DefaultNamespaces = map[string]cache.Config{watchNamespace: {}}
-		// Nodes are cluster-scoped: they are read to count the nodes a
-		// pair selects whatever the watched namespace.
 	}
 	mgr, err := ctrl.NewManager(cfg, opts)
 	if err != nil {
@@ -134,6 +126,7 @@ func runManager(ctx context.Context, args []string) error {
 			ImagePullPolicy: corev1.PullPolicy(pullPolicy),
 			Resources:       resources,
 		},
+		WatchNamespace: watchNamespace,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the controller: %w", err)
@@ -146,4 +139,16 @@ func runManager(ctx context.Context, args []string) error {
 	}
 	ctrl.Log.Info("Starting the manager", "watchNamespace", watchNamespace, "agentImage", agentImage, "leaderElection", leaderElect)
 	return mgr.Start(ctx)
+}
+
+// newScheme holds the Kubernetes types the manager reads and writes, and ours.
+func newScheme() (*runtime.Scheme, error) {
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	if err := lbv1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	return scheme, nil
 }

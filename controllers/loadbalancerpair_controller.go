@@ -26,6 +26,7 @@ import (
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -55,6 +56,9 @@ type LoadBalancerPairReconciler struct {
 	APIReader client.Reader
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// WatchNamespace limits the pairs reconciled to one namespace; all when
+	// empty. The pairs of every namespace are still read (see CacheOptions).
+	WatchNamespace string
 
 	// lastHolders remembers each pair's last holder, types.NamespacedName
 	// to node name, to name it in the Event for the next one.
@@ -326,13 +330,36 @@ func (r *LoadBalancerPairReconciler) setCondition(pair *lbv1.LoadBalancerPair, t
 	apimeta.SetStatusCondition(&pair.Status.Conditions, metav1.Condition{Type: t, Status: status, Reason: reason, Message: msg, ObservedGeneration: pair.Generation})
 }
 
+// CacheOptions is the manager's cache for a reconciler of the pairs of
+// watchNamespace, or of every namespace when it is empty. The pairs
+// themselves are cached from every namespace all the same: a VRID must be
+// unique across all pairs, whichever manager runs them, and a conflict with
+// a pair of another namespace must be seen, and rechecked when that pair
+// changes, as one within the namespace is.
+func CacheOptions(watchNamespace string) cache.Options {
+	if watchNamespace == "" {
+		return cache.Options{}
+	}
+	return cache.Options{
+		DefaultNamespaces: map[string]cache.Config{watchNamespace: {}},
+		// An empty map, not nil, caches every namespace. Nodes are
+		// cluster-scoped, so the default namespace does not limit them.
+		ByObject: map[client.Object]cache.ByObject{&lbv1.LoadBalancerPair{}: {Namespaces: map[string]cache.Config{}}},
+	}
+}
+
+// watched tells whether the reconciler runs the pairs of namespace ns.
+func (r *LoadBalancerPairReconciler) watched(ns string) bool {
+	return r.WatchNamespace == "" || ns == r.WatchNamespace
+}
+
 // SetupWithManager registers the reconciler. Besides its own pair and
 // DaemonSet, a pair is reconciled when another pair appears, goes, changes
 // its spec or takes, gives up or loses a VRID, since that may settle or
-// create a VRID conflict.
+// create a VRID conflict; that other pair may be of any namespace.
 func (r *LoadBalancerPairReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&lbv1.LoadBalancerPair{}).
+		For(&lbv1.LoadBalancerPair{}, builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool { return r.watched(o.GetNamespace()) }))).
 		Owns(&appsv1.DaemonSet{}).
 		Watches(&lbv1.LoadBalancerPair{}, handler.EnqueueRequestsFromMapFunc(r.otherPairs), builder.WithPredicates(predicate.Funcs{
 			UpdateFunc:  func(e event.UpdateEvent) bool { return vridInputsChanged(e.ObjectOld, e.ObjectNew) },
@@ -379,7 +406,7 @@ func (r *LoadBalancerPairReconciler) otherPairs(ctx context.Context, obj client.
 	}
 	var out []reconcile.Request
 	for _, p := range all.Items {
-		if p.UID != obj.GetUID() {
+		if p.UID != obj.GetUID() && r.watched(p.Namespace) {
 			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: p.Namespace, Name: p.Name}})
 		}
 	}

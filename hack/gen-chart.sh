@@ -37,7 +37,8 @@ image:
 replicas: 2
 leaderElection: true
 
-# Watch LoadBalancerPairs of one namespace only; all namespaces when empty.
+# Run the LoadBalancerPairs of one namespace only; all namespaces when empty.
+# VRIDs are still checked against the pairs of every namespace.
 watchNamespace: ""
 
 # The manager's Prometheus metrics endpoint.
