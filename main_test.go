@@ -1,22 +1,34 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
 
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
 )
@@ -44,39 +56,8 @@ func TestManagerRefusesBadFlagsNamingThem(t *testing.T) {
 // pairs of that namespace, but settles VRIDs against the pairs of every
 // namespace: another manager may run those on the same network.
 func TestManagerWatchingOneNamespace(t *testing.T) {
-	bin, err := filepath.Abs("bin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(bin, "kube-apiserver")); err != nil {
-		t.Fatalf("envtest needs bin/kube-apiserver and bin/etcd: run `hack/tools.sh kube-apiserver etcd` (make test does): %v", err)
-	}
-	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-		BinaryAssetsDirectory: bin,
-	}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("starting envtest: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := env.Stop(); err != nil {
-			t.Errorf("stopping envtest: %v", err)
-		}
-	})
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(kubeconfig, env.KubeConfig, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	scheme, err := newScheme()
-	if err != nil {
-		t.Fatal(err)
-	}
-	k8s, err := client.New(cfg, client.Options{Scheme: scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
+	env, k8s := startAPIServer(t)
+	kubeconfig := writeKubeconfig(t, env.KubeConfig)
 	ctx := context.Background()
 	for _, ns := range []string{"apps", "other"} {
 		if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
@@ -119,23 +100,8 @@ func TestManagerWatchingOneNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	managerCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- runManager(managerCtx, []string{"--kubeconfig", kubeconfig, "--agent-image", "registry.example/lbpair:test",
-			"--watch-namespace", "apps", "--metrics-bind-address", "0", "--health-probe-bind-address", "0"})
-	}()
-	t.Cleanup(func() {
-		stop()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("manager: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("the manager did not stop within 30s of its context's end")
-		}
-	})
+	startManager(t, "--kubeconfig", kubeconfig, "--agent-image", "registry.example/lbpair:test",
+		"--watch-namespace", "apps", "--metrics-bind-address", "0", "--health-probe-bind-address", "0")
 
 	// Pairs of the watched namespace are run, and checked against the other
 	// namespace's: an allocation avoids VRID 7, and a spec asking for 7 is
@@ -223,6 +189,265 @@ func TestManagerWatchingOneNamespace(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestManagerRunsAsInstalled runs the manager as dist/install.yaml deploys
+// it: its Deployment's arguments and environment, as its ServiceAccount with
+// only the RBAC the manifest grants. It must win the leader election, run a
+// pair, serve its probes, and hand the lease back when it stops.
+func TestManagerRunsAsInstalled(t *testing.T) {
+	env, k8s := startAPIServer(t)
+	ctx := context.Background()
+	manifest, err := os.ReadFile(filepath.Join("dist", "install.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(manifest)))
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var obj unstructured.Unstructured
+		if err := yaml.Unmarshal(doc, &obj.Object); err != nil {
+			t.Fatal(err)
+		}
+		switch obj.GetKind() {
+		case "":
+			continue
+		case "CustomResourceDefinition":
+			continue // envtest installed it from config/crd
+		case "Deployment":
+			// No kubelet runs it here: the test runs its container's command.
+			var d appsv1.Deployment
+			if err := yaml.Unmarshal(doc, &d); err != nil {
+				t.Fatal(err)
+			}
+			c := d.Spec.Template.Spec.Containers[0]
+			if len(c.Args) == 0 || c.Args[0] != "manager" {
+				t.Fatalf("the Deployment's container runs %q, want lbpair manager", c.Args)
+			}
+			args = c.Args[1:]
+			for _, e := range c.Env {
+				t.Setenv(e.Name, e.Value)
+			}
+			if d.Spec.Template.Spec.ServiceAccountName != "lbpair-manager" || d.Namespace != "lbpair-system" {
+				t.Fatalf("the Deployment runs as %s/%s; the test authenticates as lbpair-system/lbpair-manager", d.Namespace, d.Spec.Template.Spec.ServiceAccountName)
+			}
+		}
+		if err := k8s.Create(ctx, &obj); err != nil {
+			t.Fatalf("creating %s %s: %v", obj.GetKind(), obj.GetName(), err)
+		}
+	}
+	// The apiserver takes a client certificate's name as the user: this is
+	// the name a ServiceAccount's token authenticates as, and its groups.
+	user, err := env.AddUser(envtest.User{
+		Name:   "system:serviceaccount:lbpair-system:lbpair-manager",
+		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:lbpair-system", "system:authenticated"},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig, err := user.KubeConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	probes := freeLocalAddress(t)
+	// In a Pod the election's namespace comes from the ServiceAccount's
+	// mount; here it is given. The metrics and probes move off the ports the
+	// Deployment names, which may be taken on this machine.
+	args = append(args, "--kubeconfig", writeKubeconfig(t, kubeconfig), "--leader-election-namespace", "lbpair-system",
+		"--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", probes)
+	stop := startManager(t, args...)
+
+	lease := func() (coordinationv1.Lease, error) {
+		var l coordinationv1.Lease
+		err := k8s.Get(ctx, client.ObjectKey{Namespace: "lbpair-system", Name: "lbpair-manager.lbpair.io"}, &l)
+		return l, err
+	}
+	eventually(t, "the manager leads", func() error {
+		l, err := lease()
+		if err != nil {
+			return err
+		}
+		if l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "" {
+			return errors.New("the Lease has no holder")
+		}
+		return nil
+	})
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get("http://" + probes + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s: %s", path, resp.Status)
+		}
+	}
+
+	if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}); err != nil {
+		t.Fatal(err)
+	}
+	pair := &lbv1.LoadBalancerPair{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web"},
+		Spec: lbv1.LoadBalancerPairSpec{
+			VirtualIPs: []string{"198.18.0.100"},
+			Ports: []lbv1.PortSpec{{Name: "http", Port: 80, Backend: lbv1.BackendSpec{
+				Static: []lbv1.StaticBackend{{Address: "198.18.1.10:80"}},
+			}}},
+		},
+	}
+	if err := k8s.Create(ctx, pair); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the pair runs", func() error {
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(pair), pair); err != nil {
+			return err
+		}
+		if pair.Status.VirtualRouterID == 0 {
+			return fmt.Errorf("no VRID allocated: status %+v", pair.Status)
+		}
+		if err := k8s.Get(ctx, client.ObjectKey{Namespace: "shop", Name: "lbpair-web"}, &appsv1.DaemonSet{}); err != nil {
+			return fmt.Errorf("the agents' DaemonSet: %w", err)
+		}
+		var events eventsv1.EventList
+		if err := k8s.List(ctx, &events, client.InNamespace("shop")); err != nil {
+			return err
+		}
+		for _, e := range events.Items {
+			if e.Regarding.Name == "web" && e.Reason == "VRIDAllocated" {
+				return nil
+			}
+		}
+		return errors.New("no VRIDAllocated Event")
+	})
+
+	stop()
+	l, err := lease()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity != "" {
+		t.Errorf("the stopped manager still holds the Lease (%s): the next leader must wait it out", *l.Spec.HolderIdentity)
+	}
+}
+
+// freeLocalAddress is a loopback address with a port that was free a moment ago.
+func freeLocalAddress(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startAPIServer starts a kube-apiserver and etcd (envtest) with the CRD for
+// one test, and returns it with a client of the cluster's admin.
+func startAPIServer(t *testing.T) (*envtest.Environment, client.Client) {
+	t.Helper()
+	bin, err := filepath.Abs("bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(bin, "kube-apiserver")); err != nil {
+		t.Fatalf("envtest needs bin/kube-apiserver and bin/etcd: run `hack/tools.sh kube-apiserver etcd` (make test does): %v", err)
+	}
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+		BinaryAssetsDirectory: bin,
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatalf("starting envtest: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := env.Stop(); err != nil {
+			t.Errorf("stopping envtest: %v", err)
+		}
+	})
+	scheme, err := newScheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k8s, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env, k8s
+}
+
+// writeKubeconfig writes a kubeconfig for the manager's --kubeconfig flag.
+func writeKubeconfig(t *testing.T, data []byte) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// mainArgsEnv carries the arguments of main() to a copy of the test binary
+// that startManager runs as the lbpair command.
+const mainArgsEnv = "LBPAIR_TEST_MAIN_ARGS"
+
+// TestMain runs main() itself when the test binary is started as lbpair:
+// each manager is a process of its own, as in a Pod, with its own signal
+// handling, controller names and metrics.
+func TestMain(m *testing.M) {
+	if args := os.Getenv(mainArgsEnv); args != "" {
+		os.Args = append([]string{"lbpair"}, strings.Split(args, "\n")...)
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// startManager runs `lbpair manager` with args until the returned stop is
+// called. stop sends SIGTERM, as the kubelet does, and fails the test unless
+// the manager exits cleanly within 30 seconds; the manager's output is
+// logged when the test fails.
+func startManager(t *testing.T, args ...string) (stop func()) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), mainArgsEnv+"="+strings.Join(append([]string{"manager"}, args...), "\n"))
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("manager: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("the manager did not stop within 30s of SIGTERM")
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("manager output:\n%s", out.String())
+		}
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 // eventually retries check until it returns nil, for up to 10 seconds: well
