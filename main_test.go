@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -26,6 +27,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
@@ -256,29 +258,78 @@ func TestManagerRunsAsInstalled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	probes := freeLocalAddress(t)
 	// In a Pod the election's namespace comes from the ServiceAccount's
 	// mount; here it is given. The metrics and probes move off the ports the
 	// Deployment names, which may be taken on this machine.
 	args = append(args, "--kubeconfig", writeKubeconfig(t, kubeconfig), "--leader-election-namespace", "lbpair-system",
-		"--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", probes)
-	stop := startManager(t, args...)
-
-	lease := func() (coordinationv1.Lease, error) {
+		"--metrics-bind-address", "127.0.0.1:0")
+	holder := func() (string, error) {
 		var l coordinationv1.Lease
-		err := k8s.Get(ctx, client.ObjectKey{Namespace: "lbpair-system", Name: "lbpair-manager.lbpair.io"}, &l)
-		return l, err
+		if err := k8s.Get(ctx, client.ObjectKey{Namespace: "lbpair-system", Name: "lbpair-manager.lbpair.io"}, &l); err != nil {
+			return "", err
+		}
+		return ptr.Deref(l.Spec.HolderIdentity, ""), nil
 	}
-	eventually(t, "the manager leads", func() error {
-		l, err := lease()
-		if err != nil {
-			return err
+	waitLeader := func(not string) string {
+		t.Helper()
+		var h string
+		eventually(t, "a manager leads", func() error {
+			var err error
+			if h, err = holder(); err != nil {
+				return err
+			}
+			if h == "" || h == not {
+				return fmt.Errorf("the Lease's holder is %q", h)
+			}
+			return nil
+		})
+		return h
+	}
+	if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}); err != nil {
+		t.Fatal(err)
+	}
+	runsPair := func(name string) {
+		t.Helper()
+		pair := &lbv1.LoadBalancerPair{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: name},
+			Spec: lbv1.LoadBalancerPairSpec{
+				VirtualIPs: []string{"198.18.0.100"},
+				Ports: []lbv1.PortSpec{{Name: "http", Port: 80, Backend: lbv1.BackendSpec{
+					Static: []lbv1.StaticBackend{{Address: "198.18.1.10:80"}},
+				}}},
+			},
 		}
-		if l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "" {
-			return errors.New("the Lease has no holder")
+		if err := k8s.Create(ctx, pair); err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	})
+		eventually(t, "pair "+name+" runs", func() error {
+			if err := k8s.Get(ctx, client.ObjectKeyFromObject(pair), pair); err != nil {
+				return err
+			}
+			if pair.Status.VirtualRouterID == 0 {
+				return fmt.Errorf("no VRID allocated: status %+v", pair.Status)
+			}
+			if err := k8s.Get(ctx, client.ObjectKey{Namespace: "shop", Name: "lbpair-" + name}, &appsv1.DaemonSet{}); err != nil {
+				return fmt.Errorf("the agents' DaemonSet: %w", err)
+			}
+			var events eventsv1.EventList
+			if err := k8s.List(ctx, &events, client.InNamespace("shop")); err != nil {
+				return err
+			}
+			for _, e := range events.Items {
+				if e.Regarding.Name == name && e.Reason == "VRIDAllocated" {
+					return nil
+				}
+			}
+			return errors.New("no VRIDAllocated Event")
+		})
+	}
+
+	// Two replicas, as the chart runs by default.
+	probes := freeLocalAddress(t)
+	stopFirst := startManager(t, slices.Concat(args, []string{"--health-probe-bind-address", probes})...)
+	first := waitLeader("")
+	stopSecond := startManager(t, slices.Concat(args, []string{"--health-probe-bind-address", freeLocalAddress(t)})...)
 	for _, path := range []string{"/healthz", "/readyz"} {
 		resp, err := http.Get("http://" + probes + path)
 		if err != nil {
@@ -289,51 +340,21 @@ func TestManagerRunsAsInstalled(t *testing.T) {
 			t.Errorf("GET %s: %s", path, resp.Status)
 		}
 	}
+	runsPair("web")
 
-	if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}); err != nil {
+	// The leader, stopped, hands the Lease over: the other replica takes it
+	// within its retry period, not after the 15-second lease runs out.
+	stopFirst()
+	if h, err := holder(); err != nil {
 		t.Fatal(err)
+	} else if h == first {
+		t.Errorf("the stopped manager still holds the Lease (%s): the next leader must wait it out", h)
 	}
-	pair := &lbv1.LoadBalancerPair{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web"},
-		Spec: lbv1.LoadBalancerPairSpec{
-			VirtualIPs: []string{"198.18.0.100"},
-			Ports: []lbv1.PortSpec{{Name: "http", Port: 80, Backend: lbv1.BackendSpec{
-				Static: []lbv1.StaticBackend{{Address: "198.18.1.10:80"}},
-			}}},
-		},
-	}
-	if err := k8s.Create(ctx, pair); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the pair runs", func() error {
-		if err := k8s.Get(ctx, client.ObjectKeyFromObject(pair), pair); err != nil {
-			return err
-		}
-		if pair.Status.VirtualRouterID == 0 {
-			return fmt.Errorf("no VRID allocated: status %+v", pair.Status)
-		}
-		if err := k8s.Get(ctx, client.ObjectKey{Namespace: "shop", Name: "lbpair-web"}, &appsv1.DaemonSet{}); err != nil {
-			return fmt.Errorf("the agents' DaemonSet: %w", err)
-		}
-		var events eventsv1.EventList
-		if err := k8s.List(ctx, &events, client.InNamespace("shop")); err != nil {
-			return err
-		}
-		for _, e := range events.Items {
-			if e.Regarding.Name == "web" && e.Reason == "VRIDAllocated" {
-				return nil
-			}
-		}
-		return errors.New("no VRIDAllocated Event")
-	})
-
-	stop()
-	l, err := lease()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity != "" {
-		t.Errorf("the stopped manager still holds the Lease (%s): the next leader must wait it out", *l.Spec.HolderIdentity)
+	waitLeader(first)
+	runsPair("web2")
+	stopSecond()
+	if h, err := holder(); err != nil || h != "" {
+		t.Errorf("after the last manager stopped, the Lease's holder is %q (%v), want none", h, err)
 	}
 }
 
