@@ -8,9 +8,12 @@
 package clusterlab
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -24,10 +27,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
@@ -194,8 +199,23 @@ func (l *Lab) startAPIServer() error {
 	if err := os.WriteFile(l.Kubeconfig, kc, 0o600); err != nil {
 		return err
 	}
+	// The agents authenticate as their Pods' ServiceAccount would, so they
+	// hold only what the manager grants it: the ClusterRoles of
+	// config/rbac/agent_role.yaml, which the install applies, bound by the
+	// manager in the pairs' namespace.
+	agent, err := l.env.AddUser(envtest.User{
+		Name:   "system:serviceaccount:" + Namespace + ":lbpair-agent",
+		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + Namespace, "system:authenticated"},
+	}, nil)
+	if err != nil {
+		return err
+	}
+	agentKC, err := agent.KubeConfig()
+	if err != nil {
+		return err
+	}
 	// The agents reach the apiserver through their forwarder.
-	cfg, err := clientcmd.Load(kc)
+	cfg, err := clientcmd.Load(agentKC)
 	if err != nil {
 		return err
 	}
@@ -218,8 +238,39 @@ func (l *Lab) startAPIServer() error {
 	if err := lbv1.AddToScheme(scheme); err != nil {
 		return err
 	}
-	l.Client, err = client.New(l.env.Config, client.Options{Scheme: scheme})
-	return err
+	if l.Client, err = client.New(l.env.Config, client.Options{Scheme: scheme}); err != nil {
+		return err
+	}
+	return l.applyAgentRoles()
+}
+
+// applyAgentRoles creates the agents' ClusterRoles as the install does.
+func (l *Lab) applyAgentRoles() error {
+	file := filepath.Join(l.root, "config", "rbac", "agent_role.yaml")
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", file, err)
+		}
+		var role rbacv1.ClusterRole
+		if err := yaml.UnmarshalStrict(doc, &role); err != nil {
+			return fmt.Errorf("%s: %w", file, err)
+		}
+		if role.Name == "" {
+			continue
+		}
+		if err := l.Client.Create(context.Background(), &role); err != nil {
+			return fmt.Errorf("creating ClusterRole %s: %w", role.Name, err)
+		}
+	}
 }
 
 func (l *Lab) startManager(quiet bool) error {
