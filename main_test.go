@@ -288,12 +288,12 @@ func TestManagerRunsAsInstalled(t *testing.T) {
 	if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}); err != nil {
 		t.Fatal(err)
 	}
-	runsPair := func(name string) {
+	runsPair := func(name, vip string) {
 		t.Helper()
 		pair := &lbv1.LoadBalancerPair{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: name},
 			Spec: lbv1.LoadBalancerPairSpec{
-				VirtualIPs: []string{"198.18.0.100"},
+				VirtualIPs: []string{vip},
 				Ports: []lbv1.PortSpec{{Name: "http", Port: 80, Backend: lbv1.BackendSpec{
 					Static: []lbv1.StaticBackend{{Address: "198.18.1.10:80"}},
 				}}},
@@ -340,7 +340,7 @@ func TestManagerRunsAsInstalled(t *testing.T) {
 			t.Errorf("GET %s: %s", path, resp.Status)
 		}
 	}
-	runsPair("web")
+	runsPair("web", "198.18.0.100")
 
 	// The leader, stopped, hands the Lease over: the other replica takes it
 	// within its retry period, not after the 15-second lease runs out.
@@ -351,7 +351,7 @@ func TestManagerRunsAsInstalled(t *testing.T) {
 		t.Errorf("the stopped manager still holds the Lease (%s): the next leader must wait it out", h)
 	}
 	waitLeader(first)
-	runsPair("web2")
+	runsPair("web2", "198.18.0.101")
 	stopSecond()
 	if h, err := holder(); err != nil || h != "" {
 		t.Errorf("after the last manager stopped, the Lease's holder is %q (%v), want none", h, err)

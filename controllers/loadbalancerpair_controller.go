@@ -121,17 +121,30 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 	log := logf.FromContext(ctx)
 	pair.Status.ObservedGeneration = pair.Generation
 
-	// An allocation reads the pairs from the apiserver: the cache may not yet
-	// hold the VRID the previous reconcile wrote to another pair's status, and
-	// reconciles run one at a time, so this read sees every allocation made.
+	// An allocation, of a VRID or of a virtual IP, reads the pairs from the
+	// apiserver: the cache may not yet hold what the previous reconcile wrote
+	// to another pair's status, and reconciles run one at a time, so this read
+	// sees every allocation made.
 	var reader client.Reader = r.Client
-	if claimedVRID(pair) == 0 {
+	if claimedVRID(pair) == 0 || !runsAllVIPs(pair) {
 		reader = r.liveReader()
 	}
 	var all lbv1.LoadBalancerPairList
 	if err := reader.List(ctx, &all); err != nil {
-		return ctrl.Result{}, fmt.Errorf("listing pairs for VRID checks: %w", err)
+		return ctrl.Result{}, fmt.Errorf("listing pairs for VRID and virtual IP checks: %w", err)
 	}
+	if conflicts := vipConflicts(pair, all.Items); len(conflicts) > 0 {
+		msg := vipConflictMessage(conflicts)
+		if !apimeta.IsStatusConditionTrue(pair.Status.Conditions, lbv1.ConditionVIPConflict) {
+			r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "VIPConflict", "CheckVirtualIPs", "%s", msg)
+		}
+		r.setCondition(pair, lbv1.ConditionVIPConflict, true, "VIPInUse", msg)
+		log.Info("Virtual IP conflict; leaving the agents as they are", "conflicts", conflicts)
+		return r.updateFromAgents(ctx, pair)
+	}
+	r.setCondition(pair, lbv1.ConditionVIPConflict, false, "VIPsUnique", "no other pair uses these virtual IPs")
+	pair.Status.VirtualIPs = slices.Clone(pair.Spec.VirtualIPs)
+
 	d := decideVRID(pair, all.Items)
 	switch {
 	case d.Exhausted:
@@ -355,14 +368,14 @@ func (r *LoadBalancerPairReconciler) watched(ns string) bool {
 
 // SetupWithManager registers the reconciler. Besides its own pair and
 // DaemonSet, a pair is reconciled when another pair appears, goes, changes
-// its spec or takes, gives up or loses a VRID, since that may settle or
-// create a VRID conflict; that other pair may be of any namespace.
+// its spec or takes, gives up or loses a VRID or virtual IPs, since that may
+// settle or create a conflict; that other pair may be of any namespace.
 func (r *LoadBalancerPairReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&lbv1.LoadBalancerPair{}, builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool { return r.watched(o.GetNamespace()) }))).
 		Owns(&appsv1.DaemonSet{}).
 		Watches(&lbv1.LoadBalancerPair{}, handler.EnqueueRequestsFromMapFunc(r.otherPairs), builder.WithPredicates(predicate.Funcs{
-			UpdateFunc:  func(e event.UpdateEvent) bool { return vridInputsChanged(e.ObjectOld, e.ObjectNew) },
+			UpdateFunc:  func(e event.UpdateEvent) bool { return conflictInputsChanged(e.ObjectOld, e.ObjectNew) },
 			CreateFunc:  func(event.CreateEvent) bool { return true },
 			DeleteFunc:  func(event.DeleteEvent) bool { return true },
 			GenericFunc: func(event.GenericEvent) bool { return false },
@@ -371,12 +384,13 @@ func (r *LoadBalancerPairReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Complete(r)
 }
 
-// vridInputsChanged tells whether an update of a pair can change another
-// pair's VRID decision: decideVRID reads the spec, status.virtualRouterID and
-// the VRIDConflict condition. Two pairs allocated together may both see the
+// conflictInputsChanged tells whether an update of a pair can change another
+// pair's VRID or virtual IP decision: decideVRID and vipConflicts read the
+// spec, status.virtualRouterID, status.virtualIPs and the VRIDConflict
+// condition. Two pairs allocated together may both see the
 // other without a VRID yet and take the same one; the later status write of
 // each makes the other recheck, and the loser moves.
-func vridInputsChanged(oldObj, newObj client.Object) bool {
+func conflictInputsChanged(oldObj, newObj client.Object) bool {
 	o, okOld := oldObj.(*lbv1.LoadBalancerPair)
 	n, okNew := newObj.(*lbv1.LoadBalancerPair)
 	if !okOld || !okNew {
@@ -387,6 +401,7 @@ func vridInputsChanged(oldObj, newObj client.Object) bool {
 	}
 	return o.Generation != n.Generation ||
 		o.Status.VirtualRouterID != n.Status.VirtualRouterID ||
+		!slices.Equal(o.Status.VirtualIPs, n.Status.VirtualIPs) ||
 		inConflict(o) != inConflict(n)
 }
 

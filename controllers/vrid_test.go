@@ -85,7 +85,7 @@ func TestDecideVRID(t *testing.T) {
 	})
 }
 
-func TestVRIDInputsChanged(t *testing.T) {
+func TestConflictInputsChanged(t *testing.T) {
 	held := func(vrid int32, conflict bool) *lbv1.LoadBalancerPair {
 		p := newPair("ns", "web", nil, "198.18.0.100")
 		p.Generation = 1
@@ -101,6 +101,8 @@ func TestVRIDInputsChanged(t *testing.T) {
 	respecced.Generation = 2
 	agentsOnly := held(1, false)
 	agentsOnly.Status.Holder = "lb1"
+	vipsCleared := held(1, false)
+	vipsCleared.Status.VirtualIPs = []string{"198.18.0.100"}
 	for _, tc := range []struct {
 		name     string
 		old, new *lbv1.LoadBalancerPair
@@ -111,10 +113,11 @@ func TestVRIDInputsChanged(t *testing.T) {
 		{"VRID moved", held(1, false), held(2, false), true},
 		{"conflict raised", held(1, false), held(1, true), true},
 		{"conflict cleared", held(1, true), held(1, false), true},
+		{"virtual IPs cleared to run", held(1, false), vipsCleared, true},
 		{"only the agents' status changed", held(1, false), agentsOnly, false},
 	} {
-		if got := vridInputsChanged(tc.old, tc.new); got != tc.want {
-			t.Errorf("%s: vridInputsChanged = %v, want %v", tc.name, got, tc.want)
+		if got := conflictInputsChanged(tc.old, tc.new); got != tc.want {
+			t.Errorf("%s: conflictInputsChanged = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }

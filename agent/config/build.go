@@ -73,14 +73,22 @@ func Build(ctx context.Context, in Inputs) (*Settings, error) {
 	spec := &pair.Spec
 	var s Settings
 
-	vips := make([]netip.Addr, 0, len(spec.VirtualIPs))
-	for i, v := range spec.VirtualIPs {
+	// The manager clears the virtual IPs to run with in status, as the VRID,
+	// once no other pair uses them, so a spec that takes another pair's
+	// address never reaches running agents. The spec's are used as they are
+	// where no manager runs (standalone), and until a manager first clears them.
+	field, list := "spec.virtualIPs", spec.VirtualIPs
+	if len(pair.Status.VirtualIPs) > 0 {
+		field, list = "status.virtualIPs", pair.Status.VirtualIPs
+	}
+	vips := make([]netip.Addr, 0, len(list))
+	for i, v := range list {
 		a, err := netip.ParseAddr(v)
 		if err != nil {
-			return nil, fmt.Errorf("spec.virtualIPs[%d]: %q is not an IP address", i, v)
+			return nil, fmt.Errorf("%s[%d]: %q is not an IP address", field, i, v)
 		}
 		if len(vips) > 0 && a.Is4() != vips[0].Is4() {
-			return nil, fmt.Errorf("spec.virtualIPs[%d]: %s mixes address families; use one pair per family", i, a)
+			return nil, fmt.Errorf("%s[%d]: %s mixes address families; use one pair per family", field, i, a)
 		}
 		vips = append(vips, a.Unmap())
 	}

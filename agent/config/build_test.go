@@ -3,6 +3,7 @@ package config
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -158,6 +159,27 @@ func TestBuild(t *testing.T) {
 			check: func(t *testing.T, s *Settings) {
 				if !s.Proxy.AccessLog {
 					t.Error("access log off with spec.accessLog true")
+				}
+			},
+		},
+		{
+			name: "the virtual IPs the manager cleared win over the spec's",
+			edit: func(f *File) {
+				f.Pair.Spec.VirtualIPs = []string{"198.18.0.200"}
+				f.Pair.Status.VirtualIPs = []string{"198.18.0.100", "198.18.0.101"}
+			},
+			check: func(t *testing.T, s *Settings) {
+				if got := fmt.Sprint(s.VRRP.VIPs); got != "[198.18.0.100 198.18.0.101]" {
+					t.Errorf("virtual IPs = %s, want status.virtualIPs [198.18.0.100 198.18.0.101]", got)
+				}
+			},
+		},
+		{
+			name: "the spec's virtual IPs until the manager clears them",
+			edit: func(f *File) { f.Pair.Spec.VirtualIPs = []string{"198.18.0.200"} },
+			check: func(t *testing.T, s *Settings) {
+				if got := fmt.Sprint(s.VRRP.VIPs); got != "[198.18.0.200]" {
+					t.Errorf("virtual IPs = %s, want spec.virtualIPs [198.18.0.200]", got)
 				}
 			},
 		},

@@ -526,6 +526,15 @@ type LoadBalancerPairStatus struct {
 	// +optional
 	VirtualRouterID int32 `json:"virtualRouterID,omitempty"`
 
+	// virtualIPs are the virtual IPs the agents run with: spec.virtualIPs, once the manager
+	// found none of them used by another pair. A spec that names another pair's virtual
+	// IP leaves this, and so the agents, as they were, and sets the VIPConflict condition.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MaxLength=45
+	VirtualIPs []string `json:"virtualIPs,omitempty"`
+
 	// agentPort is the node port of the agents' health and metrics endpoint.
 	// +optional
 	AgentPort int32 `json:"agentPort,omitempty"`
@@ -553,7 +562,7 @@ type LoadBalancerPairStatus struct {
 
 	// conditions: Ready (a holder exists and serves), Available (the agents are running),
 	// Degraded (fewer healthy agents than selected nodes, or backends down), SplitBrain
-	// (more than one agent holds the virtual IPs) and VRIDConflict.
+	// (more than one agent holds the virtual IPs), VRIDConflict and VIPConflict.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -657,6 +666,9 @@ const (
 	// ConditionVRIDConflict is true when another pair on the same network uses the same
 	// virtual router ID.
 	ConditionVRIDConflict = "VRIDConflict"
+	// ConditionVIPConflict is true when another pair already uses one of the pair's
+	// virtual IPs.
+	ConditionVIPConflict = "VIPConflict"
 )
 
 // +kubebuilder:object:root=true
