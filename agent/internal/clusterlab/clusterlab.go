@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -431,7 +432,7 @@ func (l *Lab) NamedPair(ctx context.Context, name string) (*lbv1.LoadBalancerPai
 
 // StartAgent starts the node's agent of the lab's pair in cluster mode.
 func (l *Lab) StartAgent(n *Node, quiet bool) error {
-	p, err := l.StartPairAgent(n, PairName, n.IP+":9440", quiet)
+	p, err := l.StartPairAgent(n, PairName, quiet)
 	if err != nil {
 		return err
 	}
@@ -439,15 +440,49 @@ func (l *Lab) StartAgent(n *Node, quiet bool) error {
 	return nil
 }
 
-// StartPairAgent starts an agent of the named pair on the node, serving its
-// health and metrics on healthAddr, as the pair's DaemonSet would.
-func (l *Lab) StartPairAgent(n *Node, pair, healthAddr string, quiet bool) (*netlab.Proc, error) {
+// StartPairAgent starts an agent of the named pair on the node as the pair's
+// DaemonSet runs it: its container's arguments and environment, with the
+// Pod's fields filled in as the kubelet would, and a kubeconfig in place of
+// the in-cluster one.
+func (l *Lab) StartPairAgent(n *Node, pair string, quiet bool) (*netlab.Proc, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var ds appsv1.DaemonSet
+	for {
+		err := l.Client.Get(ctx, client.ObjectKey{Namespace: Namespace, Name: "lbpair-" + pair}, &ds)
+		if err == nil {
+			break
+		}
+		if !apierrors.IsNotFound(err) || ctx.Err() != nil {
+			return nil, fmt.Errorf("reading pair %s's DaemonSet: %w", pair, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c := ds.Spec.Template.Spec.Containers[0]
+	pod := map[string]string{
+		"spec.nodeName":      n.Name,
+		"metadata.name":      "lbpair-" + pair + "-" + n.Name,
+		"metadata.namespace": Namespace,
+		"status.podIP":       n.IP,
+	}
+	args := []string{"KUBECONFIG=" + l.agentKubeconfig}
+	for _, e := range c.Env {
+		v := e.Value
+		if e.ValueFrom != nil {
+			ref := e.ValueFrom.FieldRef
+			if ref == nil || pod[ref.FieldPath] == "" {
+				return nil, fmt.Errorf("pair %s's DaemonSet: env %s comes from %+v, which the lab does not fill in", pair, e.Name, e.ValueFrom)
+			}
+			v = pod[ref.FieldPath]
+		}
+		args = append(args, e.Name+"="+v)
+	}
 	var logw func(string)
 	if !quiet {
 		logw = func(s string) { l.logf("%s/%s: %s", n.Name, pair, s) }
 	}
-	return n.Host.Start(logw, "env", "POD_IP="+n.IP, "POD_NAMESPACE="+Namespace, l.bin, "agent",
-		"--kubeconfig", l.agentKubeconfig, "--pair", pair, "--node-name", n.Name, "--health-addr", healthAddr)
+	// The image's entrypoint is the lbpair binary.
+	return n.Host.Start(logw, "env", append(append(args, l.bin), c.Args...)...)
 }
 
 // SignalAgent sends sig to the node's agent (the agent itself: `ip netns

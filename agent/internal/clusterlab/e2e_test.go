@@ -68,6 +68,27 @@ func TestClusterE2E(t *testing.T) {
 	netlab.Eventually(t, "client served", 10*time.Second, func() error { return p.LastOK(10) })
 	out, _ := l.Kubectl(ctx, "get", "lbpair", "-o", "wide")
 	t.Logf("kubectl get lbpair -o wide:\n%s", out)
+	// The agents run as the DaemonSet's template says, so they answer where
+	// its probes and hostPort look: the status's agentPort.
+	pair, err := l.Pair(ctx)
+	must(t, err)
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return l.DialFromClient(ctx, addr) },
+	}}
+	for _, n := range l.Nodes {
+		url := fmt.Sprintf("http://%s:%d/readyz", n.IP, pair.Status.AgentPort)
+		netlab.Eventually(t, n.Name+"'s agent ready at "+url, 10*time.Second, func() error {
+			resp, err := hc.Get(url)
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("GET %s: %s", url, resp.Status)
+			}
+			return nil
+		})
+	}
 
 	// failover runs one failure of lb1 and reports the client's outage and
 	// how long status.holder took to follow the VIP.
@@ -446,7 +467,7 @@ func TestClusterE2E(t *testing.T) {
 			}
 		})
 		for _, n := range l.Nodes {
-			a, err := l.StartPairAgent(n, pair6, n.IP+":9441", quiet)
+			a, err := l.StartPairAgent(n, pair6, quiet)
 			must(t, err)
 			agents[n] = a
 		}
@@ -515,7 +536,7 @@ func TestClusterE2E(t *testing.T) {
 		t.Logf("IPv6 pair, agent crash (kill -9): client outage %v (%d failed probes)", outage.Round(time.Millisecond), failed)
 
 		<-agents[lb1].Done()
-		a, err := l.StartPairAgent(lb1, pair6, lb1.IP+":9441", quiet)
+		a, err := l.StartPairAgent(lb1, pair6, quiet)
 		must(t, err)
 		agents[lb1] = a
 		waitPairHolder(t, l, pair6, "IPv6 pair: lb1 back after restart", lb1.Name, 30*time.Second)
