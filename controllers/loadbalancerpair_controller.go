@@ -133,7 +133,11 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 	if err := reader.List(ctx, &all); err != nil {
 		return ctrl.Result{}, fmt.Errorf("listing pairs for VRID and virtual IP checks: %w", err)
 	}
-	if conflicts := vipConflicts(pair, all.Items); len(conflicts) > 0 {
+	var nodes corev1.NodeList
+	if err := r.List(ctx, &nodes); err != nil {
+		return ctrl.Result{}, fmt.Errorf("listing nodes for virtual IP checks: %w", err)
+	}
+	if conflicts := append(vipConflicts(pair, all.Items), nodeAddressConflicts(pair, nodes.Items)...); len(conflicts) > 0 {
 		msg := vipConflictMessage(conflicts)
 		if !apimeta.IsStatusConditionTrue(pair.Status.Conditions, lbv1.ConditionVIPConflict) {
 			r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "VIPConflict", "CheckVirtualIPs", "%s", msg)
@@ -142,7 +146,7 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 		log.Info("Virtual IP conflict; leaving the agents as they are", "conflicts", conflicts)
 		return r.updateFromAgents(ctx, pair)
 	}
-	r.setCondition(pair, lbv1.ConditionVIPConflict, false, "VIPsUnique", "no other pair uses these virtual IPs")
+	r.setCondition(pair, lbv1.ConditionVIPConflict, false, "VIPsUnique", "no other pair and no node uses these virtual IPs")
 	pair.Status.VirtualIPs = slices.Clone(pair.Spec.VirtualIPs)
 
 	d := decideVRID(pair, all.Items)

@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
+
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
 )
 
@@ -83,8 +85,25 @@ func keepsVIP(pair, rival *lbv1.LoadBalancerPair, vip netip.Addr) bool {
 	return pair.Namespace+"/"+pair.Name < rival.Namespace+"/"+rival.Name
 }
 
+// nodeAddressConflicts lists the virtual IPs of pair's spec that are
+// addresses of a node, as "198.18.0.11 (node lb1)". The holder would take
+// such an address over with its announcements, and cut that node off.
+func nodeAddressConflicts(pair *lbv1.LoadBalancerPair, nodes []corev1.Node) []string {
+	var out []string
+	for _, v := range parseVIPs(pair.Spec.VirtualIPs) {
+		for _, n := range nodes {
+			for _, a := range n.Status.Addresses {
+				if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Unmap() == v {
+					out = append(out, fmt.Sprintf("%s (node %s)", v, n.Name))
+				}
+			}
+		}
+	}
+	return slices.Compact(out)
+}
+
 // vipConflictMessage explains a VIPConflict condition.
 func vipConflictMessage(conflicts []string) string {
-	return fmt.Sprintf("spec.virtualIPs: already used by another pair: %s; the agents keep running with status.virtualIPs (a new pair's are not started) until the conflict is gone: change spec.virtualIPs or remove the other pair",
+	return fmt.Sprintf("spec.virtualIPs: already in use: %s; the agents keep running with status.virtualIPs (a new pair's are not started) until the conflict is gone: change spec.virtualIPs, or remove the other pair",
 		strings.Join(conflicts, ", "))
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -78,6 +79,35 @@ func TestVIPConflicts(t *testing.T) {
 	}
 }
 
+func TestNodeAddressConflicts(t *testing.T) {
+	node := func(name string, addrs ...string) corev1.Node {
+		n := corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
+		for i, a := range addrs {
+			typ := corev1.NodeInternalIP
+			if i > 0 {
+				typ = corev1.NodeExternalIP
+			}
+			n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: typ, Address: a}, corev1.NodeAddress{Type: corev1.NodeHostName, Address: name})
+		}
+		return n
+	}
+	nodes := []corev1.Node{node("lb1", "198.18.0.11", "fd00:198:18::11"), node("lb2", "198.18.0.12")}
+	for _, tc := range []struct {
+		vips []string
+		want []string
+	}{
+		{[]string{"198.18.0.100"}, nil},
+		{[]string{"198.18.0.100", "198.18.0.12"}, []string{"198.18.0.12 (node lb2)"}},
+		{[]string{"fd00:198:18:0::11"}, []string{"fd00:198:18::11 (node lb1)"}},
+	} {
+		p := newPair("ns", "web", nil, tc.vips[0])
+		p.Spec.VirtualIPs = tc.vips
+		if got := nodeAddressConflicts(p, nodes); !slices.Equal(got, tc.want) {
+			t.Errorf("nodeAddressConflicts(%q) = %q, want %q", tc.vips, got, tc.want)
+		}
+	}
+}
+
 // A virtual IP belongs to one pair: a second pair naming it is reported and
 // not run, a running pair changed to take it keeps running with its own
 // addresses, and the conflict settles when the first pair lets it go.
@@ -126,6 +156,25 @@ func TestVIPConflictsOnTheAPIServer(t *testing.T) {
 	if inConflict(ns1, "first") {
 		t.Error("the running pair is reported in conflict")
 	}
+
+	// A node's address is not free either.
+	lb := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: ns2 + "-lb1"}}
+	if err := k8s.Create(ctx, lb); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(context.Background(), lb) })
+	lb.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "198.18.0.124"}}
+	if err := k8s.Status().Update(ctx, lb); err != nil {
+		t.Fatal(err)
+	}
+	updatePair(t, ns2, "second", func(p *lbv1.LoadBalancerPair) { p.Spec.VirtualIPs = []string{"198.18.0.124"} })
+	eventually(t, "the node's address reported", func() error {
+		c := apimeta.FindStatusCondition(status(ns2, "second").Conditions, lbv1.ConditionVIPConflict)
+		if want := vipConflictMessage([]string{"198.18.0.124 (node " + lb.Name + ")"}); c == nil || c.Message != want {
+			return fmt.Errorf("VIPConflict %+v, want the message %q", c, want)
+		}
+		return nil
+	})
 
 	// Moved to a free address, it runs.
 	updatePair(t, ns2, "second", func(p *lbv1.LoadBalancerPair) { p.Spec.VirtualIPs = []string{"198.18.0.121"} })

@@ -11,6 +11,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -58,6 +59,10 @@ func Open(ifname string, vips []netip.Addr, log logr.Logger) (*Manager, error) {
 		h.Close()
 		return nil, fmt.Errorf("finding interface %q: %w", ifname, err)
 	}
+	if err := refuseOwnAddresses(h, vips); err != nil {
+		h.Close()
+		return nil, err
+	}
 	m := &Manager{log: log, vips: vips, ifi: ifi, h: h, link: link}
 	if vips[0].Is4() {
 		m.arp, err = arp.Dial(ifi)
@@ -79,6 +84,33 @@ func Open(ifname string, vips []netip.Addr, log logr.Logger) (*Manager, error) {
 		}
 	}
 	return m, nil
+}
+
+// refuseOwnAddresses fails when a virtual IP is one of the node's own
+// addresses: one it has with a subnet's prefix, not as the host route (/32,
+// /128) a virtual IP is added as. Holding it, the router would remove it
+// when it stops being master (or when it starts, as a stale virtual IP), and
+// the backup would announce it: the node would lose an address it lives on.
+func refuseOwnAddresses(h *netlink.Handle, vips []netip.Addr) error {
+	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("listing the node's addresses: %w", err)
+	}
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || !slices.Contains(vips, ip.Unmap()) {
+			continue
+		}
+		if ones, bits := a.Mask.Size(); ones == bits {
+			continue // a virtual IP, maybe left by a crashed run
+		}
+		where := strconv.Itoa(a.LinkIndex)
+		if l, err := h.LinkByIndex(a.LinkIndex); err == nil {
+			where = l.Attrs().Name
+		}
+		return fmt.Errorf("virtual IP %s is this node's own address (%s on %s): use an address no host has", ip.Unmap(), a.IPNet, where)
+	}
+	return nil
 }
 
 // Close releases the sockets; it does not remove the virtual IPs.
@@ -260,11 +292,10 @@ func PrimaryAddress(ifname string, ipv6 bool, vips []netip.Addr) (netip.Addr, er
 		if ipv6 != ip.IsLinkLocalUnicast() || ip.Is4() == ipv6 {
 			continue
 		}
-		isVIP := false
-		for _, v := range vips {
-			isVIP = isVIP || v == ip
-		}
-		if !isVIP {
+		// A virtual IP, left by a crashed run, is a host route; the node's own
+		// address, even one named as a virtual IP (which Open refuses), is not.
+		ones, bits := a.Mask.Size()
+		if ones != bits || !slices.Contains(vips, ip) {
 			return ip, nil
 		}
 	}

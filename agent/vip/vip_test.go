@@ -260,3 +260,27 @@ func TestInterfaceFor(t *testing.T) {
 		}
 	}
 }
+
+// A virtual IP that is the node's own address (with its subnet's prefix) is refused:
+// the router would take the address off the node when it stops being master. One left
+// as a host route by a crashed run is a virtual IP, and is accepted.
+func TestOpenRefusesTheNodesOwnAddress(t *testing.T) {
+	l := netlab.NewT(t)
+	h := netlab.MustAddHost(t, l, "lb1", "198.18.0.11/24", "fd00:198:18::11/64")
+	for _, own := range []string{"198.18.0.11", "fd00:198:18::11"} {
+		err := h.Do(func() error {
+			m, err := Open(netlab.HostLink, []netip.Addr{netip.MustParseAddr(own)}, testr.New(t))
+			if err == nil {
+				m.Close()
+			}
+			return err
+		})
+		if err == nil || !strings.Contains(err.Error(), "is this node's own address") {
+			t.Errorf("Open with virtual IP %s, the node's address: %v, want a refusal", own, err)
+		}
+	}
+	if _, err := h.Exec("ip", "addr", "add", "198.18.0.100/32", "dev", netlab.HostLink); err != nil {
+		t.Fatal(err)
+	}
+	openIn(t, h, netip.MustParseAddr("198.18.0.100"))
+}

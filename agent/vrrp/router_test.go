@@ -494,3 +494,25 @@ func TestAnnouncementBursts(t *testing.T) {
 		}
 	})
 }
+
+// A virtual IP that is the node's own address is refused with that reason, before the
+// router could take the address off the node, and the node keeps its address.
+func TestVirtualIPThatIsTheNodesAddressIsRefused(t *testing.T) {
+	h := lab(t, "lb1")[0]
+	cfg := baseConfig(100)
+	cfg.VIPs = []netip.Addr{netip.MustParseAddr("198.18.0.11")}
+	err := h.Do(func() error {
+		r, err := NewRouter(cfg, testr.New(t))
+		if err == nil {
+			r.tr.close()
+			r.vips.Close()
+		}
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "virtual IP 198.18.0.11 is this node's own address (198.18.0.11/24 on ") {
+		t.Errorf("NewRouter with the node's address as virtual IP: %v, want a refusal naming it", err)
+	}
+	if !hasVIP(t, h, netip.MustParseAddr("198.18.0.11")) {
+		t.Error("the node lost its address")
+	}
+}
