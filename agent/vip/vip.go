@@ -113,6 +113,31 @@ func refuseOwnAddresses(h *netlink.Handle, vips []netip.Addr) error {
 	return nil
 }
 
+// SetVIPs moves the Manager to another list of virtual IPs of the same
+// family. Addresses no longer listed are taken off the interface now; the
+// new ones go on with the next Add.
+func (m *Manager) SetVIPs(vips []netip.Addr) error {
+	if len(vips) == 0 || vips[0].Is4() != m.vips[0].Is4() {
+		return errors.New("the virtual IPs' address family cannot change on an open Manager")
+	}
+	if err := refuseOwnAddresses(m.h, vips); err != nil {
+		return err
+	}
+	var gone []netip.Addr
+	for _, a := range m.vips {
+		if !slices.Contains(vips, a) {
+			gone = append(gone, a)
+		}
+	}
+	if err := m.remove(gone); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.vips = slices.Clone(vips)
+	m.mu.Unlock()
+	return nil
+}
+
 // Close releases the sockets; it does not remove the virtual IPs.
 func (m *Manager) Close() error {
 	m.mu.Lock()
@@ -163,9 +188,11 @@ func (m *Manager) Add() error {
 }
 
 // Remove takes the virtual IPs off the interface; absent ones are fine.
-func (m *Manager) Remove() error {
+func (m *Manager) Remove() error { return m.remove(m.vips) }
+
+func (m *Manager) remove(vips []netip.Addr) error {
 	var errs []error
-	for _, a := range m.vips {
+	for _, a := range vips {
 		if err := m.h.AddrDel(m.link, m.addr(a)); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("removing %s from %s: %w", a, m.ifi.Name, err))
 		}

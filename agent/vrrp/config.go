@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 	"time"
 )
 
@@ -97,5 +96,5 @@ func (c Config) Validate() error {
 
 // needsRestart tells whether moving from c to n needs a new router.
 func (c Config) needsRestart(n Config) bool {
-	return c.Version != n.Version || c.VRID != n.VRID || c.Interface != n.Interface || !slices.Equal(c.VIPs, n.VIPs)
+	return c.Version != n.Version || c.VRID != n.VRID || c.Interface != n.Interface || c.VIPs[0].Is4() != n.VIPs[0].Is4()
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -72,7 +73,7 @@ type Router struct {
 	linkEnd chan struct{}
 	done    chan struct{}
 
-	reconf chan Config
+	reconf chan reconfiguration
 	hooks  chan Transition
 
 	mu     sync.Mutex
@@ -116,7 +117,7 @@ func NewRouter(cfg Config, log logr.Logger, opts ...Option) (*Router, error) {
 		}
 		cfg.Interface = ifname
 	}
-	r := &Router{log: log, cfg: cfg, reconf: make(chan Config), hooks: make(chan Transition, 64), lastLog: map[string]time.Time{}, done: make(chan struct{})}
+	r := &Router{log: log, cfg: cfg, reconf: make(chan reconfiguration), hooks: make(chan Transition, 64), lastLog: map[string]time.Time{}, done: make(chan struct{})}
 	for _, o := range opts {
 		o(r)
 	}
@@ -166,8 +167,17 @@ func (r *Router) Status() Status {
 	return st
 }
 
-// Reconfigure applies a new configuration to the running router. Changes
-// of version, VRID, virtual IPs or interface return ErrRestartRequired.
+// reconfiguration is a new configuration for Run's goroutine, which
+// answers on errc whether it took it.
+type reconfiguration struct {
+	cfg  Config
+	errc chan error
+}
+
+// Reconfigure applies a new configuration to the running router. A master
+// keeps the virtual IPs the new one keeps, without a failover. Changes of
+// version, VRID, interface or the virtual IPs' family return
+// ErrRestartRequired.
 func (r *Router) Reconfigure(cfg Config) error {
 	if cfg.Interface == "" {
 		cfg.Interface = r.cfg.Interface
@@ -178,9 +188,10 @@ func (r *Router) Reconfigure(cfg Config) error {
 	if r.cfg.needsRestart(cfg) {
 		return ErrRestartRequired
 	}
+	req := reconfiguration{cfg: cfg, errc: make(chan error, 1)}
 	select {
-	case r.reconf <- cfg:
-		return nil
+	case r.reconf <- req:
+		return <-req.errc
 	case <-r.done:
 		return errors.New("the VRRP router has stopped")
 	}
@@ -291,7 +302,18 @@ func (r *Router) Run(ctx context.Context) error {
 				prio, fault, why = r.effective(base)
 				r.applyHealth(prio, fault, why)
 			}
-		case cfg := <-r.reconf:
+		case req := <-r.reconf:
+			cfg := req.cfg
+			vipsChanged := !slices.Equal(cfg.VIPs, r.cfg.VIPs)
+			if vipsChanged {
+				// Addresses no longer listed go now; a master adds the new ones
+				// below, once adverts carry them.
+				if err := r.vips.SetVIPs(cfg.VIPs); err != nil {
+					req.errc <- err
+					continue
+				}
+			}
+			req.errc <- nil
 			base = cfg.Priority
 			if cfg.AuthPassword != r.cfg.AuthPassword {
 				r.prevPassword, r.prevUntil = r.cfg.AuthPassword, time.Now().Add(passwordGrace)
@@ -303,7 +325,12 @@ func (r *Router) Run(ctx context.Context) error {
 			mc.Priority, mc.Interval, mc.Preempt, mc.PreemptDelay = prio, cfg.AdvertInterval, cfg.Preempt, cfg.PreemptDelay
 			r.exec(r.m.Reconfigure(time.Now(), mc))
 			r.applyHealth(prio, fault, why)
-			r.log.Info("VRRP reconfigured", "priority", prio, "interval", cfg.AdvertInterval, "preempt", cfg.Preempt, "peers", cfg.Peers)
+			if vipsChanged && r.m.State() == Master {
+				// An advert at once, so the backups see the new list without
+				// waiting an interval, then the addresses and their announcements.
+				r.exec(Step{Actions: []Action{{Kind: SendAdvert, Priority: r.m.Config().Priority}, {Kind: TakeVIPs}}})
+			}
+			r.log.Info("VRRP reconfigured", "priority", prio, "interval", cfg.AdvertInterval, "preempt", cfg.Preempt, "peers", cfg.Peers, "virtualIPs", cfg.VIPs)
 		}
 	}
 }

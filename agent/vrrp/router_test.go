@@ -347,10 +347,10 @@ func TestReconfigureLive(t *testing.T) {
 	waitFor(t, "lb2 preempts", testVIP, map[*node]State{lb1: Backup, lb2: Master})
 
 	restart := map[string]func(*Config){
-		"another virtual IP": func(c *Config) { c.VIPs = []netip.Addr{netip.MustParseAddr("198.18.0.101")} },
-		"another VRID":       func(c *Config) { c.VRID = 52 },
-		"VRRPv2":             func(c *Config) { c.Version, c.AdvertInterval = 2, time.Second },
-		"another interface":  func(c *Config) { c.Interface = "lo" },
+		"IPv6 virtual IPs":  func(c *Config) { c.VIPs = []netip.Addr{netip.MustParseAddr("fd00:198:18::100")} },
+		"another VRID":      func(c *Config) { c.VRID = 52 },
+		"VRRPv2":            func(c *Config) { c.Version, c.AdvertInterval = 2, time.Second },
+		"another interface": func(c *Config) { c.Interface = "lo" },
 	}
 	for what, change := range restart {
 		c := cfg
@@ -515,4 +515,81 @@ func TestVirtualIPThatIsTheNodesAddressIsRefused(t *testing.T) {
 	if !hasVIP(t, h, netip.MustParseAddr("198.18.0.11")) {
 		t.Error("the node lost its address")
 	}
+}
+
+// Virtual IPs added to and removed from a running group move without a failover: the
+// master keeps the addresses it keeps, takes the new ones, drops the old ones, and the
+// backup never takes over.
+func TestVirtualIPsChangeWithoutFailover(t *testing.T) {
+	h := lab(t, "lb1", "lb2")
+	lb1 := startRouter(t, h[0], baseConfig(150))
+	lb2 := startRouter(t, h[1], baseConfig(100))
+	waitFor(t, "lb1 elected", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+	since := lb1.router.Status().Since
+
+	// Watch the master's address the whole time.
+	stop := make(chan struct{})
+	lost := make(chan bool, 1)
+	go func() {
+		gone := false
+		for {
+			select {
+			case <-stop:
+				lost <- gone
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			out, err := h[0].Exec("ip", "-o", "addr", "show", "dev", netlab.HostLink)
+			gone = gone || (err == nil && !strings.Contains(out, " "+testVIP.String()+"/"))
+		}
+	}()
+
+	second := netip.MustParseAddr("198.18.0.101")
+	for _, c := range []struct {
+		what string
+		vips []netip.Addr
+	}{
+		{"a virtual IP added", []netip.Addr{testVIP, second}},
+		{"one removed", []netip.Addr{testVIP}},
+	} {
+		cfg := baseConfig(150)
+		cfg.VIPs = c.vips
+		for _, n := range []*node{lb2, lb1} {
+			backup := baseConfig(100)
+			backup.VIPs = c.vips
+			if n == lb1 {
+				backup = cfg
+			}
+			if err := n.router.Reconfigure(backup); err != nil {
+				t.Fatalf("%s: reconfiguring %s: %v", c.what, n.host.Name, err)
+			}
+		}
+		want := slices.Contains(c.vips, second)
+		netlab.Eventually(t, c.what+": "+second.String()+" on lb1", 2*time.Second, func() error {
+			if hasVIP(t, h[0], second) != want {
+				return fmt.Errorf("%s on lb1: %v, want %v", second, !want, want)
+			}
+			return nil
+		})
+		time.Sleep(10 * testInterval)
+		waitFor(t, c.what, testVIP, map[*node]State{lb1: Master, lb2: Backup})
+		if hasVIP(t, h[1], second) {
+			t.Errorf("%s: lb2 holds %s", c.what, second)
+		}
+	}
+	close(stop)
+	if <-lost {
+		t.Error("lb1 lost " + testVIP.String() + " while the list changed")
+	}
+	if st := lb1.router.Status(); st.State != Master || !st.Since.Equal(since) {
+		t.Errorf("lb1 is %v since %v, want Master since %v: no transition", st.State, st.Since, since)
+	}
+
+	// The node's own address is refused, and the group runs on as it was.
+	own := baseConfig(150)
+	own.VIPs = []netip.Addr{testVIP, netip.MustParseAddr("198.18.0.11")}
+	if err := lb1.router.Reconfigure(own); err == nil || !strings.Contains(err.Error(), "is this node's own address") {
+		t.Errorf("reconfiguring with the node's address: %v, want a refusal", err)
+	}
+	waitFor(t, "after the refused list", testVIP, map[*node]State{lb1: Master, lb2: Backup})
 }

@@ -352,6 +352,89 @@ func TestClusterE2E(t *testing.T) {
 		})
 	})
 
+	t.Run("virtual IPs added and removed under load", func(t *testing.T) {
+		const second, taken = "198.18.0.101", "198.18.0.102"
+		// Another pair runs with taken (its manager cleared it; no agent
+		// needs to run for that).
+		must(t, l.ApplyPair(ctx, strings.Replace(NamedPairYAML("other", taken, "1s"), "virtualRouterID: 51", "virtualRouterID: 52", 1)))
+		t.Cleanup(func() {
+			other, err := l.NamedPair(ctx, "other")
+			if err == nil {
+				_ = l.Client.Delete(ctx, other)
+			}
+		})
+		netlab.Eventually(t, "pair other cleared to run with "+taken, 10*time.Second, func() error {
+			other, err := l.NamedPair(ctx, "other")
+			if err != nil {
+				return err
+			}
+			if !slices.Equal(other.Status.VirtualIPs, []string{taken}) {
+				return fmt.Errorf("status.virtualIPs %q", other.Status.VirtualIPs)
+			}
+			return nil
+		})
+		holders := l.VIPHolders()
+		if len(holders) != 1 {
+			t.Fatalf("VIP on %v, want one holder", holders)
+		}
+		holder := l.node(holders[0])
+		setVIPs := func(vips ...string) {
+			t.Helper()
+			pair, err := l.Pair(ctx)
+			must(t, err)
+			before := pair.DeepCopy()
+			pair.Spec.VirtualIPs = vips
+			must(t, l.Client.Patch(ctx, pair, client.MergeFrom(before)))
+		}
+		start := time.Now()
+
+		setVIPs(VIP, second)
+		netlab.Eventually(t, "the client served at "+second+" by "+holder.Name, 10*time.Second, func() error {
+			if err := onlyOn(l, second, holder); err != nil {
+				return err
+			}
+			resp, err := hc.Get("http://" + net.JoinHostPort(second, fmt.Sprint(Port)) + "/")
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("GET: %s", resp.Status)
+			}
+			return nil
+		})
+
+		// Another pair's address is refused, and the agents keep theirs.
+		setVIPs(VIP, second, taken)
+		waitPairCondition(t, l, PairName, lbv1.ConditionVIPConflict, metav1.ConditionTrue, 10*time.Second)
+		settle()
+		if got := l.Holders(taken); len(got) != 0 {
+			t.Errorf("%s, pair other's address, is on %v", taken, got)
+		}
+		if err := onlyOn(l, second, holder); err != nil {
+			t.Errorf("during the conflict: %v", err)
+		}
+
+		setVIPs(VIP)
+		waitPairCondition(t, l, PairName, lbv1.ConditionVIPConflict, metav1.ConditionFalse, 10*time.Second)
+		netlab.Eventually(t, second+" taken off", 10*time.Second, func() error {
+			if got := l.Holders(second); len(got) != 0 {
+				return fmt.Errorf("%s on %v", second, got)
+			}
+			return nil
+		})
+		settle()
+		if err := onlyOn(l, VIP, holder); err != nil {
+			t.Errorf("after the changes: %v", err)
+		}
+		if _, failed := probe.Outage(p.Results(), start); failed > 0 {
+			t.Errorf("%d requests to %s failed while the pair's virtual IPs changed, want none", failed, VIP)
+		}
+		if pair, err := l.Pair(ctx); err == nil && pair.Status.HolderSince != nil && pair.Status.HolderSince.After(start) {
+			t.Errorf("the holder changed at %v, during the changes", pair.Status.HolderSince)
+		}
+	})
+
 	t.Run("unicast peers found from the agent pods", func(t *testing.T) {
 		enableUnicast(t, l, PairName)
 		// The master's adverts now go to the backup's address, which nobody
@@ -495,9 +578,6 @@ func TestClusterE2E(t *testing.T) {
 		netlab.Eventually(t, "client served over IPv6", 10*time.Second, func() error { return p6.LastOK(10) })
 		// The backend sees the holder's own address: neither IPv4 nor the VIP,
 		// which would lose the replies of draining connections once it moves.
-		hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-			return l.DialFromClient(ctx, addr)
-		}}}
 		resp, err := hc.Get("http://" + net.JoinHostPort(VIP6, fmt.Sprint(Port)) + "/")
 		must(t, err)
 		resp.Body.Close()
