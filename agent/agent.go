@@ -74,6 +74,19 @@ func (a *Agent) Apply(ctx context.Context, s *config.Settings) error {
 	if err := a.proxy.Apply(s.Proxy); err != nil {
 		return fmt.Errorf("configuring the proxy: %w", err)
 	}
+	// The proxy goes first, so that its listeners on new virtual IPs are up
+	// before the router takes them; if the router refuses the change, the
+	// proxy goes back to what it ran.
+	undo := func(err error) error {
+		var prev proxy.Config
+		if a.settings != nil {
+			prev = a.settings.Proxy
+		}
+		if perr := a.proxy.Apply(prev); perr != nil {
+			err = errors.Join(err, fmt.Errorf("restoring the proxy: %w", perr))
+		}
+		return err
+	}
 	restart := a.router == nil || !reflect.DeepEqual(a.settings.Checks, s.Checks)
 	// Most syncs change nothing (a status write is a watch event too).
 	if !restart && !reflect.DeepEqual(a.settings.VRRP, s.VRRP) {
@@ -83,12 +96,12 @@ func (a *Agent) Apply(ctx context.Context, s *config.Settings) error {
 			a.log.Info("Restarting VRRP: the change needs a new router", "vrid", s.VRRP.VRID, "virtualIPs", s.VRRP.VIPs)
 			restart = true
 		case err != nil:
-			return fmt.Errorf("reconfiguring VRRP: %w", err)
+			return undo(fmt.Errorf("reconfiguring VRRP: %w", err))
 		}
 	}
 	if restart {
 		if err := a.startRouter(ctx, s); err != nil {
-			return err
+			return undo(err)
 		}
 	}
 	a.settings = s

@@ -414,6 +414,18 @@ func TestStandaloneReloadOnSIGHUP(t *testing.T) {
 	at = reload([]byte("apiVersion: lbpair.io/v1alpha1\nkind: LoadBalancerPair\nspec: {virtualIPs: [\n"), "Reload failed; keeping the running configuration")
 	servedOnlyBy("after a file that does not load", "web02", at)
 
+	// lb1's own address as a second virtual IP: the router refuses it, and the
+	// proxy, which listened there for a moment, goes back to what it ran.
+	ownAddress := strings.Replace(string(edited), `virtualIPs: ["`+standaloneVIP+`"]`, `virtualIPs: ["`+standaloneVIP+`", "198.18.0.11"]`, 1)
+	if ownAddress == string(edited) {
+		t.Fatal("the test's file has no virtualIPs line to edit")
+	}
+	at = reload([]byte(ownAddress), "is this node's own address")
+	servedOnlyBy("after a virtual IP that is the node's address", "web02", at)
+	if out, err := lb1.Exec("ss", "-Hltn", "src", fmt.Sprintf("198.18.0.11:%d", lbPort)); err != nil || strings.TrimSpace(out) != "" {
+		t.Errorf("lb1 listens on its own address after the refused reload (err %v):\n%s", err, out)
+	}
+
 	time.Sleep(p.Timeout)
 	if _, failed := probe.Outage(p.Results(), start); failed > 0 {
 		t.Errorf("%d requests failed across the reloads", failed)
