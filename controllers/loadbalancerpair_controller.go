@@ -147,7 +147,6 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 		return r.updateFromAgents(ctx, pair)
 	}
 	r.setCondition(pair, lbv1.ConditionVIPConflict, false, "VIPsUnique", "no other pair and no node uses these virtual IPs")
-	pair.Status.VirtualIPs = slices.Clone(pair.Spec.VirtualIPs)
 
 	d := decideVRID(pair, all.Items)
 	switch {
@@ -169,7 +168,9 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 	if d.Allocated && pair.Status.VirtualRouterID != d.VRID {
 		r.Recorder.Eventf(pair, nil, corev1.EventTypeNormal, "VRIDAllocated", "AllocateVRID", "allocated virtual router ID %d", d.VRID)
 	}
+	// Cleared on both counts: the agents run with these.
 	pair.Status.VirtualRouterID = d.VRID
+	pair.Status.VirtualIPs = slices.Clone(pair.Spec.VirtualIPs)
 	r.setCondition(pair, lbv1.ConditionVRIDConflict, false, "VRIDUnique", fmt.Sprintf("virtual router ID %d is not used by another pair of this address family", d.VRID))
 	port := agentPort(pair, d.VRID)
 	pair.Status.AgentPort = port

@@ -185,6 +185,9 @@ func TestVRIDAllocationAndConflictsOnTheAPIServer(t *testing.T) {
 	if _, err := getDaemonSet(ns2, "late"); !apierrors.IsNotFound(err) {
 		t.Errorf("the loser of a conflict got a DaemonSet (err %v)", err)
 	}
+	if got := status(ns2, "late").VirtualIPs; len(got) != 0 {
+		t.Errorf("the loser of a VRID conflict was cleared to run with virtual IPs %q; it must not keep them from another pair", got)
+	}
 	if got := status(ns1, "alloc-a").VirtualRouterID; got != a {
 		t.Errorf("the holder's VRID moved from %d to %d", a, got)
 	}
