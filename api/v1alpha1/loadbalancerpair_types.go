@@ -527,9 +527,9 @@ type LoadBalancerPairStatus struct {
 	VirtualRouterID int32 `json:"virtualRouterID,omitempty"`
 
 	// virtualIPs are the virtual IPs the agents run with: spec.virtualIPs, once the manager
-	// found none of them used by another pair or a node. A spec that names another pair's
-	// virtual IP, or a node's address, leaves this, and so the agents, as they were, and
-	// sets the VIPConflict condition.
+	// found none of them used by another pair or a node, and the pair's VRID free. A spec
+	// that names another pair's virtual IP, or a node's address, leaves this, and so the
+	// agents, as they were, and sets the VIPConflict condition.
 	// +optional
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=16
