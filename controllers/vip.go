@@ -52,16 +52,17 @@ func runsAllVIPs(p *lbv1.LoadBalancerPair) bool {
 func vipConflicts(pair *lbv1.LoadBalancerPair, all []lbv1.LoadBalancerPair) []string {
 	var out []string
 	for _, v := range parseVIPs(pair.Spec.VirtualIPs) {
+		runs := func(p *lbv1.LoadBalancerPair) bool { return runsVIP(p, v) }
 		var keepers []string
 		for i := range all {
 			o := &all[i]
 			if o.UID == pair.UID || o.DeletionTimestamp != nil {
 				continue
 			}
-			if !slices.Contains(parseVIPs(o.Spec.VirtualIPs), v) && !runsVIP(o, v) {
+			if !slices.Contains(parseVIPs(o.Spec.VirtualIPs), v) && !runs(o) {
 				continue
 			}
-			if !keepsVIP(pair, o, v) {
+			if !precedes(pair, o, runs) {
 				keepers = append(keepers, o.Namespace+"/"+o.Name)
 			}
 		}
@@ -71,18 +72,6 @@ func vipConflicts(pair *lbv1.LoadBalancerPair, all []lbv1.LoadBalancerPair) []st
 		}
 	}
 	return out
-}
-
-// keepsVIP tells whether pair keeps vip against rival, which also asks for
-// it or runs with it.
-func keepsVIP(pair, rival *lbv1.LoadBalancerPair, vip netip.Addr) bool {
-	if a, b := runsVIP(pair, vip), runsVIP(rival, vip); a != b {
-		return a
-	}
-	if !pair.CreationTimestamp.Equal(&rival.CreationTimestamp) {
-		return pair.CreationTimestamp.Before(&rival.CreationTimestamp)
-	}
-	return pair.Namespace+"/"+pair.Name < rival.Namespace+"/"+rival.Name
 }
 
 // nodeAddressConflicts lists the virtual IPs of pair's spec that are

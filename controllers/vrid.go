@@ -102,24 +102,28 @@ func decideVRID(pair *lbv1.LoadBalancerPair, all []lbv1.LoadBalancerPair) vridDe
 	return vridDecision{Exhausted: true}
 }
 
-// wins tells whether pair keeps vrid against rivals: holders beat
-// newcomers, then the older pair wins, then the lower namespace/name.
+// wins tells whether pair keeps vrid against rivals.
 func wins(pair *lbv1.LoadBalancerPair, rivals []*lbv1.LoadBalancerPair, vrid int32) bool {
-	better := func(a, b *lbv1.LoadBalancerPair) bool {
-		if ha, hb := holdsVRID(a, vrid), holdsVRID(b, vrid); ha != hb {
-			return ha
-		}
-		if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
-			return a.CreationTimestamp.Before(&b.CreationTimestamp)
-		}
-		return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
-	}
+	holds := func(p *lbv1.LoadBalancerPair) bool { return holdsVRID(p, vrid) }
 	for _, r := range rivals {
-		if !better(pair, r) {
+		if !precedes(pair, r, holds) {
 			return false
 		}
 	}
 	return true
+}
+
+// precedes orders two pairs that want one VRID or one virtual IP: the one
+// running with it (holds) comes first, then the older pair, then the lower
+// namespace/name.
+func precedes(a, b *lbv1.LoadBalancerPair, holds func(*lbv1.LoadBalancerPair) bool) bool {
+	if ha, hb := holds(a), holds(b); ha != hb {
+		return ha
+	}
+	if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+		return a.CreationTimestamp.Before(&b.CreationTimestamp)
+	}
+	return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
 }
 
 // agentPort is the node port of the pair's agents.
