@@ -521,75 +521,87 @@ func TestVirtualIPThatIsTheNodesAddressIsRefused(t *testing.T) {
 // master keeps the addresses it keeps, takes the new ones, drops the old ones, and the
 // backup never takes over.
 func TestVirtualIPsChangeWithoutFailover(t *testing.T) {
-	h := lab(t, "lb1", "lb2")
-	lb1 := startRouter(t, h[0], baseConfig(150))
-	lb2 := startRouter(t, h[1], baseConfig(100))
-	waitFor(t, "lb1 elected", testVIP, map[*node]State{lb1: Master, lb2: Backup})
-	since := lb1.router.Status().Since
-
-	// Watch the master's address the whole time.
-	stop := make(chan struct{})
-	lost := make(chan bool, 1)
-	go func() {
-		gone := false
-		for {
-			select {
-			case <-stop:
-				lost <- gone
-				return
-			case <-time.After(5 * time.Millisecond):
-			}
-			out, err := h[0].Exec("ip", "-o", "addr", "show", "dev", netlab.HostLink)
-			gone = gone || (err == nil && !strings.Contains(out, " "+testVIP.String()+"/"))
-		}
-	}()
-
-	second := netip.MustParseAddr("198.18.0.101")
-	for _, c := range []struct {
-		what string
-		vips []netip.Addr
+	for _, fam := range []struct {
+		name, lb1, lb2, own string
+		vip, second         netip.Addr
 	}{
-		{"a virtual IP added", []netip.Addr{testVIP, second}},
-		{"one removed", []netip.Addr{testVIP}},
+		{"IPv4", "198.18.0.11/24", "198.18.0.12/24", "198.18.0.11", testVIP, netip.MustParseAddr("198.18.0.101")},
+		{"IPv6", "fd00:198:18::11/64", "fd00:198:18::12/64", "fd00:198:18::11", netip.MustParseAddr("fd00:198:18::100"), netip.MustParseAddr("fd00:198:18::101")},
 	} {
-		cfg := baseConfig(150)
-		cfg.VIPs = c.vips
-		for _, n := range []*node{lb2, lb1} {
-			backup := baseConfig(100)
-			backup.VIPs = c.vips
-			if n == lb1 {
-				backup = cfg
+		t.Run(fam.name, func(t *testing.T) {
+			l := netlab.NewT(t)
+			h := []*netlab.Host{netlab.MustAddHost(t, l, "lb1", fam.lb1), netlab.MustAddHost(t, l, "lb2", fam.lb2)}
+			cfg := func(prio uint8, vips ...netip.Addr) Config {
+				c := baseConfig(prio)
+				c.VIPs, c.Interface = vips, netlab.HostLink
+				return c
 			}
-			if err := n.router.Reconfigure(backup); err != nil {
-				t.Fatalf("%s: reconfiguring %s: %v", c.what, n.host.Name, err)
+			if fam.vip.Is6() {
+				linkLocal(t, h[0])
+				linkLocal(t, h[1])
 			}
-		}
-		want := slices.Contains(c.vips, second)
-		netlab.Eventually(t, c.what+": "+second.String()+" on lb1", 2*time.Second, func() error {
-			if hasVIP(t, h[0], second) != want {
-				return fmt.Errorf("%s on lb1: %v, want %v", second, !want, want)
-			}
-			return nil
-		})
-		time.Sleep(10 * testInterval)
-		waitFor(t, c.what, testVIP, map[*node]State{lb1: Master, lb2: Backup})
-		if hasVIP(t, h[1], second) {
-			t.Errorf("%s: lb2 holds %s", c.what, second)
-		}
-	}
-	close(stop)
-	if <-lost {
-		t.Error("lb1 lost " + testVIP.String() + " while the list changed")
-	}
-	if st := lb1.router.Status(); st.State != Master || !st.Since.Equal(since) {
-		t.Errorf("lb1 is %v since %v, want Master since %v: no transition", st.State, st.Since, since)
-	}
+			lb1 := startRouter(t, h[0], cfg(150, fam.vip))
+			lb2 := startRouter(t, h[1], cfg(100, fam.vip))
+			waitFor(t, "lb1 elected", fam.vip, map[*node]State{lb1: Master, lb2: Backup})
+			since := lb1.router.Status().Since
 
-	// The node's own address is refused, and the group runs on as it was.
-	own := baseConfig(150)
-	own.VIPs = []netip.Addr{testVIP, netip.MustParseAddr("198.18.0.11")}
-	if err := lb1.router.Reconfigure(own); err == nil || !strings.Contains(err.Error(), "is this node's own address") {
-		t.Errorf("reconfiguring with the node's address: %v, want a refusal", err)
+			// Watch the master's address the whole time.
+			stop := make(chan struct{})
+			lost := make(chan bool, 1)
+			go func() {
+				gone := false
+				for {
+					select {
+					case <-stop:
+						lost <- gone
+						return
+					case <-time.After(5 * time.Millisecond):
+					}
+					out, err := h[0].Exec("ip", "-o", "addr", "show", "dev", netlab.HostLink)
+					gone = gone || (err == nil && !strings.Contains(out, " "+fam.vip.String()+"/"))
+				}
+			}()
+
+			for _, c := range []struct {
+				what string
+				vips []netip.Addr
+			}{
+				{"a virtual IP added", []netip.Addr{fam.vip, fam.second}},
+				{"one removed", []netip.Addr{fam.vip}},
+			} {
+				if err := lb2.router.Reconfigure(cfg(100, c.vips...)); err != nil {
+					t.Fatalf("%s: reconfiguring lb2: %v", c.what, err)
+				}
+				if err := lb1.router.Reconfigure(cfg(150, c.vips...)); err != nil {
+					t.Fatalf("%s: reconfiguring lb1: %v", c.what, err)
+				}
+				want := slices.Contains(c.vips, fam.second)
+				netlab.Eventually(t, c.what+": "+fam.second.String()+" on lb1", 2*time.Second, func() error {
+					if hasVIP(t, h[0], fam.second) != want {
+						return fmt.Errorf("%s on lb1: %v, want %v", fam.second, !want, want)
+					}
+					return nil
+				})
+				time.Sleep(10 * testInterval)
+				waitFor(t, c.what, fam.vip, map[*node]State{lb1: Master, lb2: Backup})
+				if hasVIP(t, h[1], fam.second) {
+					t.Errorf("%s: lb2 holds %s", c.what, fam.second)
+				}
+			}
+			close(stop)
+			if <-lost {
+				t.Error("lb1 lost " + fam.vip.String() + " while the list changed")
+			}
+			if st := lb1.router.Status(); st.State != Master || !st.Since.Equal(since) {
+				t.Errorf("lb1 is %v since %v, want Master since %v: no transition", st.State, st.Since, since)
+			}
+
+			// The node's own address is refused, and the group runs on as it was.
+			err := lb1.router.Reconfigure(cfg(150, fam.vip, netip.MustParseAddr(fam.own)))
+			if err == nil || !strings.Contains(err.Error(), "is this node's own address") {
+				t.Errorf("reconfiguring with the node's address: %v, want a refusal", err)
+			}
+			waitFor(t, "after the refused list", fam.vip, map[*node]State{lb1: Master, lb2: Backup})
+		})
 	}
-	waitFor(t, "after the refused list", testVIP, map[*node]State{lb1: Master, lb2: Backup})
 }
