@@ -465,7 +465,7 @@ func (l *Lab) StartPairAgent(n *Node, pair string, quiet bool) (*netlab.Proc, er
 		"metadata.namespace": Namespace,
 		"status.podIP":       n.IP,
 	}
-	args := []string{"KUBECONFIG=" + l.agentKubeconfig}
+	env := []string{"KUBECONFIG=" + l.agentKubeconfig}
 	for _, e := range c.Env {
 		v := e.Value
 		if e.ValueFrom != nil {
@@ -475,14 +475,14 @@ func (l *Lab) StartPairAgent(n *Node, pair string, quiet bool) (*netlab.Proc, er
 			}
 			v = pod[ref.FieldPath]
 		}
-		args = append(args, e.Name+"="+v)
+		env = append(env, e.Name+"="+v)
 	}
 	var logw func(string)
 	if !quiet {
 		logw = func(s string) { l.logf("%s/%s: %s", n.Name, pair, s) }
 	}
 	// The image's entrypoint is the lbpair binary.
-	return n.Host.Start(logw, "env", append(append(args, l.bin), c.Args...)...)
+	return n.Host.Start(logw, "env", append(append(env, l.bin), c.Args...)...)
 }
 
 // SignalAgent sends sig to the node's agent (the agent itself: `ip netns
