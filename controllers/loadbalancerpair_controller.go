@@ -256,6 +256,16 @@ func (r *LoadBalancerPairReconciler) updateFromAgents(ctx context.Context, pair 
 	for _, c := range agentConditions(s, desired, pair.Generation) {
 		apimeta.SetStatusCondition(&pair.Status.Conditions, c)
 	}
+	if s.Holder == "" {
+		// No agent serves: a conflict that keeps them from starting is the
+		// reason to show first.
+		for _, t := range []string{lbv1.ConditionVIPConflict, lbv1.ConditionVRIDConflict} {
+			if c := apimeta.FindStatusCondition(pair.Status.Conditions, t); c != nil && c.Status == metav1.ConditionTrue {
+				r.setCondition(pair, lbv1.ConditionReady, false, t, "no agent holds the virtual IPs: "+c.Message)
+				break
+			}
+		}
+	}
 	requeue := resync
 	if !s.NextChange.IsZero() {
 		// A little after the change, so that the entry has crossed the line.

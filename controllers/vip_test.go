@@ -145,6 +145,9 @@ func TestVIPConflictsOnTheAPIServer(t *testing.T) {
 		if len(eventNotes(t, ns2, "second", "VIPConflict")) == 0 {
 			return errors.New("no VIPConflict event")
 		}
+		if r := apimeta.FindStatusCondition(status(ns2, "second").Conditions, lbv1.ConditionReady); r == nil || r.Reason != "VIPConflict" {
+			return fmt.Errorf("Ready %+v, want the reason VIPConflict", r)
+		}
 		return nil
 	})
 	if _, err := getDaemonSet(ns2, "second"); !apierrors.IsNotFound(err) {

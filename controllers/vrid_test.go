@@ -180,6 +180,9 @@ func TestVRIDAllocationAndConflictsOnTheAPIServer(t *testing.T) {
 		if _, ok := eventReasons(t, ns2, "late")["VRIDConflict"]; !ok {
 			return errors.New("no VRIDConflict event")
 		}
+		if r := apimeta.FindStatusCondition(status(ns2, "late").Conditions, lbv1.ConditionReady); r == nil || r.Reason != "VRIDConflict" {
+			return fmt.Errorf("Ready %+v, want the reason VRIDConflict", r)
+		}
 		return nil
 	})
 	if _, err := getDaemonSet(ns2, "late"); !apierrors.IsNotFound(err) {

@@ -561,9 +561,11 @@ type LoadBalancerPairStatus struct {
 	// +kubebuilder:validation:MaxItems=64
 	Agents []AgentStatus `json:"agents,omitempty"`
 
-	// conditions: Ready (a holder exists and serves), Available (the agents are running),
-	// Degraded (fewer healthy agents than selected nodes, or backends down), SplitBrain
-	// (more than one agent holds the virtual IPs), VRIDConflict and VIPConflict.
+	// conditions: Ready (a holder exists and serves; when none does and a conflict keeps the
+	// agents from starting, its reason is VIPConflict or VRIDConflict), Available (the
+	// agents are running), Degraded (fewer healthy agents than selected nodes, or backends
+	// down), SplitBrain (more than one agent holds the virtual IPs), VRIDConflict and
+	// VIPConflict.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
