@@ -78,16 +78,16 @@ func vipConflicts(pair *lbv1.LoadBalancerPair, all []lbv1.LoadBalancerPair) []st
 // addresses of a node, as "198.18.0.11 (node lb1)". The holder would take
 // such an address over with its announcements, and cut that node off.
 func nodeAddressConflicts(pair *lbv1.LoadBalancerPair, nodes []corev1.Node) []string {
+	vips := parseVIPs(pair.Spec.VirtualIPs)
 	var out []string
-	for _, v := range parseVIPs(pair.Spec.VirtualIPs) {
-		for _, n := range nodes {
-			for _, a := range n.Status.Addresses {
-				if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Unmap() == v {
-					out = append(out, fmt.Sprintf("%s (node %s)", v, n.Name))
-				}
+	for _, n := range nodes {
+		for _, a := range n.Status.Addresses {
+			if ip, err := netip.ParseAddr(a.Address); err == nil && slices.Contains(vips, ip.Unmap()) {
+				out = append(out, fmt.Sprintf("%s (node %s)", ip.Unmap(), n.Name))
 			}
 		}
 	}
+	slices.Sort(out)
 	return slices.Compact(out)
 }
 
