@@ -66,18 +66,6 @@ func TestManagerWatchingOneNamespace(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	pair := func(ns, name, vip string, vrid *int32) *lbv1.LoadBalancerPair {
-		return &lbv1.LoadBalancerPair{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-			Spec: lbv1.LoadBalancerPairSpec{
-				VirtualIPs:      []string{vip},
-				VirtualRouterID: vrid,
-				Ports: []lbv1.PortSpec{{Name: "http", Port: 80, Backend: lbv1.BackendSpec{
-					Static: []lbv1.StaticBackend{{Address: "198.18.1.10:80"}},
-				}}},
-			},
-		}
-	}
 	get := func(ns, name string) (*lbv1.LoadBalancerPair, error) {
 		var p lbv1.LoadBalancerPair
 		err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &p)
@@ -93,7 +81,7 @@ func TestManagerWatchingOneNamespace(t *testing.T) {
 
 	// A pair of the other namespace, run by another manager: it holds VRID 7.
 	seven := int32(7)
-	theirs := pair("other", "theirs", "198.18.0.100", &seven)
+	theirs := newPair("other", "theirs", "198.18.0.100", &seven)
 	if err := k8s.Create(ctx, theirs); err != nil {
 		t.Fatal(err)
 	}
@@ -108,10 +96,10 @@ func TestManagerWatchingOneNamespace(t *testing.T) {
 	// Pairs of the watched namespace are run, and checked against the other
 	// namespace's: an allocation avoids VRID 7, and a spec asking for 7 is
 	// a conflict.
-	if err := k8s.Create(ctx, pair("apps", "auto", "198.18.0.101", nil)); err != nil {
+	if err := k8s.Create(ctx, newPair("apps", "auto", "198.18.0.101", nil)); err != nil {
 		t.Fatal(err)
 	}
-	if err := k8s.Create(ctx, pair("apps", "clash", "198.18.0.102", &seven)); err != nil {
+	if err := k8s.Create(ctx, newPair("apps", "clash", "198.18.0.102", &seven)); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the watched namespace's pairs reconciled", func() error {
@@ -290,15 +278,7 @@ func TestManagerRunsAsInstalled(t *testing.T) {
 	}
 	runsPair := func(name, vip string) {
 		t.Helper()
-		pair := &lbv1.LoadBalancerPair{
-			ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: name},
-			Spec: lbv1.LoadBalancerPairSpec{
-				VirtualIPs: []string{vip},
-				Ports: []lbv1.PortSpec{{Name: "http", Port: 80, Backend: lbv1.BackendSpec{
-					Static: []lbv1.StaticBackend{{Address: "198.18.1.10:80"}},
-				}}},
-			},
-		}
+		pair := newPair("shop", name, vip, nil)
 		if err := k8s.Create(ctx, pair); err != nil {
 			t.Fatal(err)
 		}
@@ -367,6 +347,21 @@ func freeLocalAddress(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// newPair is a pair with one virtual IP and one static backend; vrid may be
+// nil, for the manager to allocate one.
+func newPair(ns, name, vip string, vrid *int32) *lbv1.LoadBalancerPair {
+	return &lbv1.LoadBalancerPair{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: lbv1.LoadBalancerPairSpec{
+			VirtualIPs:      []string{vip},
+			VirtualRouterID: vrid,
+			Ports: []lbv1.PortSpec{{Name: "http", Port: 80, Backend: lbv1.BackendSpec{
+				Static: []lbv1.StaticBackend{{Address: "198.18.1.10:80"}},
+			}}},
+		},
+	}
 }
 
 // startAPIServer starts a kube-apiserver and etcd (envtest) with the CRD for

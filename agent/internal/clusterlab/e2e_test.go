@@ -267,11 +267,7 @@ func TestClusterE2E(t *testing.T) {
 		// Preemption moves the VIP away from a serving master; production
 		// rollouts turn it off (as keepalived's nopreempt) so that every
 		// handover is a graceful one.
-		pair, err := l.Pair(ctx)
-		must(t, err)
-		before := pair.DeepCopy()
-		pair.Spec.Preempt = new(bool)
-		must(t, l.Client.Patch(ctx, pair, client.MergeFrom(before)))
+		patchPair(t, l, PairName, func(p *lbv1.LoadBalancerPair) { p.Spec.Preempt = new(bool) })
 		time.Sleep(time.Second)
 		settle()
 		start := time.Now()
@@ -380,11 +376,7 @@ func TestClusterE2E(t *testing.T) {
 		holder := l.node(holders[0])
 		setVIPs := func(vips ...string) {
 			t.Helper()
-			pair, err := l.Pair(ctx)
-			must(t, err)
-			before := pair.DeepCopy()
-			pair.Spec.VirtualIPs = vips
-			must(t, l.Client.Patch(ctx, pair, client.MergeFrom(before)))
+			patchPair(t, l, PairName, func(p *lbv1.LoadBalancerPair) { p.Spec.VirtualIPs = vips })
 		}
 		start := time.Now()
 
@@ -454,14 +446,14 @@ func TestClusterE2E(t *testing.T) {
 	t.Run("a spec the agents cannot apply is reported", func(t *testing.T) {
 		// VRRPv2 with a password from a Secret that does not exist: valid to the
 		// apiserver, impossible for the agents, which keep serving with the last spec.
-		pair, err := l.Pair(ctx)
+		applied, err := l.Pair(ctx)
 		must(t, err)
-		applied := pair.DeepCopy()
-		holder := pair.Status.Holder
-		pair.Spec.VRRPVersion = 2
-		pair.Spec.AdvertisementInterval = &metav1.Duration{Duration: time.Second}
-		pair.Spec.Authentication = &lbv1.AuthenticationSpec{PasswordSecretRef: corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "nope"}, Key: "password"}}
-		must(t, l.Client.Patch(ctx, pair, client.MergeFrom(applied)))
+		holder := applied.Status.Holder
+		patchPair(t, l, PairName, func(p *lbv1.LoadBalancerPair) {
+			p.Spec.VRRPVersion = 2
+			p.Spec.AdvertisementInterval = &metav1.Duration{Duration: time.Second}
+			p.Spec.Authentication = &lbv1.AuthenticationSpec{PasswordSecretRef: corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "nope"}, Key: "password"}}
+		})
 		const why = `Secret "nope" not found`
 		netlab.Eventually(t, "every agent reporting the spec it cannot apply", 10*time.Second, func() error {
 			p, err := l.Pair(ctx)
@@ -520,11 +512,7 @@ func TestClusterE2E(t *testing.T) {
 			t.Errorf("clients failed %d times (longest outage %v) during the password change", failed, outage)
 		}
 
-		current, err := l.Pair(ctx)
-		must(t, err)
-		restored := current.DeepCopy()
-		restored.Spec = applied.Spec
-		must(t, l.Client.Patch(ctx, restored, client.MergeFrom(current)))
+		patchPair(t, l, PairName, func(p *lbv1.LoadBalancerPair) { p.Spec = applied.Spec })
 		waitConfigApplied(t, l, "the report cleared once the spec is valid again", 10*time.Second)
 		// Back to VRRPv3, a new router on each node: lb1 is elected again.
 		waitHolder(t, l, "VRRPv3 again", lb1.Name, 30*time.Second)
@@ -690,10 +678,18 @@ func enableUnicast(t *testing.T, l *Lab, name string) {
 	t.Helper()
 	ctx := context.Background()
 	must(t, l.CreatePairAgentPods(ctx, name))
+	patchPair(t, l, name, func(p *lbv1.LoadBalancerPair) { p.Spec.Unicast = &lbv1.UnicastSpec{Enabled: true} })
+}
+
+// patchPair changes the named pair with change, as a merge patch of what
+// changed: the agents' and the manager's status writes go on meanwhile.
+func patchPair(t *testing.T, l *Lab, name string, change func(*lbv1.LoadBalancerPair)) {
+	t.Helper()
+	ctx := context.Background()
 	pair, err := l.NamedPair(ctx, name)
 	must(t, err)
 	before := pair.DeepCopy()
-	pair.Spec.Unicast = &lbv1.UnicastSpec{Enabled: true}
+	change(pair)
 	must(t, l.Client.Patch(ctx, pair, client.MergeFrom(before)))
 }
 
