@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,6 +23,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/lbpair/lbpair/agent/internal/nsexec"
 )
 
 // ErrNotRoot is returned by New when the caller cannot create network namespaces.
@@ -102,6 +103,16 @@ func (l *Lab) AddHost(name string, cidrs ...string) (*Host, error) {
 	l.mu.Lock()
 	l.hosts = append(l.hosts, h)
 	l.mu.Unlock()
+	if err := h.addLink(cidrs); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// addLink makes the host's HostLink, a veth whose other end is a port of the bridge, and
+// gives it the addresses.
+func (h *Host) addLink(cidrs []string) error {
+	l := h.lab
 	steps := [][]string{
 		{l.switchNS, "link", "add", h.BridgePort, "type", "veth", "peer", "name", HostLink, "netns", h.NS},
 		{l.switchNS, "link", "set", h.BridgePort, "master", bridgeName},
@@ -109,30 +120,43 @@ func (l *Lab) AddHost(name string, cidrs ...string) (*Host, error) {
 	}
 	for _, s := range steps {
 		if err := l.ip(s[0], s[1:]...); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	// Addresses usable at once: no duplicate address detection on a lab's private link.
 	if err := h.Sysctl("net.ipv6.conf."+HostLink+".accept_dad", "0"); err != nil {
-		return nil, err
+		return err
 	}
 	// IPv6 addresses survive a link flap, as IPv4 ones do: on a real host the network
 	// manager would put them back, and a lab has none.
 	if err := h.Sysctl("net.ipv6.conf."+HostLink+".keep_addr_on_down", "1"); err != nil {
-		return nil, err
+		return err
 	}
 	// Loopback up too: in-process servers and forwarders on 127.0.0.1.
 	for _, link := range []string{HostLink, "lo"} {
 		if err := l.ip(h.NS, "link", "set", link, "up"); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	for _, c := range cidrs {
 		if err := h.AddAddr(c); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return h, nil
+	return nil
+}
+
+// DeleteLink deletes the host's HostLink (and its bridge port) with all its addresses,
+// as when a network manager tears a node's interface down.
+func (h *Host) DeleteLink() error {
+	return h.lab.ip(h.lab.switchNS, "link", "delete", h.BridgePort)
+}
+
+// AddLink makes HostLink again after DeleteLink, with the given addresses (CIDR
+// notation): the same name, but a new interface index, as when a network manager
+// recreates a node's interface.
+func (h *Host) AddLink(cidrs ...string) error {
+	return h.addLink(cidrs)
 }
 
 // Hosts returns the lab's hosts in the order they were added.
@@ -194,7 +218,14 @@ func (h *Host) Sysctl(key, value string) error {
 
 // Exec runs a command inside the host's namespace and returns its combined output.
 func (h *Host) Exec(name string, args ...string) (string, error) {
-	out, err := exec.Command("ip", append([]string{"netns", "exec", h.NS, name}, args...)...).CombinedOutput()
+	return h.ExecInput("", name, args...)
+}
+
+// ExecInput is Exec with input on the command's standard input.
+func (h *Host) ExecInput(input string, name string, args ...string) (string, error) {
+	cmd := exec.Command("ip", append([]string{"netns", "exec", h.NS, name}, args...)...)
+	cmd.Stdin = strings.NewReader(input)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("running %s %s in %s: %w: %s", name, strings.Join(args, " "), h.NS, err, bytes.TrimSpace(out))
 	}
@@ -224,30 +255,7 @@ func (h *Host) Do(fn func() error) error {
 		return fmt.Errorf("opening namespace %s: %w", h.NS, err)
 	}
 	defer target.Close()
-	errc := make(chan error, 1)
-	// A fresh goroutine whose thread is thrown away if it cannot be switched back, so no
-	// other goroutine ever runs in the wrong namespace.
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- fmt.Errorf("opening the current namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			errc <- fmt.Errorf("entering namespace %s: %w", h.NS, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("leaving namespace %s: %w", h.NS, err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return nsexec.Do(target, fn)
 }
 
 // Proc is a process a lab started inside one of its hosts.
