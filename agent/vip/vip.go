@@ -296,7 +296,8 @@ func InterfaceFor(addr netip.Addr) (string, error) {
 }
 
 // PrimaryAddress is the interface's address VRRP sends from: its first
-// IPv4 address that is not a virtual IP, or its IPv6 link-local address.
+// IPv4 address that is not a virtual IP, or its IPv6 link-local address,
+// once duplicate address detection has passed.
 func PrimaryAddress(ifname string, ipv6 bool, vips []netip.Addr) (netip.Addr, error) {
 	link, err := netlink.LinkByName(ifname)
 	if err != nil {
@@ -317,6 +318,11 @@ func PrimaryAddress(ifname string, ipv6 bool, vips []netip.Addr) (netip.Addr, er
 		}
 		ip = ip.Unmap()
 		if ipv6 != ip.IsLinkLocalUnicast() || ip.Is4() == ipv6 {
+			continue
+		}
+		// Nothing can be sent from an address still in duplicate address
+		// detection (a link made again has a new link-local one) or failed it.
+		if a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
 			continue
 		}
 		// A virtual IP, left by a crashed run, is a host route; the node's own

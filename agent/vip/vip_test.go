@@ -220,6 +220,47 @@ func TestPrimaryAddressSkipsVirtualIPs(t *testing.T) {
 	}
 }
 
+// A link-local address in duplicate address detection cannot be sent from yet: as on a
+// link made again, PrimaryAddress waits for it.
+func TestPrimaryAddressWaitsForDuplicateAddressDetection(t *testing.T) {
+	l := netlab.NewT(t)
+	h := netlab.MustAddHost(t, l, "lb")
+	if err := h.Sysctl("net.ipv6.conf."+netlab.HostLink+".accept_dad", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h.Exec("ip", "-6", "addr", "flush", "dev", netlab.HostLink, "scope", "link"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if err := h.AddAddr("fe80::11/64"); err != nil {
+		t.Fatal(err)
+	}
+	tentative := func() bool {
+		out, err := h.Exec("ip", "-6", "-o", "addr", "show", "dev", netlab.HostLink, "tentative")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Contains(out, "fe80::11/64")
+	}
+	var a netip.Addr
+	primary := func() error {
+		return h.Do(func() (err error) {
+			a, err = PrimaryAddress(netlab.HostLink, true, nil)
+			return err
+		})
+	}
+	if !tentative() {
+		t.Fatal("fe80::11 passed duplicate address detection at once; the check cannot be made")
+	}
+	err := primary()
+	if tentative() && (err == nil || !strings.Contains(err.Error(), "no IPv6 link-local address")) {
+		t.Errorf("during duplicate address detection: %v, %v; want no address yet", a, err)
+	}
+	netlab.Eventually(t, "fe80::11 once detection passed", 10*time.Second, primary)
+	if a != netip.MustParseAddr("fe80::11") {
+		t.Errorf("primary address %v, want fe80::11", a)
+	}
+}
+
 func TestInterfaceFor(t *testing.T) {
 	l := netlab.NewT(t)
 	h := netlab.MustAddHost(t, l, "lb", "198.18.0.11/24")
