@@ -328,6 +328,15 @@ func (m *Machine) SetPriority(now time.Time, prio uint8) Step {
 	return step
 }
 
+// SetSelf changes the router's own address, when its interface has a new
+// one.
+func (m *Machine) SetSelf(addr netip.Addr) {
+	if m.masterAddr == m.cfg.Self {
+		m.masterAddr = addr
+	}
+	m.cfg.Self = addr
+}
+
 // SetFault takes the router out of the election (tracking says it cannot
 // serve, or its interface is down) or brings it back.
 func (m *Machine) SetFault(now time.Time, fault bool, reason string) Step {

@@ -14,7 +14,10 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
+	"github.com/lbpair/lbpair/agent/internal/nsexec"
 	"github.com/lbpair/lbpair/agent/track"
 	"github.com/lbpair/lbpair/agent/vip"
 )
@@ -63,15 +66,14 @@ type Router struct {
 	hook    func(Transition)
 	metrics *metrics
 
-	cfg     Config
-	ifi     *net.Interface
-	self    netip.Addr
-	tr      transport
-	vips    *vip.Manager
-	nl      *netlink.Handle
-	links   chan netlink.LinkUpdate
-	linkEnd chan struct{}
-	done    chan struct{}
+	cfg Config
+	// ns is the network namespace the router was made in, where it opens
+	// new sockets when its interface is made again.
+	ns   netns.NsHandle
+	nl   *netlink.Handle
+	done chan struct{}
+	// self is b.self, for Status.
+	self netip.Addr
 
 	reconf chan reconfiguration
 	hooks  chan Transition
@@ -80,8 +82,17 @@ type Router struct {
 	status Status
 
 	// The rest belongs to Run's goroutine.
-	m            *Machine
-	linkDown     bool
+	m        *Machine
+	b        *binding
+	w        *watch
+	linkDown bool
+	// stale says that b is bound to an interface that is gone, or sends from
+	// an address the interface no longer has; retryAt, when set, is the
+	// next attempt to open a new binding or watch.
+	stale   bool
+	retryAt time.Time
+	// watchesLost counts the watches that ended under the router.
+	watchesLost  int
 	nextAnnounce time.Time
 	// lastLog rate-limits debug logs by key (see logLimited).
 	lastLog map[string]time.Time
@@ -122,36 +133,28 @@ func NewRouter(cfg Config, log logr.Logger, opts ...Option) (*Router, error) {
 		o(r)
 	}
 	var err error
-	if r.ifi, err = net.InterfaceByName(cfg.Interface); err != nil {
-		return nil, fmt.Errorf("interface %q: %w", cfg.Interface, err)
+	if r.ns, err = netns.Get(); err != nil {
+		return nil, fmt.Errorf("opening the network namespace: %w", err)
 	}
-	if r.self, err = vip.PrimaryAddress(cfg.Interface, cfg.VIPs[0].Is6(), cfg.VIPs); err != nil {
+	ifi, self, err := locate(cfg)
+	if err == nil {
+		r.b, err = bind(cfg, ifi, self, log)
+	}
+	if err != nil {
+		r.ns.Close()
 		return nil, err
 	}
-	if r.tr, err = openTransport(r.ifi, r.self); err != nil {
-		return nil, err
-	}
-	if r.vips, err = vip.Open(cfg.Interface, cfg.VIPs, log); err != nil {
-		r.tr.close()
-		return nil, err
-	}
+	r.self = r.b.self
 	if r.nl, err = netlink.NewHandle(); err != nil {
-		r.tr.close()
-		r.vips.Close()
+		r.b.close()
+		r.ns.Close()
 		return nil, fmt.Errorf("opening netlink: %w", err)
 	}
-	r.links, r.linkEnd = make(chan netlink.LinkUpdate, 16), make(chan struct{})
-	if err := netlink.LinkSubscribeWithOptions(r.links, r.linkEnd, netlink.LinkSubscribeOptions{ErrorCallback: func(err error) {
-		select {
-		case <-r.linkEnd: // Closing the subscription is not an error.
-		default:
-			log.Error(err, "Watching the interface's link state")
-		}
-	}}); err != nil {
-		r.tr.close()
-		r.vips.Close()
+	if r.w, err = openWatch(r.ns, log); err != nil {
+		r.b.close()
 		r.nl.Close()
-		return nil, fmt.Errorf("watching link state: %w", err)
+		r.ns.Close()
+		return nil, err
 	}
 	r.metrics = newMetrics(r.reg, cfg.VRID)
 	r.status = Status{State: Init, EffectivePriority: cfg.Priority}
@@ -206,31 +209,30 @@ type packetOrErr struct {
 // advert and removes the virtual IPs.
 func (r *Router) Run(ctx context.Context) error {
 	defer close(r.done)
+	defer r.ns.Close()
 	defer r.nl.Close()
-	defer r.vips.Close()
-	defer close(r.linkEnd)
+	defer func() {
+		r.b.close()
+		if r.w != nil {
+			r.w.close()
+		}
+	}()
 	hooksDone := make(chan struct{})
 	go r.runHooks(hooksDone)
 	defer func() { close(r.hooks); <-hooksDone }()
 
-	if present, err := r.vips.Present(); err != nil {
-		r.tr.close()
+	if present, err := r.b.vips.Present(); err != nil {
 		return err
 	} else if len(present) > 0 {
 		r.log.Info("Removing virtual IPs left by an earlier run before joining", "virtualIPs", present, "interface", r.cfg.Interface)
-		if err := r.vips.Remove(); err != nil {
-			r.tr.close()
+		if err := r.b.vips.Remove(); err != nil {
 			return err
 		}
 	}
 
-	packets := make(chan packetOrErr, 64)
-	go r.readLoop(packets)
-
-	base := r.cfg.Priority
-	prio, fault, why := r.effective(base)
-	r.m = NewMachine(MachineConfig{Version: r.cfg.Version, Priority: prio, Interval: r.cfg.AdvertInterval, Preempt: r.cfg.Preempt, PreemptDelay: r.cfg.PreemptDelay, Self: r.self})
-	r.log.Info("Joining VRRP group", "vrid", r.cfg.VRID, "version", r.cfg.Version, "interface", r.cfg.Interface, "address", r.self,
+	prio, fault, why := r.effective(r.cfg.Priority)
+	r.m = NewMachine(MachineConfig{Version: r.cfg.Version, Priority: prio, Interval: r.cfg.AdvertInterval, Preempt: r.cfg.Preempt, PreemptDelay: r.cfg.PreemptDelay, Self: r.b.self})
+	r.log.Info("Joining VRRP group", "vrid", r.cfg.VRID, "version", r.cfg.Version, "interface", r.cfg.Interface, "address", r.b.self,
 		"priority", prio, "interval", r.cfg.AdvertInterval, "peers", r.cfg.Peers, "virtualIPs", r.cfg.VIPs)
 	r.linkDown = !r.linkUp()
 	switch {
@@ -250,22 +252,26 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 	for {
 		next := r.m.Next()
-		if !r.nextAnnounce.IsZero() && (next.IsZero() || r.nextAnnounce.Before(next)) {
-			next = r.nextAnnounce
+		for _, t := range []time.Time{r.nextAnnounce, r.retryAt} {
+			if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+				next = t
+			}
 		}
 		if next.IsZero() {
 			timer.Reset(time.Hour)
 		} else {
 			timer.Reset(time.Until(next))
 		}
+		var links <-chan netlink.LinkUpdate
+		var addrs <-chan netlink.AddrUpdate
+		if r.w != nil {
+			links, addrs = r.w.links, r.w.addrs
+		}
 		select {
 		case <-ctx.Done():
-			r.leave(packets)
-			r.tr.close()
-			for range packets {
-			}
+			r.leave(r.b.packets)
 			return nil
-		case p, ok := <-packets:
+		case p, ok := <-r.b.packets:
 			if !ok {
 				return errors.New("the VRRP socket closed")
 			}
@@ -284,43 +290,42 @@ func (r *Router) Run(ctx context.Context) error {
 					r.nextAnnounce = now.Add(r.cfg.Announce.Refresh)
 				}
 			}
+			if !r.retryAt.IsZero() && !now.Before(r.retryAt) {
+				r.retry()
+			}
 		case <-changed:
-			prio, fault, why = r.effective(base)
+			prio, fault, why := r.effective(r.cfg.Priority)
 			r.applyHealth(prio, fault, why)
-		case u := <-r.links:
-			if u.Attrs().Index != r.ifi.Index {
+		case u, ok := <-links:
+			if !ok {
+				r.lostWatch()
 				continue
 			}
-			down := !isUp(u.Link)
-			if down == r.linkDown {
+			r.linkChanged(u)
+		case u, ok := <-addrs:
+			if !ok {
+				r.lostWatch()
 				continue
 			}
-			r.linkDown = down
-			if down {
-				r.exec(r.m.SetFault(time.Now(), true, fmt.Sprintf("interface %s is down", r.cfg.Interface)))
-			} else {
-				prio, fault, why = r.effective(base)
-				r.applyHealth(prio, fault, why)
-			}
+			r.addrChanged(u)
 		case req := <-r.reconf:
 			cfg := req.cfg
 			vipsChanged := !slices.Equal(cfg.VIPs, r.cfg.VIPs)
 			if vipsChanged {
 				// Addresses no longer listed go now; a master adds the new ones
 				// below, once adverts carry them.
-				if err := r.vips.SetVIPs(cfg.VIPs); err != nil {
+				if err := r.b.vips.SetVIPs(cfg.VIPs); err != nil {
 					req.errc <- err
 					continue
 				}
 			}
 			req.errc <- nil
-			base = cfg.Priority
 			if cfg.AuthPassword != r.cfg.AuthPassword {
 				r.prevPassword, r.prevUntil = r.cfg.AuthPassword, time.Now().Add(passwordGrace)
 				r.log.Info("VRRP password changed; the previous one is accepted for a while", "for", passwordGrace)
 			}
 			r.cfg = cfg
-			prio, fault, why = r.effective(base)
+			prio, fault, why := r.effective(cfg.Priority)
 			mc := r.m.Config()
 			mc.Priority, mc.Interval, mc.Preempt, mc.PreemptDelay = prio, cfg.AdvertInterval, cfg.Preempt, cfg.PreemptDelay
 			r.exec(r.m.Reconfigure(time.Now(), mc))
@@ -332,6 +337,119 @@ func (r *Router) Run(ctx context.Context) error {
 			}
 			r.log.Info("VRRP reconfigured", "priority", prio, "interval", cfg.AdvertInterval, "preempt", cfg.Preempt, "peers", cfg.Peers, "virtualIPs", cfg.VIPs)
 		}
+	}
+}
+
+// linkChanged follows the interface's link: up or down, deleted, or made
+// again under its name.
+func (r *Router) linkChanged(u netlink.LinkUpdate) {
+	a := u.Attrs()
+	switch {
+	case a.Index == r.b.ifi.Index && u.Header.Type == unix.RTM_DELLINK:
+		r.stale = true
+		r.setLinkDown(true, fmt.Sprintf("interface %s was deleted", r.cfg.Interface))
+	case a.Index == r.b.ifi.Index:
+		r.setLinkDown(!isUp(u.Link), fmt.Sprintf("interface %s is down", r.cfg.Interface))
+	case a.Name == r.cfg.Interface && u.Header.Type == unix.RTM_NEWLINK:
+		r.stale = true
+		r.rebind()
+	}
+}
+
+// addrChanged opens a new binding when the router's own address leaves the
+// interface, or when an address arrives while the binding is stale.
+func (r *Router) addrChanged(u netlink.AddrUpdate) {
+	ip, _ := netip.AddrFromSlice(u.LinkAddress.IP)
+	if !u.NewAddr && u.LinkIndex == r.b.ifi.Index && ip.Unmap() == r.b.self {
+		r.stale = true
+	}
+	if r.stale {
+		r.rebind()
+	}
+}
+
+// setLinkDown moves the machine into Fault when the link goes down, and out
+// of it, health permitting, when it comes back.
+func (r *Router) setLinkDown(down bool, why string) {
+	if down == r.linkDown {
+		return
+	}
+	r.linkDown = down
+	if down {
+		r.exec(r.m.SetFault(time.Now(), true, why))
+		return
+	}
+	prio, fault, why := r.effective(r.cfg.Priority)
+	r.applyHealth(prio, fault, why)
+}
+
+// lostWatch drops a watch whose subscription ended; retry opens a new one.
+func (r *Router) lostWatch() {
+	r.watchesLost++
+	r.log.Info("The watch of the interface ended; watching again", "interface", r.cfg.Interface)
+	r.w.close()
+	r.w = nil
+	r.retryAt = time.Now()
+}
+
+// retry opens the watch or the binding that is missing, and reads again
+// what no watch may have reported.
+func (r *Router) retry() {
+	r.retryAt = time.Time{}
+	if r.w == nil {
+		w, err := openWatch(r.ns, r.log)
+		if err != nil {
+			r.log.Error(err, "Watching the interface again", "retryIn", rebindRetry)
+			r.retryAt = time.Now().Add(rebindRetry)
+			return
+		}
+		r.w = w
+		// Changes made while nobody watched are read now.
+		r.stale = true
+	}
+	if r.stale {
+		r.rebind()
+	}
+	// The binding's link, old or new: one deleted unseen reads as down.
+	r.setLinkDown(!r.linkUp(), fmt.Sprintf("interface %s is down", r.cfg.Interface))
+}
+
+// rebind opens a new binding when the interface's index or the router's
+// address on it changed, and closes the old one. While that is not possible
+// (the interface is gone, or has no address yet) it retries every
+// rebindRetry, besides on every netlink event that may mean it is.
+func (r *Router) rebind() {
+	var nb *binding
+	err := nsexec.Do(r.ns, func() error {
+		ifi, self, err := locate(r.cfg)
+		if err != nil || (ifi.Index == r.b.ifi.Index && self == r.b.self) {
+			return err
+		}
+		nb, err = bind(r.cfg, ifi, self, r.log)
+		return err
+	})
+	if err != nil {
+		r.retryAt = time.Now().Add(rebindRetry)
+		r.logLimited("rebind", 0, "Cannot open the VRRP sockets on the interface yet; retrying", "interface", r.cfg.Interface, "error", err.Error())
+		return
+	}
+	r.stale, r.retryAt = false, time.Time{}
+	if nb == nil {
+		return
+	}
+	old := r.b
+	r.b = nb
+	old.close()
+	r.mu.Lock()
+	r.self = nb.self
+	r.mu.Unlock()
+	r.m.SetSelf(nb.self)
+	r.log.Info("Opened the VRRP sockets again on the interface", "interface", r.cfg.Interface, "index", nb.ifi.Index, "address", nb.self,
+		"previousIndex", old.ifi.Index, "previousAddress", old.self)
+	r.setLinkDown(!r.linkUp(), fmt.Sprintf("interface %s is down", r.cfg.Interface))
+	if r.m.State() == Master {
+		// The virtual IPs went with a deleted interface.
+		r.exec(Step{Actions: []Action{{Kind: TakeVIPs}}})
 	}
 }
 
@@ -355,24 +473,6 @@ func (r *Router) effective(base uint8) (uint8, bool, string) {
 		return base, false, ""
 	}
 	return r.tracker.Effective(base)
-}
-
-func (r *Router) readLoop(out chan<- packetOrErr) {
-	defer close(out)
-	buf := make([]byte, 1500)
-	for {
-		rcv, err := r.tr.receive(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			out <- packetOrErr{err: err}
-			time.Sleep(10 * time.Millisecond)
-			continue
-		}
-		rcv.payload = append([]byte(nil), rcv.payload...)
-		out <- packetOrErr{rcv: rcv}
-	}
 }
 
 // leave stops the router. A master hands over without an outage: it sends
@@ -452,7 +552,7 @@ func authMatches(pkt *Packet, password string) bool {
 // check applies the receive-side checks of RFC 5798 7.1 and RFC 3768 7.1;
 // it returns the packet when it belongs to this group and passes them.
 func (r *Router) check(p received) *Packet {
-	if p.src == r.self {
+	if p.src == r.b.self {
 		return nil
 	}
 	if p.ttl != 255 {
@@ -545,7 +645,7 @@ func (r *Router) exec(step Step) {
 		case SendAdvert:
 			r.sendAdvert(a.Priority)
 		case TakeVIPs:
-			if err := r.vips.Add(); err != nil {
+			if err := r.b.vips.Add(); err != nil {
 				r.log.Error(err, "Adding the virtual IPs")
 			}
 			r.announceBurst()
@@ -559,7 +659,7 @@ func (r *Router) exec(step Step) {
 			r.announceBurst()
 		case ReleaseVIPs:
 			r.nextAnnounce = time.Time{}
-			if err := r.vips.Remove(); err != nil {
+			if err := r.b.vips.Remove(); err != nil {
 				r.log.Error(err, "Removing the virtual IPs")
 			}
 		}
@@ -605,7 +705,7 @@ func (r *Router) runHooks(done chan<- struct{}) {
 // announceBurst sends Announce.Repeat announcements of every virtual IP.
 func (r *Router) announceBurst() {
 	for range max(r.cfg.Announce.Repeat, 1) {
-		if err := r.vips.Announce(); err != nil {
+		if err := r.b.vips.Announce(); err != nil {
 			r.log.Error(err, "Announcing the virtual IPs")
 			return
 		}
@@ -620,14 +720,14 @@ func (r *Router) sendAdvert(prio uint8) {
 	dsts := r.cfg.Peers
 	if len(dsts) == 0 {
 		dsts = []netip.Addr{GroupIPv4}
-		if r.self.Is6() {
+		if r.b.self.Is6() {
 			dsts = []netip.Addr{GroupIPv6}
 		}
 	}
 	for _, dst := range dsts {
-		b, err := p.Encode(r.self, dst)
+		b, err := p.Encode(r.b.self, dst)
 		if err == nil {
-			err = r.tr.send(b, dst)
+			err = r.b.tr.send(b, dst)
 		}
 		if err != nil {
 			r.log.Error(err, "Sending a VRRP advert", "to", dst)
@@ -638,7 +738,7 @@ func (r *Router) sendAdvert(prio uint8) {
 }
 
 func (r *Router) linkUp() bool {
-	l, err := r.nl.LinkByIndex(r.ifi.Index)
+	l, err := r.nl.LinkByIndex(r.b.ifi.Index)
 	return err == nil && isUp(l)
 }
 

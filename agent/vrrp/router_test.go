@@ -504,8 +504,7 @@ func TestVirtualIPThatIsTheNodesAddressIsRefused(t *testing.T) {
 	err := h.Do(func() error {
 		r, err := NewRouter(cfg, testr.New(t))
 		if err == nil {
-			r.tr.close()
-			r.vips.Close()
+			r.b.close()
 		}
 		return err
 	})
@@ -603,5 +602,162 @@ func TestVirtualIPsChangeWithoutFailover(t *testing.T) {
 			}
 			waitFor(t, "after the refused list", fam.vip, map[*node]State{lb1: Master, lb2: Backup})
 		})
+	}
+}
+
+// TestInterfaceRecreated: a network manager deletes the node's interface and makes it
+// again, under the same name but with a new index (and a new IPv6 link-local address).
+// The router follows the name: it leaves the group while the interface is gone, and
+// takes the VIP back once it returns, sending from its new address.
+func TestInterfaceRecreated(t *testing.T) {
+	for _, tc := range []struct {
+		family string
+		addrs  []string
+		vip    netip.Addr
+	}{
+		{"IPv4", []string{"198.18.0.11/24", "198.18.0.12/24"}, testVIP},
+		{"IPv6", []string{"fd00:198:18::11/64", "fd00:198:18::12/64"}, netip.MustParseAddr("fd00:198:18::100")},
+	} {
+		t.Run(tc.family, func(t *testing.T) {
+			l := netlab.NewT(t)
+			h1 := netlab.MustAddHost(t, l, "lb1", tc.addrs[0])
+			h2 := netlab.MustAddHost(t, l, "lb2", tc.addrs[1])
+			if tc.vip.Is6() {
+				linkLocal(t, h1)
+				linkLocal(t, h2)
+			}
+			cfg := func(prio uint8) Config {
+				c := baseConfig(prio)
+				c.VIPs, c.Interface = []netip.Addr{tc.vip}, netlab.HostLink
+				return c
+			}
+			lb1 := startRouter(t, h1, cfg(150))
+			lb2 := startRouter(t, h2, cfg(100))
+			waitFor(t, "lb1 elected", tc.vip, map[*node]State{lb1: Master, lb2: Backup})
+
+			if err := h1.DeleteLink(); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "lb2 takes over while lb1's interface is gone", tc.vip, map[*node]State{lb2: Master})
+			if s := lb1.state(); s != Fault {
+				t.Fatalf("lb1 is %v without its interface, want Fault", s)
+			}
+			if err := h1.AddLink(tc.addrs[0]); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "lb1 preempts on its new interface", tc.vip, map[*node]State{lb1: Master, lb2: Backup})
+			want := netip.MustParsePrefix(tc.addrs[0]).Addr()
+			if tc.vip.Is6() {
+				want = linkLocal(t, h1)
+			}
+			if got := lb1.router.Status().Address; got != want {
+				t.Errorf("lb1 sends from %v, want its new address %v", got, want)
+			}
+			if got := lb2.router.Status().MasterAddr; got != want {
+				t.Errorf("lb2 sees the master at %v, want %v", got, want)
+			}
+		})
+	}
+}
+
+// TestNodeAddressChanges: the node's address changes (a new DHCP lease) while it is
+// master. It keeps the VIP, and its adverts come from the new address.
+func TestNodeAddressChanges(t *testing.T) {
+	h := lab(t, "lb1", "lb2", "watcher")
+	lb1 := startRouter(t, h[0], baseConfig(150))
+	lb2 := startRouter(t, h[1], baseConfig(100))
+	waitFor(t, "lb1 elected", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+	since := lb1.router.Status().Since
+	sources := advertSources(t, h[2])
+
+	for _, args := range [][]string{
+		{"addr", "del", "198.18.0.11/24", "dev", netlab.HostLink},
+		{"addr", "add", "198.18.0.21/24", "dev", netlab.HostLink},
+	} {
+		if out, err := h[0].Exec("ip", args...); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+	}
+	renumbered := netip.MustParseAddr("198.18.0.21")
+	netlab.Eventually(t, "adverts from lb1's new address", 5*time.Second, func() error {
+		if src := sources(); src != renumbered {
+			return fmt.Errorf("the last advert came from %v", src)
+		}
+		return nil
+	})
+	waitFor(t, "lb1 still master", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+	if st := lb1.router.Status(); st.Address != renumbered || !st.Since.Equal(since) {
+		t.Errorf("lb1 sends from %v, master since %v; want %v, and no transition since %v", st.Address, st.Since, renumbered, since)
+	}
+}
+
+// advertSources listens for VRRP adverts on host h; the function it returns gives the
+// source of the last one heard.
+func advertSources(t *testing.T, h *netlab.Host) func() netip.Addr {
+	t.Helper()
+	ifi := &net.Interface{}
+	var tr transport
+	if err := h.Do(func() (err error) {
+		if ifi, err = net.InterfaceByName(netlab.HostLink); err != nil {
+			return err
+		}
+		tr, err = openTransport(ifi, netip.MustParseAddr("198.18.0.13"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var last netip.Addr
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1500)
+		for {
+			rcv, err := tr.receive(buf)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			last = rcv.src
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { tr.close(); <-done })
+	return func() netip.Addr {
+		mu.Lock()
+		defer mu.Unlock()
+		return last
+	}
+}
+
+// TestWatchLostAndRenewed: the kernel drops link messages that the router's watch cannot
+// take in time (ENOBUFS), as on a node where many pods start at once, and the watch
+// ends. The router watches again, and still sees its own link go down.
+func TestWatchLostAndRenewed(t *testing.T) {
+	defer func(size int) { watchBuffer = size }(watchBuffer)
+	watchBuffer = 1 // the kernel's least, so that a burst overflows it
+	h := lab(t, "lb1", "lb2")
+	lb1 := startRouter(t, h[0], baseConfig(150))
+	lb2 := startRouter(t, h[1], baseConfig(100))
+	waitFor(t, "lb1 elected", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+
+	var batch strings.Builder
+	for i := range 10 {
+		fmt.Fprintf(&batch, "link add churn%da type veth peer name churn%db\n", i, i)
+	}
+	for i := range 2000 {
+		fmt.Fprintf(&batch, "link set churn%da mtu %d\n", i%10, 1400+i%2)
+	}
+	if out, err := h[0].ExecInput(batch.String(), "ip", "-batch", "-"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	waitFor(t, "lb1 still master after the burst", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+	if err := h[0].SetLinkUp(false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "lb1's link down after the burst", testVIP, map[*node]State{lb1: Fault, lb2: Master})
+	lb1.stop()
+	if lb1.router.watchesLost == 0 {
+		t.Error("the burst did not overflow the watch: this test checked nothing")
 	}
 }

@@ -46,7 +46,7 @@ next:
 // socketFreeRouter is a Router with what check and handle need, and no
 // sockets: enough for the receive-side checks.
 func socketFreeRouter(cfg Config, log logr.Logger) *Router {
-	r := &Router{log: log, cfg: cfg, self: self, lastLog: map[string]time.Time{}, metrics: newMetrics(nil, cfg.VRID)}
+	r := &Router{log: log, cfg: cfg, self: self, b: &binding{self: self}, lastLog: map[string]time.Time{}, metrics: newMetrics(nil, cfg.VRID)}
 	r.m = NewMachine(MachineConfig{Version: cfg.Version, Priority: cfg.Priority, Interval: cfg.AdvertInterval, Preempt: cfg.Preempt, Self: self})
 	r.m.Start(t0)
 	return r
