@@ -356,11 +356,22 @@ func (r *Router) linkChanged(u netlink.LinkUpdate) {
 	}
 }
 
-// addrChanged opens a new binding when the router's own address leaves the
-// interface, or when an address arrives while the binding is stale.
+// addrChanged puts back a virtual IP that something else took off a
+// master's interface (a network manager that flushes the addresses it did
+// not add, say), and opens a new binding when the router's own address
+// leaves the interface, or when an address arrives while the binding is
+// stale.
 func (r *Router) addrChanged(u netlink.AddrUpdate) {
 	ip, _ := netip.AddrFromSlice(u.LinkAddress.IP)
-	if !u.NewAddr && u.LinkIndex == r.b.ifi.Index && ip.Unmap() == r.b.self {
+	ip = ip.Unmap()
+	removed := !u.NewAddr && u.LinkIndex == r.b.ifi.Index
+	// The router takes its virtual IPs off only as it stops being master, or
+	// once they left the list: a master that sees one go did not remove it.
+	if removed && r.m.State() == Master && slices.Contains(r.cfg.VIPs, ip) {
+		r.logLimited("vip-removed", 0, "A virtual IP was removed from the interface by someone else; adding it back", "virtualIP", ip, "interface", r.cfg.Interface)
+		r.exec(Step{Actions: []Action{{Kind: TakeVIPs}}})
+	}
+	if removed && ip == r.b.self {
 		r.stale = true
 	}
 	if r.stale {

@@ -761,3 +761,35 @@ func TestWatchLostAndRenewed(t *testing.T) {
 		t.Error("the burst did not overflow the watch: this test checked nothing")
 	}
 }
+
+// TestVirtualIPRemovedByOthersIsPutBack: something else (a network manager flushing the
+// addresses it did not add) takes the VIP off the master's interface. The master puts
+// it back and announces it, without a transition.
+func TestVirtualIPRemovedByOthersIsPutBack(t *testing.T) {
+	h := lab(t, "lb1", "lb2")
+	lb1 := startRouter(t, h[0], baseConfig(150))
+	lb2 := startRouter(t, h[1], baseConfig(100))
+	waitFor(t, "lb1 elected", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+	since := lb1.router.Status().Since
+	seen := countAnnouncements(t, h[1], testVIP)
+
+	if out, err := h[0].Exec("ip", "addr", "del", testVIP.String()+"/32", "dev", netlab.HostLink); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	netlab.Eventually(t, "the VIP back on lb1", 2*time.Second, func() error {
+		if !hasVIP(t, h[0], testVIP) {
+			return errors.New("lb1 does not have it")
+		}
+		return nil
+	})
+	netlab.Eventually(t, "an announcement of the VIP", 2*time.Second, func() error {
+		if len(seen.times()) == 0 {
+			return errors.New("lb2 saw none")
+		}
+		return nil
+	})
+	waitFor(t, "lb1 still master", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+	if s := lb1.router.Status().Since; !s.Equal(since) {
+		t.Errorf("lb1 has been master since %v, want no transition since %v", s, since)
+	}
+}
