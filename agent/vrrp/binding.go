@@ -9,7 +9,6 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/lbpair/lbpair/agent/vip"
 )
@@ -109,8 +108,9 @@ type watch struct {
 	done  chan struct{}
 }
 
-// openWatch subscribes to the link and address changes of the namespace ns.
-func openWatch(ns netns.NsHandle, log logr.Logger) (*watch, error) {
+// openWatch subscribes to the link and address changes of the calling
+// thread's network namespace.
+func openWatch(log logr.Logger) (*watch, error) {
 	w := &watch{links: make(chan netlink.LinkUpdate, 64), addrs: make(chan netlink.AddrUpdate, 64), done: make(chan struct{})}
 	onError := func(err error) {
 		select {
@@ -120,13 +120,13 @@ func openWatch(ns netns.NsHandle, log logr.Logger) (*watch, error) {
 		}
 	}
 	if err := netlink.LinkSubscribeWithOptions(w.links, w.done, netlink.LinkSubscribeOptions{
-		Namespace: &ns, ErrorCallback: onError, ReceiveBufferSize: watchBuffer, ReceiveBufferForceSize: true,
+		ErrorCallback: onError, ReceiveBufferSize: watchBuffer, ReceiveBufferForceSize: true,
 	}); err != nil {
 		close(w.done)
 		return nil, fmt.Errorf("watching link state: %w", err)
 	}
 	if err := netlink.AddrSubscribeWithOptions(w.addrs, w.done, netlink.AddrSubscribeOptions{
-		Namespace: &ns, ErrorCallback: onError, ReceiveBufferSize: watchBuffer, ReceiveBufferForceSize: true,
+		ErrorCallback: onError, ReceiveBufferSize: watchBuffer, ReceiveBufferForceSize: true,
 	}); err != nil {
 		w.close()
 		return nil, fmt.Errorf("watching addresses: %w", err)

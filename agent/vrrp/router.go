@@ -150,7 +150,7 @@ func NewRouter(cfg Config, log logr.Logger, opts ...Option) (*Router, error) {
 		r.ns.Close()
 		return nil, fmt.Errorf("opening netlink: %w", err)
 	}
-	if r.w, err = openWatch(r.ns, log); err != nil {
+	if r.w, err = openWatch(log); err != nil {
 		r.b.close()
 		r.nl.Close()
 		r.ns.Close()
@@ -408,7 +408,11 @@ func (r *Router) lostWatch() {
 func (r *Router) retry() {
 	r.retryAt = time.Time{}
 	if r.w == nil {
-		w, err := openWatch(r.ns, r.log)
+		var w *watch
+		err := nsexec.Do(r.ns, func() (err error) {
+			w, err = openWatch(r.log)
+			return err
+		})
 		if err != nil {
 			r.log.Error(err, "Watching the interface again", "retryIn", rebindRetry)
 			r.retryAt = time.Now().Add(rebindRetry)

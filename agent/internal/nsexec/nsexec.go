@@ -10,9 +10,11 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// Do runs fn on an OS thread switched into the network namespace ns. A
-// thread that cannot be switched back is thrown away with its goroutine, so
-// no other code ever runs in ns by mistake.
+// Do runs fn on an OS thread in the network namespace ns. Switching
+// namespaces needs CAP_SYS_ADMIN, which an agent's container does not have:
+// a thread already in ns runs fn as it is. A thread that cannot be switched
+// back is thrown away with its goroutine, so no other code ever runs in ns
+// by mistake.
 func Do(ns netns.NsHandle, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
@@ -23,6 +25,12 @@ func Do(ns netns.NsHandle, fn func() error) error {
 			return
 		}
 		defer orig.Close()
+		if orig.Equal(ns) {
+			ferr := fn()
+			runtime.UnlockOSThread()
+			errc <- ferr
+			return
+		}
 		if err := netns.Set(ns); err != nil {
 			errc <- fmt.Errorf("entering network namespace %v: %w", ns, err)
 			return
