@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -481,8 +482,28 @@ func (l *Lab) StartPairAgent(n *Node, pair string, quiet bool) (*netlab.Proc, er
 	if !quiet {
 		logw = func(s string) { l.logf("%s/%s: %s", n.Name, pair, s) }
 	}
-	// The image's entrypoint is the lbpair binary.
-	return n.Host.Start(logw, "env", append(append(env, l.bin), c.Args...)...)
+	caps, err := containerCaps(c)
+	if err != nil {
+		return nil, fmt.Errorf("pair %s's DaemonSet: %w", pair, err)
+	}
+	// The agent gets the container's capabilities and no others, as under a
+	// container runtime; the image's entrypoint is the lbpair binary.
+	args := append([]string{"--bounding-set=" + caps, "--inh-caps=-all", "--", "env"}, env...)
+	return n.Host.Start(logw, "setpriv", append(append(args, l.bin), c.Args...)...)
+}
+
+// containerCaps is the container's capability set, in setpriv's notation
+// ("-all,+net_admin,..."): the added ones, after dropping all.
+func containerCaps(c corev1.Container) (string, error) {
+	sc := c.SecurityContext
+	if sc == nil || sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") || (sc.Privileged != nil && *sc.Privileged) {
+		return "", errors.New("the lab runs agents whose container drops ALL capabilities and adds the ones it needs")
+	}
+	set := "-all"
+	for _, c := range sc.Capabilities.Add {
+		set += ",+" + strings.ToLower(string(c))
+	}
+	return set, nil
 }
 
 // SignalAgent sends sig to the node's agent (the agent itself: `ip netns
@@ -502,6 +523,20 @@ func (l *Lab) node(name string) *Node {
 		}
 	}
 	return nil
+}
+
+// RecreateLink deletes the node's link and makes it again with the node's
+// addresses, as a network manager that restarts it does: the same name, a
+// new interface index.
+func (n *Node) RecreateLink() error {
+	if err := n.Host.DeleteLink(); err != nil {
+		return err
+	}
+	cidrs := []string{n.IP + "/24"}
+	if n.IP6 != "" {
+		cidrs = append(cidrs, n.IP6+"/64")
+	}
+	return n.Host.AddLink(cidrs...)
 }
 
 // PauseAPI cuts the node off the apiserver; ResumeAPI reconnects it.

@@ -134,6 +134,16 @@ func TestClusterE2E(t *testing.T) {
 		waitHolder(t, l, "lb1 back after its link returned", lb1.Name, 30*time.Second)
 	})
 
+	t.Run("interface made again", func(t *testing.T) {
+		// A network manager restarts lb1's interface: deleted, then made
+		// again under the same name with a new index. The agent, with only
+		// its container's capabilities, opens its sockets on the new one and
+		// takes the VIP back, without a restart.
+		failover("interface made again", func() { must(t, lb1.RecreateLink()) }, lb2)
+		waitHolder(t, l, "lb1 back on its new interface", lb1.Name, 30*time.Second)
+		netlab.Eventually(t, "the VIP on lb1 alone", 15*time.Second, func() error { return onlyOn(l, VIP, lb1) })
+	})
+
 	t.Run("proxy failure", func(t *testing.T) {
 		// lb1 loses its way to every backend: its active checks fail, its
 		// proxy reports unhealthy, and it gives up the VIP.
