@@ -12,7 +12,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -228,6 +230,10 @@ func TestManagerRunsAsInstalled(t *testing.T) {
 			if d.Spec.Template.Spec.ServiceAccountName != "lbpair-manager" || d.Namespace != "lbpair-system" {
 				t.Fatalf("the Deployment runs as %s/%s; the test authenticates as lbpair-system/lbpair-manager", d.Namespace, d.Spec.Template.Spec.ServiceAccountName)
 			}
+			psc, csc := d.Spec.Template.Spec.SecurityContext, c.SecurityContext
+			if psc == nil || !ptr.Deref(psc.RunAsNonRoot, false) || csc == nil || csc.Capabilities == nil || !slices.Equal(csc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(csc.Capabilities.Add) > 0 {
+				t.Fatal("the Deployment's manager no longer runs as a user without capabilities; the test runs it as the image's user")
+			}
 		}
 		if err := k8s.Create(ctx, &obj); err != nil {
 			t.Fatalf("creating %s %s: %v", obj.GetKind(), obj.GetName(), err)
@@ -305,11 +311,12 @@ func TestManagerRunsAsInstalled(t *testing.T) {
 		})
 	}
 
-	// Two replicas, as the chart runs by default.
+	// Two replicas, as the chart runs by default, each as the image's user.
+	runAs := imageUser(t)
 	probes := freeLocalAddress(t)
-	stopFirst := startManager(t, slices.Concat(args, []string{"--health-probe-bind-address", probes})...)
+	stopFirst := startManagerAs(t, runAs, slices.Concat(args, []string{"--health-probe-bind-address", probes})...)
 	first := waitLeader("")
-	stopSecond := startManager(t, slices.Concat(args, []string{"--health-probe-bind-address", freeLocalAddress(t)})...)
+	stopSecond := startManagerAs(t, runAs, slices.Concat(args, []string{"--health-probe-bind-address", freeLocalAddress(t)})...)
 	for _, path := range []string{"/healthz", "/readyz"} {
 		resp, err := http.Get("http://" + probes + path)
 		if err != nil {
@@ -400,6 +407,14 @@ func startAPIServer(t *testing.T) (*envtest.Environment, client.Client) {
 	return env, k8s
 }
 
+func copyFile(from, to string, mode os.FileMode) error {
+	data, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(to, data, mode)
+}
+
 // writeKubeconfig writes a kubeconfig for the manager's --kubeconfig flag.
 func writeKubeconfig(t *testing.T, data []byte) string {
 	t.Helper()
@@ -426,18 +441,89 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// imageUser is the user the image runs as (the Dockerfile's USER), with no
+// capabilities; nil when the test does not run as root and so cannot switch
+// users.
+func imageUser(t *testing.T) *syscall.Credential {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Log("not root: the managers run as the test's user, not the image's")
+		return nil
+	}
+	dockerfile, err := os.ReadFile("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^USER (\d+):(\d+)$`).FindSubmatch(dockerfile)
+	if m == nil {
+		t.Fatal("the Dockerfile names no numeric USER uid:gid")
+	}
+	uid, _ := strconv.ParseUint(string(m[1]), 10, 32)
+	gid, _ := strconv.ParseUint(string(m[2]), 10, 32)
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+}
+
 // startManager runs `lbpair manager` with args until the returned stop is
 // called. stop sends SIGTERM, as the kubelet does, and fails the test unless
 // the manager exits cleanly within 30 seconds; the manager's output is
 // logged when the test fails.
 func startManager(t *testing.T, args ...string) (stop func()) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0])
+	return startManagerAs(t, nil, args...)
+}
+
+// startManagerAs is startManager as user; nil is the test's own. A user
+// other than root has no capabilities, and gets its own copy of the binary
+// and of the kubeconfig, which the test's private directories would hide.
+func startManagerAs(t *testing.T, user *syscall.Credential, args ...string) (stop func()) {
+	t.Helper()
+	bin := os.Args[0]
+	if user != nil {
+		dir, err := os.MkdirTemp("", "lbpair-manager-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		bin = filepath.Join(dir, "lbpair")
+		if err := copyFile(os.Args[0], bin, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		args = slices.Clone(args)
+		for i := range args[:len(args)-1] {
+			if args[i] != "--kubeconfig" {
+				continue
+			}
+			kubeconfig := filepath.Join(dir, "kubeconfig")
+			if err := copyFile(args[i+1], kubeconfig, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chown(kubeconfig, int(user.Uid), int(user.Gid)); err != nil {
+				t.Fatal(err)
+			}
+			args[i+1] = kubeconfig
+		}
+	}
+	cmd := exec.Command(bin)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: user}
 	cmd.Env = append(os.Environ(), mainArgsEnv+"="+strings.Join(append([]string{"manager"}, args...), "\n"))
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
+	}
+	if user != nil {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{fmt.Sprintf("Uid:\t%d\t", user.Uid), "CapEff:\t0000000000000000"} {
+			if !strings.Contains(string(status), want) {
+				t.Fatalf("the manager does not run as the image's user without capabilities: no %q in its status:\n%s", want, status)
+			}
+		}
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
