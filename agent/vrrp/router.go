@@ -1,6 +1,7 @@
 package vrrp
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"errors"
@@ -82,10 +83,12 @@ type Router struct {
 	status Status
 
 	// The rest belongs to Run's goroutine.
-	m        *Machine
-	b        *binding
-	w        *watch
-	linkDown bool
+	m *Machine
+	b *binding
+	w *watch
+	// linkFault is why the interface keeps the router in Fault: it is down
+	// or gone, or has no address to send from; "" when it can serve.
+	linkFault string
 	// stale says that b is bound to an interface that is gone, or sends from
 	// an address the interface no longer has; retryAt, when set, is the
 	// next attempt to open a new binding or watch.
@@ -234,10 +237,10 @@ func (r *Router) Run(ctx context.Context) error {
 	r.m = NewMachine(MachineConfig{Version: r.cfg.Version, Priority: prio, Interval: r.cfg.AdvertInterval, Preempt: r.cfg.Preempt, PreemptDelay: r.cfg.PreemptDelay, Self: r.b.self})
 	r.log.Info("Joining VRRP group", "vrid", r.cfg.VRID, "version", r.cfg.Version, "interface", r.cfg.Interface, "address", r.b.self,
 		"priority", prio, "interval", r.cfg.AdvertInterval, "peers", r.cfg.Peers, "virtualIPs", r.cfg.VIPs)
-	r.linkDown = !r.linkUp()
+	r.linkFault = r.readLinkFault()
 	switch {
-	case r.linkDown:
-		r.exec(r.m.SetFault(time.Now(), true, fmt.Sprintf("interface %s is down", r.cfg.Interface)))
+	case r.linkFault != "":
+		r.exec(r.m.SetFault(time.Now(), true, r.linkFault))
 	case fault:
 		r.exec(r.m.SetFault(time.Now(), true, why))
 	default:
@@ -347,9 +350,11 @@ func (r *Router) linkChanged(u netlink.LinkUpdate) {
 	switch {
 	case a.Index == r.b.ifi.Index && u.Header.Type == unix.RTM_DELLINK:
 		r.stale = true
-		r.setLinkDown(true, fmt.Sprintf("interface %s was deleted", r.cfg.Interface))
+		r.setLinkFault(fmt.Sprintf("interface %s was deleted", r.cfg.Interface))
+	case a.Index == r.b.ifi.Index && isUp(u.Link):
+		r.setLinkFault("")
 	case a.Index == r.b.ifi.Index:
-		r.setLinkDown(!isUp(u.Link), fmt.Sprintf("interface %s is down", r.cfg.Interface))
+		r.setLinkFault(fmt.Sprintf("interface %s is down", r.cfg.Interface))
 	case a.Name == r.cfg.Interface && u.Header.Type == unix.RTM_NEWLINK:
 		r.stale = true
 		r.rebind()
@@ -379,19 +384,28 @@ func (r *Router) addrChanged(u netlink.AddrUpdate) {
 	}
 }
 
-// setLinkDown moves the machine into Fault when the link goes down, and out
-// of it, health permitting, when it comes back.
-func (r *Router) setLinkDown(down bool, why string) {
-	if down == r.linkDown {
-		return
-	}
-	r.linkDown = down
-	if down {
+// setLinkFault moves the machine into Fault when the interface cannot serve
+// (why is not ""), and out of it, health permitting, when it can again.
+func (r *Router) setLinkFault(why string) {
+	was := r.linkFault
+	r.linkFault = why
+	switch {
+	case why != "" && was == "":
 		r.exec(r.m.SetFault(time.Now(), true, why))
-		return
+	case why == "" && was != "":
+		prio, fault, hwhy := r.effective(r.cfg.Priority)
+		r.applyHealth(prio, fault, hwhy)
 	}
-	prio, fault, why := r.effective(r.cfg.Priority)
-	r.applyHealth(prio, fault, why)
+}
+
+// readLinkFault reads whether the binding's interface is up; a deleted one
+// reads as down.
+func (r *Router) readLinkFault() string {
+	l, err := r.nl.LinkByIndex(r.b.ifi.Index)
+	if err != nil || !isUp(l) {
+		return fmt.Sprintf("interface %s is down", r.cfg.Interface)
+	}
+	return ""
 }
 
 // lostWatch drops a watch whose subscription ended; retry opens a new one.
@@ -423,16 +437,18 @@ func (r *Router) retry() {
 		r.stale = true
 	}
 	if r.stale {
-		r.rebind()
+		r.rebind() // which sets the fault, either way
+		return
 	}
-	// The binding's link, old or new: one deleted unseen reads as down.
-	r.setLinkDown(!r.linkUp(), fmt.Sprintf("interface %s is down", r.cfg.Interface))
+	r.setLinkFault(r.readLinkFault())
 }
 
 // rebind opens a new binding when the interface's index or the router's
 // address on it changed, and closes the old one. While that is not possible
-// (the interface is gone, or has no address yet) it retries every
-// rebindRetry, besides on every netlink event that may mean it is.
+// (the interface is gone, or has no address) the router is in Fault, as
+// keepalived is: a master that cannot send its adverts must not hold the
+// virtual IPs. It retries every rebindRetry, besides on every netlink event
+// that may mean it can.
 func (r *Router) rebind() {
 	var nb *binding
 	err := nsexec.Do(r.ns, func() error {
@@ -446,10 +462,12 @@ func (r *Router) rebind() {
 	if err != nil {
 		r.retryAt = time.Now().Add(rebindRetry)
 		r.logLimited("rebind", 0, "Cannot open the VRRP sockets on the interface yet; retrying", "interface", r.cfg.Interface, "error", err.Error())
+		r.setLinkFault(cmp.Or(r.readLinkFault(), err.Error()))
 		return
 	}
 	r.stale, r.retryAt = false, time.Time{}
 	if nb == nil {
+		r.setLinkFault(r.readLinkFault())
 		return
 	}
 	old := r.b
@@ -461,7 +479,7 @@ func (r *Router) rebind() {
 	r.m.SetSelf(nb.self)
 	r.log.Info("Opened the VRRP sockets again on the interface", "interface", r.cfg.Interface, "index", nb.ifi.Index, "address", nb.self,
 		"previousIndex", old.ifi.Index, "previousAddress", old.self)
-	r.setLinkDown(!r.linkUp(), fmt.Sprintf("interface %s is down", r.cfg.Interface))
+	r.setLinkFault(r.readLinkFault())
 	if r.m.State() == Master {
 		// The virtual IPs went with a deleted interface.
 		r.exec(Step{Actions: []Action{{Kind: TakeVIPs}}})
@@ -472,7 +490,7 @@ func (r *Router) rebind() {
 func (r *Router) applyHealth(prio uint8, fault bool, why string) {
 	now := time.Now()
 	switch {
-	case r.linkDown:
+	case r.linkFault != "":
 	case fault:
 		r.exec(r.m.SetFault(now, true, why))
 	case r.m.State() == Fault:
@@ -750,11 +768,6 @@ func (r *Router) sendAdvert(prio uint8) {
 		}
 		r.metrics.sent.Inc()
 	}
-}
-
-func (r *Router) linkUp() bool {
-	l, err := r.nl.LinkByIndex(r.b.ifi.Index)
-	return err == nil && isUp(l)
 }
 
 func isUp(l netlink.Link) bool {

@@ -605,49 +605,61 @@ func TestVirtualIPsChangeWithoutFailover(t *testing.T) {
 	}
 }
 
+// family is a lab of two routers, lb1 (priority 150) and lb2 (100), in one address
+// family.
+type family struct {
+	name  string
+	addrs []string // lb1's and lb2's, in CIDR notation
+	vip   netip.Addr
+}
+
+var families = []family{
+	{"IPv4", []string{"198.18.0.11/24", "198.18.0.12/24"}, testVIP},
+	{"IPv6", []string{"fd00:198:18::11/64", "fd00:198:18::12/64"}, netip.MustParseAddr("fd00:198:18::100")},
+}
+
+// start builds the family's lab and waits until lb1 is elected.
+func (f family) start(t *testing.T) (h1, h2 *netlab.Host, lb1, lb2 *node) {
+	t.Helper()
+	l := netlab.NewT(t)
+	h1 = netlab.MustAddHost(t, l, "lb1", f.addrs[0])
+	h2 = netlab.MustAddHost(t, l, "lb2", f.addrs[1])
+	if f.vip.Is6() {
+		linkLocal(t, h1)
+		linkLocal(t, h2)
+	}
+	cfg := func(prio uint8) Config {
+		c := baseConfig(prio)
+		c.VIPs, c.Interface = []netip.Addr{f.vip}, netlab.HostLink
+		return c
+	}
+	lb1 = startRouter(t, h1, cfg(150))
+	lb2 = startRouter(t, h2, cfg(100))
+	waitFor(t, "lb1 elected", f.vip, map[*node]State{lb1: Master, lb2: Backup})
+	return h1, h2, lb1, lb2
+}
+
 // TestInterfaceRecreated: a network manager deletes the node's interface and makes it
 // again, under the same name but with a new index (and a new IPv6 link-local address).
 // The router follows the name: it leaves the group while the interface is gone, and
 // takes the VIP back once it returns, sending from its new address.
 func TestInterfaceRecreated(t *testing.T) {
-	for _, tc := range []struct {
-		family string
-		addrs  []string
-		vip    netip.Addr
-	}{
-		{"IPv4", []string{"198.18.0.11/24", "198.18.0.12/24"}, testVIP},
-		{"IPv6", []string{"fd00:198:18::11/64", "fd00:198:18::12/64"}, netip.MustParseAddr("fd00:198:18::100")},
-	} {
-		t.Run(tc.family, func(t *testing.T) {
-			l := netlab.NewT(t)
-			h1 := netlab.MustAddHost(t, l, "lb1", tc.addrs[0])
-			h2 := netlab.MustAddHost(t, l, "lb2", tc.addrs[1])
-			if tc.vip.Is6() {
-				linkLocal(t, h1)
-				linkLocal(t, h2)
-			}
-			cfg := func(prio uint8) Config {
-				c := baseConfig(prio)
-				c.VIPs, c.Interface = []netip.Addr{tc.vip}, netlab.HostLink
-				return c
-			}
-			lb1 := startRouter(t, h1, cfg(150))
-			lb2 := startRouter(t, h2, cfg(100))
-			waitFor(t, "lb1 elected", tc.vip, map[*node]State{lb1: Master, lb2: Backup})
-
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			h1, _, lb1, lb2 := f.start(t)
 			if err := h1.DeleteLink(); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, "lb2 takes over while lb1's interface is gone", tc.vip, map[*node]State{lb2: Master})
+			waitFor(t, "lb2 takes over while lb1's interface is gone", f.vip, map[*node]State{lb2: Master})
 			if s := lb1.state(); s != Fault {
 				t.Fatalf("lb1 is %v without its interface, want Fault", s)
 			}
-			if err := h1.AddLink(tc.addrs[0]); err != nil {
+			if err := h1.AddLink(f.addrs[0]); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, "lb1 preempts on its new interface", tc.vip, map[*node]State{lb1: Master, lb2: Backup})
-			want := netip.MustParsePrefix(tc.addrs[0]).Addr()
-			if tc.vip.Is6() {
+			waitFor(t, "lb1 preempts on its new interface", f.vip, map[*node]State{lb1: Master, lb2: Backup})
+			want := netip.MustParsePrefix(f.addrs[0]).Addr()
+			if f.vip.Is6() {
 				want = linkLocal(t, h1)
 			}
 			if got := lb1.router.Status().Address; got != want {
@@ -660,8 +672,38 @@ func TestInterfaceRecreated(t *testing.T) {
 	}
 }
 
-// TestNodeAddressChanges: the node's address changes (a new DHCP lease) while it is
-// master. It keeps the VIP, and its adverts come from the new address.
+// TestNodeWithoutAnAddress: every address is flushed off the master's interface. With
+// nothing to send its adverts from, it goes to Fault and lets the VIP go, as keepalived
+// does, rather than hold it beside a backup that no longer hears it. It takes the VIP
+// back once it has an address again.
+func TestNodeWithoutAnAddress(t *testing.T) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			h1, _, lb1, lb2 := f.start(t)
+			restore := []string{f.addrs[0]}
+			if f.vip.Is6() {
+				restore = append(restore, linkLocal(t, h1).String()+"/64")
+			}
+			if out, err := h1.Exec("ip", "addr", "flush", "dev", netlab.HostLink); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			waitFor(t, "lb2 takes over", f.vip, map[*node]State{lb1: Fault, lb2: Master})
+			if r := lb1.router.Status().Reason; !strings.Contains(r, "address") {
+				t.Errorf("lb1 is in Fault for %q, want the missing address named", r)
+			}
+			for _, a := range restore {
+				if err := h1.AddAddr(a); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitFor(t, "lb1 preempts with its address back", f.vip, map[*node]State{lb1: Master, lb2: Backup})
+		})
+	}
+}
+
+// TestNodeAddressChanges: the node is given a new address, then loses its old one (a
+// new DHCP lease) while it is master. It keeps the VIP, and its adverts come from the
+// new address.
 func TestNodeAddressChanges(t *testing.T) {
 	h := lab(t, "lb1", "lb2", "watcher")
 	lb1 := startRouter(t, h[0], baseConfig(150))
@@ -670,9 +712,13 @@ func TestNodeAddressChanges(t *testing.T) {
 	since := lb1.router.Status().Since
 	sources := advertSources(t, h[2])
 
+	// As systemd sets it: the second address of the subnet survives the first.
+	if err := h[0].Sysctl("net.ipv4.conf."+netlab.HostLink+".promote_secondaries", "1"); err != nil {
+		t.Fatal(err)
+	}
 	for _, args := range [][]string{
-		{"addr", "del", "198.18.0.11/24", "dev", netlab.HostLink},
 		{"addr", "add", "198.18.0.21/24", "dev", netlab.HostLink},
+		{"addr", "del", "198.18.0.11/24", "dev", netlab.HostLink},
 	} {
 		if out, err := h[0].Exec("ip", args...); err != nil {
 			t.Fatalf("%v: %s", err, out)
