@@ -10,11 +10,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/lbpair/lbpair/agent/internal/netlab"
 	"github.com/lbpair/lbpair/agent/internal/probe"
@@ -146,14 +149,53 @@ type agentProc struct {
 	proc *netlab.Proc
 }
 
+// startAgent starts the standalone agent on h with the capabilities of the
+// systemd unit we ship, and no others.
 func startAgent(t *testing.T, h *netlab.Host, bin, file string) *agentProc {
 	t.Helper()
 	health := hostIP(h) + ":9440"
-	p, err := h.Start(func(line string) { t.Logf("%s: %s", h.Name, line) }, bin, "agent", "--config", file, "--node-name", h.Name, "--health-addr", health)
+	args := []string{"--bounding-set=" + unitCapabilities(t), "--inh-caps=-all", "--", bin, "agent", "--config", file, "--node-name", h.Name, "--health-addr", health}
+	p, err := h.Start(func(line string) { t.Logf("%s: %s", h.Name, line) }, "setpriv", args...)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// ip and setpriv exec in place: once the pid runs the agent, it must have
+	// NET_ADMIN, NET_RAW and NET_BIND_SERVICE, and no other capability.
+	pid := p.Cmd.Process.Pid
+	netlab.Eventually(t, h.Name+"'s agent running", 5*time.Second, func() error {
+		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err != nil || exe != bin {
+			return fmt.Errorf("pid %d runs %q (%v)", pid, exe, err)
+		}
+		return nil
+	})
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := uint64(1)<<unix.CAP_NET_ADMIN | 1<<unix.CAP_NET_RAW | 1<<unix.CAP_NET_BIND_SERVICE
+	if line := fmt.Sprintf("CapEff:\t%016x", want); !strings.Contains(string(status), line) {
+		t.Fatalf("%s's agent does not run with the unit's capabilities: no %q in\n%s", h.Name, line, status)
+	}
 	return &agentProc{host: h, proc: p}
+}
+
+// unitCapabilities reads the CapabilityBoundingSet of the agent's systemd
+// unit, in setpriv's notation ("-all,+net_admin,...").
+func unitCapabilities(t *testing.T) string {
+	t.Helper()
+	unit, err := os.ReadFile(filepath.Join("..", "config", "standalone", "lbpair-agent.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^CapabilityBoundingSet=(.+)$`).FindSubmatch(unit)
+	if m == nil {
+		t.Fatal("the agent's systemd unit sets no CapabilityBoundingSet")
+	}
+	set := "-all"
+	for _, c := range strings.Fields(string(m[1])) {
+		set += ",+" + strings.ToLower(strings.TrimPrefix(c, "CAP_"))
+	}
+	return set
 }
 
 func hostIP(h *netlab.Host) string {
