@@ -351,6 +351,10 @@ func (r *Router) linkChanged(u netlink.LinkUpdate) {
 	case a.Index == r.b.ifi.Index && u.Header.Type == unix.RTM_DELLINK:
 		r.stale = true
 		r.setLinkFault(fmt.Sprintf("interface %s was deleted", r.cfg.Interface))
+	case a.Index == r.b.ifi.Index && isUp(u.Link) && r.stale:
+		// Back up without the address it sends from (IPv6 addresses go with
+		// the link unless keep_addr_on_down): rejoin once it has one.
+		r.rebind()
 	case a.Index == r.b.ifi.Index && isUp(u.Link):
 		r.setLinkFault("")
 	case a.Index == r.b.ifi.Index:

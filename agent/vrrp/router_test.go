@@ -840,3 +840,34 @@ func TestVirtualIPRemovedByOthersIsPutBack(t *testing.T) {
 		t.Errorf("lb1 has been master since %v, want no transition since %v", s, since)
 	}
 }
+
+// TestIPv6LinkFlapWithAddressesFlushed: on a host whose IPv6 addresses go with the link
+// (keep_addr_on_down=0, the kernel's default) and come back through duplicate address
+// detection, a link flap costs one Fault: the router waits for its link-local address
+// before it rejoins, instead of rejoining and faulting again.
+func TestIPv6LinkFlapWithAddressesFlushed(t *testing.T) {
+	f := families[1]
+	h1, _, lb1, lb2 := f.start(t)
+	for key, value := range map[string]string{"keep_addr_on_down": "0", "accept_dad": "1"} {
+		if err := h1.Sysctl("net.ipv6.conf."+netlab.HostLink+"."+key, value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	faults := lb1.router.metrics.transitions.WithLabelValues(Fault.String())
+	before := metricValue(t, faults)
+	if err := h1.SetLinkUp(false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "lb2 takes over while lb1's link is down", f.vip, map[*node]State{lb2: Master})
+	if err := h1.SetLinkUp(true); err != nil {
+		t.Fatal(err)
+	}
+	// The flushed global address is the network manager's to put back.
+	if err := h1.AddAddr(f.addrs[0]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "lb1 back", f.vip, map[*node]State{lb1: Master, lb2: Backup})
+	if n := metricValue(t, faults) - before; n != 1 {
+		t.Errorf("lb1 entered Fault %v times for one link flap, want 1", n)
+	}
+}
