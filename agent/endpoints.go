@@ -15,14 +15,19 @@ import (
 // EndpointSlices. port names the Service port (by name, or by number through
 // the Service). Endpoints of the virtual IPs' family are preferred; the
 // other family is used only when the Service has none of it, so that a
-// dual-stack Service does not count each pod twice.
+// dual-stack Service does not count each pod twice. When no endpoint is
+// ready, the terminating ones that still serve are used, as kube-proxy does:
+// a rollout or a drain that takes the last ready pod away then still has
+// pods to finish on, instead of no backend at all.
 func serviceBackends(svc *corev1.Service, slices []discoveryv1.EndpointSlice, port intstr.IntOrString, preferIPv4 bool) []proxy.Backend {
 	portName, ok := servicePortName(svc, port)
 	if !ok {
 		return nil
 	}
-	byFamily := map[bool][]proxy.Backend{}
-	seen := map[netip.AddrPort]bool{}
+	// Each address, and whether it is ready (else serving while it
+	// terminates) in any slice: slices change one at a time, so one address
+	// may be in two of them for a moment.
+	ready := map[netip.AddrPort]bool{}
 	for _, s := range slices {
 		if s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6 {
 			continue
@@ -42,27 +47,33 @@ func serviceBackends(svc *corev1.Service, slices []discoveryv1.EndpointSlice, po
 			continue
 		}
 		for _, e := range s.Endpoints {
-			// A nil ready condition means ready, as the API documents.
-			if e.Conditions.Ready != nil && !*e.Conditions.Ready {
+			// A nil ready condition means ready; a nil serving one defers to
+			// ready; a nil terminating one means not terminating.
+			c := e.Conditions
+			isReady := c.Ready == nil || *c.Ready
+			if !isReady && !(c.Terminating != nil && *c.Terminating && c.Serving != nil && *c.Serving) {
 				continue
 			}
 			for _, a := range e.Addresses {
-				ip, err := netip.ParseAddr(a)
-				if err != nil {
-					continue
+				if ip, err := netip.ParseAddr(a); err == nil {
+					ap := netip.AddrPortFrom(ip.Unmap(), uint16(target))
+					ready[ap] = ready[ap] || isReady
 				}
-				ap := netip.AddrPortFrom(ip.Unmap(), uint16(target))
-				if seen[ap] {
-					continue
-				}
-				seen[ap] = true
-				byFamily[ap.Addr().Is4()] = append(byFamily[ap.Addr().Is4()], proxy.Backend{Addr: ap, Weight: 1})
 			}
 		}
 	}
-	out := byFamily[preferIPv4]
-	if len(out) == 0 {
-		out = byFamily[!preferIPv4]
+	// By family, ready or not.
+	type kind struct{ ipv4, ready bool }
+	found := map[kind][]proxy.Backend{}
+	for ap, r := range ready {
+		k := kind{ap.Addr().Is4(), r}
+		found[k] = append(found[k], proxy.Backend{Addr: ap, Weight: 1})
+	}
+	var out []proxy.Backend
+	for _, k := range []kind{{preferIPv4, true}, {!preferIPv4, true}, {preferIPv4, false}, {!preferIPv4, false}} {
+		if out = found[k]; len(out) > 0 {
+			break
+		}
 	}
 	// A stable order keeps the proxy's balancing state across updates.
 	sort.Slice(out, func(i, j int) bool { return out[i].Addr.Compare(out[j].Addr) < 0 })

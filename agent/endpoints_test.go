@@ -25,6 +25,11 @@ func endpoint(ready *bool, addrs ...string) discoveryv1.Endpoint {
 	return discoveryv1.Endpoint{Addresses: addrs, Conditions: discoveryv1.EndpointConditions{Ready: ready}}
 }
 
+// terminating is an endpoint on its way out, still serving or not.
+func terminating(serving bool, addrs ...string) discoveryv1.Endpoint {
+	return discoveryv1.Endpoint{Addresses: addrs, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(false), Serving: ptr.To(serving), Terminating: ptr.To(true)}}
+}
+
 func backends(addrs ...string) []proxy.Backend {
 	var out []proxy.Backend
 	for _, a := range addrs {
@@ -99,6 +104,42 @@ func TestServiceBackends(t *testing.T) {
 			},
 			port: intstr.FromString("http"), preferIPv4: true,
 			want: backends("198.18.1.10:8080"),
+		},
+		{
+			name: "terminating endpoints are left out while any is ready",
+			svc:  svc,
+			slices: []discoveryv1.EndpointSlice{slice(discoveryv1.AddressTypeIPv4, web,
+				endpoint(nil, "198.18.1.10"), terminating(true, "198.18.1.11"), terminating(false, "198.18.1.12"))},
+			port: intstr.FromString("http"), preferIPv4: true,
+			want: backends("198.18.1.10:8080"),
+		},
+		{
+			name: "with none ready, the terminating ones that still serve",
+			svc:  svc,
+			slices: []discoveryv1.EndpointSlice{slice(discoveryv1.AddressTypeIPv4, web,
+				endpoint(ptr.To(false), "198.18.1.10"), terminating(true, "198.18.1.11"), terminating(false, "198.18.1.12"))},
+			port: intstr.FromString("http"), preferIPv4: true,
+			want: backends("198.18.1.11:8080"),
+		},
+		{
+			name: "an address ready in one slice and terminating in another counts as ready",
+			svc:  svc,
+			slices: []discoveryv1.EndpointSlice{
+				slice(discoveryv1.AddressTypeIPv4, web, terminating(true, "198.18.1.10"), terminating(true, "198.18.1.11")),
+				slice(discoveryv1.AddressTypeIPv4, web, endpoint(nil, "198.18.1.10")),
+			},
+			port: intstr.FromString("http"), preferIPv4: true,
+			want: backends("198.18.1.10:8080"),
+		},
+		{
+			name: "a ready endpoint of the other family before a terminating one of the virtual IPs' family",
+			svc:  svc,
+			slices: []discoveryv1.EndpointSlice{
+				slice(discoveryv1.AddressTypeIPv4, web, terminating(true, "198.18.1.11")),
+				slice(discoveryv1.AddressTypeIPv6, web, endpoint(nil, "fd00:198:18::10")),
+			},
+			port: intstr.FromString("http"), preferIPv4: true,
+			want: backends("[fd00:198:18::10]:8080"),
 		},
 		{
 			name:   "an unnamed single port",

@@ -360,7 +360,8 @@ const (
 // +kubebuilder:validation:XValidation:rule="has(self.service) != has(self.static)",message="backend needs exactly one of service or static"
 type BackendSpec struct {
 	// service sends connections to the ready endpoints of a Service in the pair's namespace,
-	// read from its EndpointSlices, so backends follow the Service as it scales.
+	// read from its EndpointSlices, so backends follow the Service as it scales. When none
+	// is ready, the terminating endpoints that still serve are used, as kube-proxy does.
 	// +optional
 	Service *ServiceBackend `json:"service,omitempty"`
 

@@ -339,6 +339,16 @@ func (l *Lab) AddWeb(name, ip string) (*netlab.Host, error) {
 // family) list the given backends (by host name) as ready: the endpoint
 // controller's job.
 func (l *Lab) SetEndpoints(ctx context.Context, webs ...*netlab.Host) error {
+	return l.setEndpoints(ctx, discoveryv1.EndpointConditions{Ready: ptr.To(true)}, webs)
+}
+
+// SetTerminatingEndpoints is SetEndpoints with the backends terminating but
+// still serving, as the last pods of a rollout are before new ones are ready.
+func (l *Lab) SetTerminatingEndpoints(ctx context.Context, webs ...*netlab.Host) error {
+	return l.setEndpoints(ctx, discoveryv1.EndpointConditions{Ready: ptr.To(false), Serving: ptr.To(true), Terminating: ptr.To(true)}, webs)
+}
+
+func (l *Lab) setEndpoints(ctx context.Context, conditions discoveryv1.EndpointConditions, webs []*netlab.Host) error {
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: "web"}}
 	if err := l.Client.Get(ctx, client.ObjectKeyFromObject(svc), svc); apierrors.IsNotFound(err) {
 		svc.Spec = corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(80)}}}
@@ -348,17 +358,17 @@ func (l *Lab) SetEndpoints(ctx context.Context, webs ...*netlab.Host) error {
 	} else if err != nil {
 		return err
 	}
-	if err := l.setSlice(ctx, "web-lab", discoveryv1.AddressTypeIPv4, webs, webIP); err != nil {
+	if err := l.setSlice(ctx, "web-lab", discoveryv1.AddressTypeIPv4, conditions, webs, webIP); err != nil {
 		return err
 	}
 	if !l.dualStack {
 		return nil
 	}
-	return l.setSlice(ctx, "web-lab-v6", discoveryv1.AddressTypeIPv6, webs, func(h *netlab.Host) string { return l.ipv6(webIP(h)) })
+	return l.setSlice(ctx, "web-lab-v6", discoveryv1.AddressTypeIPv6, conditions, webs, func(h *netlab.Host) string { return l.ipv6(webIP(h)) })
 }
 
 // setSlice writes one EndpointSlice of Service web.
-func (l *Lab) setSlice(ctx context.Context, name string, family discoveryv1.AddressType, webs []*netlab.Host, address func(*netlab.Host) string) error {
+func (l *Lab) setSlice(ctx context.Context, name string, family discoveryv1.AddressType, conditions discoveryv1.EndpointConditions, webs []*netlab.Host, address func(*netlab.Host) string) error {
 	slice := &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Namespace: Namespace, Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
 		AddressType: family,
@@ -367,7 +377,7 @@ func (l *Lab) setSlice(ctx context.Context, name string, family discoveryv1.Addr
 	for _, h := range webs {
 		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
 			Addresses:  []string{address(h)},
-			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
+			Conditions: conditions,
 		})
 	}
 	existing := &discoveryv1.EndpointSlice{}

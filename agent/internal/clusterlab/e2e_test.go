@@ -273,6 +273,23 @@ func TestClusterE2E(t *testing.T) {
 		}
 	})
 
+	t.Run("last backends terminating", func(t *testing.T) {
+		// A rollout of the backends that takes the last ready pods away
+		// before new ones are ready: the old pods terminate but still serve,
+		// and the agents go on using them, as kube-proxy does.
+		start := time.Now()
+		must(t, l.SetTerminatingEndpoints(ctx, web2, web3))
+		time.Sleep(2 * time.Second)
+		settle()
+		if outage, failed := probe.Outage(p.Results(), start); failed > 0 {
+			t.Errorf("%d requests failed (longest outage %v) with only terminating backends", failed, outage)
+		}
+		if h := l.VIPHolders(); len(h) != 1 || h[0] != lb1.Name {
+			t.Errorf("the VIP is on %v, want it kept on lb1", h)
+		}
+		must(t, l.SetEndpoints(ctx, web2, web3))
+	})
+
 	t.Run("rolling restart", func(t *testing.T) {
 		// Preemption moves the VIP away from a serving master; production
 		// rollouts turn it off (as keepalived's nopreempt) so that every
