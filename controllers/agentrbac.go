@@ -26,7 +26,7 @@ const (
 // ServiceAccount and bindings. The namespaced objects are shared by the
 // namespace's pairs: each pair adds its own owner reference under a field
 // manager of its own, so they are garbage collected with the last pair.
-func (r *LoadBalancerPairReconciler) ensureAgentAccess(ctx context.Context, pair *lbv1.LoadBalancerPair) error {
+func (r *LoadBalancerPairReconciler) ensureAgentAccess(ctx context.Context, pair *lbv1.LoadBalancerPair, ns *corev1.Namespace) error {
 	owner := client.FieldOwner(FieldManager + "/" + pair.Name)
 	ref := metav1ac.OwnerReference().
 		WithAPIVersion(lbv1.GroupVersion.String()).
@@ -54,10 +54,7 @@ func (r *LoadBalancerPairReconciler) ensureAgentAccess(ctx context.Context, pair
 	// namespace owns it, so that it goes with the namespace; when only the
 	// namespace's last pair goes, it stays and grants nothing until a pair
 	// brings the ServiceAccount back.
-	nsRef, err := r.namespaceOwner(ctx, pair.Namespace)
-	if err != nil {
-		return err
-	}
+	nsRef := metav1ac.OwnerReference().WithAPIVersion("v1").WithKind("Namespace").WithName(ns.Name).WithUID(ns.UID)
 	crb := rbacv1ac.ClusterRoleBinding(AgentNodesClusterRole + ":" + pair.Namespace).
 		WithLabels(labels).
 		WithOwnerReferences(nsRef).
@@ -67,19 +64,4 @@ func (r *LoadBalancerPairReconciler) ensureAgentAccess(ctx context.Context, pair
 		return fmt.Errorf("applying ClusterRoleBinding %s:%s: %w", AgentNodesClusterRole, pair.Namespace, err)
 	}
 	return nil
-}
-
-// namespaceOwner is an owner reference to the namespace. It is read from the
-// apiserver, not the cache, which would watch every namespace: the manager
-// only needs to get its pairs' ones.
-func (r *LoadBalancerPairReconciler) namespaceOwner(ctx context.Context, name string) (*metav1ac.OwnerReferenceApplyConfiguration, error) {
-	var ns corev1.Namespace
-	if err := r.liveReader().Get(ctx, client.ObjectKey{Name: name}, &ns); err != nil {
-		return nil, fmt.Errorf("reading namespace %s to own the agents' ClusterRoleBinding: %w", name, err)
-	}
-	return metav1ac.OwnerReference().
-		WithAPIVersion("v1").
-		WithKind("Namespace").
-		WithName(ns.Name).
-		WithUID(ns.UID), nil
 }

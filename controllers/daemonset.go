@@ -237,3 +237,19 @@ func daemonSetAvailable(desired, updated, available int32, observed, generation 
 	}
 	return true, fmt.Sprintf("%d of %d agents are available", available, desired)
 }
+
+// podSecurityEnforce is the namespace label that sets the Pod Security level
+// the apiserver enforces on its pods.
+const podSecurityEnforce = "pod-security.kubernetes.io/enforce"
+
+// podSecurityHint explains agents that do not come up in a namespace whose
+// Pod Security level forbids their pods; the DaemonSet controller says so
+// only in the DaemonSet's events. "" when the level allows them.
+func podSecurityHint(ns *corev1.Namespace) string {
+	level := ns.Labels[podSecurityEnforce]
+	if level != "baseline" && level != "restricted" {
+		return ""
+	}
+	return fmt.Sprintf("namespace %s enforces the Pod Security level %q, which forbids the agents' pods (host network, hostPort, NET_ADMIN and NET_RAW): label it %s=privileged",
+		ns.Name, level, podSecurityEnforce)
+}

@@ -151,3 +151,54 @@ func TestParseAgentResources(t *testing.T) {
 		}
 	}
 }
+
+// TestPodSecurityThatForbidsTheAgentsIsReported: in a namespace that enforces the
+// baseline Pod Security level, the apiserver refuses the agents' pods, which only the
+// DaemonSet's events would say. Available says why, and how to allow them; a namespace
+// that allows privileged pods gets no such hint.
+func TestPodSecurityThatForbidsTheAgentsIsReported(t *testing.T) {
+	ctx := context.Background()
+	available := func(ns, level string, vrid int32, vip string) *metav1.Condition {
+		t.Helper()
+		var n corev1.Namespace
+		if err := k8s.Get(ctx, client.ObjectKey{Name: ns}, &n); err != nil {
+			t.Fatal(err)
+		}
+		n.Labels[podSecurityEnforce] = level
+		if err := k8s.Update(ctx, &n); err != nil {
+			t.Fatal(err)
+		}
+		if err := k8s.Create(ctx, newPair(ns, "web", ptrTo(vrid), vip)); err != nil {
+			t.Fatal(err)
+		}
+		var c *metav1.Condition
+		eventually(t, "Available reported", func() error {
+			if c = apimeta.FindStatusCondition(getPair(t, ns, "web").Status.Conditions, lbv1.ConditionAvailable); c == nil {
+				return errors.New("no Available condition")
+			}
+			return nil
+		})
+		return c
+	}
+
+	baseline := newNamespace(t)
+	c := available(baseline, "baseline", 62, "198.18.0.162")
+	ds, err := getDaemonSet(baseline, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The premise: the apiserver refuses a pod of the DaemonSet's template there.
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: baseline, Name: "agent"}, Spec: ds.Spec.Template.Spec}
+	pod.Spec.NodeName = "lb1"
+	if err := k8s.Create(ctx, pod, client.DryRunAll); err == nil || !strings.Contains(err.Error(), `violates PodSecurity "baseline`) {
+		t.Fatalf("creating an agent pod in a baseline namespace: %v, want a Pod Security refusal", err)
+	}
+	if c.Status != metav1.ConditionFalse || c.Reason != "PodSecurity" || !strings.Contains(c.Message, podSecurityEnforce+"=privileged") {
+		t.Errorf("Available in a baseline namespace: %s %s %q, want False PodSecurity naming the label to set", c.Status, c.Reason, c.Message)
+	}
+
+	privileged := newNamespace(t)
+	if c := available(privileged, "privileged", 63, "198.18.0.163"); c.Reason == "PodSecurity" {
+		t.Errorf("Available in a privileged namespace: %s %q, want no Pod Security hint", c.Reason, c.Message)
+	}
+}

@@ -175,11 +175,17 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 	port := agentPort(pair, d.VRID)
 	pair.Status.AgentPort = port
 
-	if err := r.ensureAgentAccess(ctx, pair); err != nil {
+	// Read from the apiserver, not the cache, which would watch every
+	// namespace: the manager only needs its pairs' ones.
+	var ns corev1.Namespace
+	if err := r.liveReader().Get(ctx, client.ObjectKey{Name: pair.Namespace}, &ns); err != nil {
+		return ctrl.Result{}, fmt.Errorf("reading namespace %s: %w", pair.Namespace, err)
+	}
+	if err := r.ensureAgentAccess(ctx, pair, &ns); err != nil {
 		r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "ApplyFailed", "ApplyAgentAccess", "%v", err)
 		return ctrl.Result{}, err
 	}
-	if err := r.applyDaemonSet(ctx, pair, port); err != nil {
+	if err := r.applyDaemonSet(ctx, pair, port, &ns); err != nil {
 		return ctrl.Result{}, err
 	}
 	return r.updateFromAgents(ctx, pair)
@@ -187,7 +193,7 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 
 // applyDaemonSet writes the agents' DaemonSet by server-side apply and
 // reports its rollout in the Available condition.
-func (r *LoadBalancerPairReconciler) applyDaemonSet(ctx context.Context, pair *lbv1.LoadBalancerPair, port int32) error {
+func (r *LoadBalancerPairReconciler) applyDaemonSet(ctx context.Context, pair *lbv1.LoadBalancerPair, port int32, ns *corev1.Namespace) error {
 	key := types.NamespacedName{Namespace: pair.Namespace, Name: daemonSetName(pair.Name)}
 	var existing appsv1.DaemonSet
 	existed := true
@@ -223,7 +229,10 @@ func (r *LoadBalancerPairReconciler) applyDaemonSet(ctx context.Context, pair *l
 	}
 	ok, msg := daemonSetAvailable(st.DesiredNumberScheduled, st.UpdatedNumberScheduled, st.NumberAvailable, st.ObservedGeneration, generation)
 	reason := "AgentsAvailable"
-	if !ok {
+	switch hint := podSecurityHint(ns); {
+	case !ok && hint != "":
+		reason, msg = "PodSecurity", msg+"; "+hint
+	case !ok:
 		reason = "AgentsNotAvailable"
 	}
 	r.setCondition(pair, lbv1.ConditionAvailable, ok, reason, msg)

@@ -564,7 +564,8 @@ type LoadBalancerPairStatus struct {
 
 	// conditions: Ready (a holder exists and serves; when none does and a conflict keeps the
 	// agents from starting, its reason is VIPConflict or VRIDConflict), Available (the
-	// agents are running), Degraded (fewer healthy agents than selected nodes, or backends
+	// agents are running; reason PodSecurity when the namespace's Pod Security level
+	// forbids their pods), Degraded (fewer healthy agents than selected nodes, or backends
 	// down), SplitBrain (more than one agent holds the virtual IPs), VRIDConflict and
 	// VIPConflict.
 	// +optional
