@@ -195,6 +195,7 @@ func TestManagerRunsAsInstalled(t *testing.T) {
 		t.Fatal(err)
 	}
 	var args []string
+	var managerPod *corev1.Pod
 	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(manifest)))
 	for {
 		doc, err := r.Read()
@@ -234,10 +235,20 @@ func TestManagerRunsAsInstalled(t *testing.T) {
 			if psc == nil || !ptr.Deref(psc.RunAsNonRoot, false) || csc == nil || csc.Capabilities == nil || !slices.Equal(csc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(csc.Capabilities.Add) > 0 {
 				t.Fatal("the Deployment's manager no longer runs as a user without capabilities; the test runs it as the image's user")
 			}
+			managerPod = &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: d.Namespace, Name: "manager"}, Spec: d.Spec.Template.Spec}
 		}
 		if err := k8s.Create(ctx, &obj); err != nil {
 			t.Fatalf("creating %s %s: %v", obj.GetKind(), obj.GetName(), err)
 		}
+	}
+	// The manifest's namespace enforces the restricted Pod Security level: the
+	// apiserver must admit the manager's pod there.
+	if managerPod == nil {
+		t.Fatal("no Deployment in the manifest")
+	}
+	managerPod.Spec.NodeName = "node1"
+	if err := k8s.Create(ctx, managerPod, client.DryRunAll); err != nil {
+		t.Errorf("the manager's pod in its namespace: %v", err)
 	}
 	// The apiserver takes a client certificate's name as the user: this is
 	// the name a ServiceAccount's token authenticates as, and its groups.
