@@ -6,11 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
@@ -252,4 +255,43 @@ func podSecurityHint(ns *corev1.Namespace) string {
 	}
 	return fmt.Sprintf("namespace %s enforces the Pod Security level %q, which forbids the agents' pods (host network, hostPort, NET_ADMIN and NET_RAW): label it %s=privileged",
 		ns.Name, level, podSecurityEnforce)
+}
+
+// runsAgentOn tells whether the pair's DaemonSet would run an agent on node:
+// the node matches spec.nodeSelector, and the pair tolerates the taints that
+// keep pods off it. The DaemonSet controller itself tolerates the taints of
+// node conditions (node.kubernetes.io/...), which come and go.
+func runsAgentOn(pair *lbv1.LoadBalancerPair, node *corev1.Node) bool {
+	if !labels.SelectorFromSet(pair.Spec.NodeSelector).Matches(labels.Set(node.Labels)) {
+		return false
+	}
+	for i := range node.Spec.Taints {
+		taint := &node.Spec.Taints[i]
+		if taint.Effect == corev1.TaintEffectPreferNoSchedule || strings.HasPrefix(taint.Key, "node.kubernetes.io/") {
+			continue
+		}
+		if !slices.ContainsFunc(pair.Spec.Tolerations, func(t corev1.Toleration) bool { return t.ToleratesTaint(logr.Discard(), taint, true) }) {
+			return false
+		}
+	}
+	return true
+}
+
+// tooManyNodes is why a pair that selects more nodes than it may run on is
+// not started; "" when it selects few enough.
+func tooManyNodes(pair *lbv1.LoadBalancerPair, nodes []corev1.Node) string {
+	n := 0
+	for i := range nodes {
+		if runsAgentOn(pair, &nodes[i]) {
+			n++
+		}
+	}
+	if n <= lbv1.MaxAgents {
+		return ""
+	}
+	what := "spec.nodeSelector"
+	if len(pair.Spec.NodeSelector) == 0 {
+		what = "spec.nodeSelector is empty, so it"
+	}
+	return fmt.Sprintf("%s selects %d nodes whose taints the pair tolerates; a pair runs on at most %d: set spec.nodeSelector to the few nodes that may hold the virtual IPs", what, n, lbv1.MaxAgents)
 }

@@ -9,14 +9,17 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
+	crdyaml "github.com/lbpair/lbpair/config/crd"
 )
 
 func TestAgentPodUsesTheRuntimeDefaultSeccompProfile(t *testing.T) {
@@ -201,4 +204,118 @@ func TestPodSecurityThatForbidsTheAgentsIsReported(t *testing.T) {
 	if c := available(privileged, "privileged", 63, "198.18.0.163"); c.Reason == "PodSecurity" {
 		t.Errorf("Available in a privileged namespace: %s %q, want no Pod Security hint", c.Reason, c.Message)
 	}
+}
+
+func TestRunsAgentOn(t *testing.T) {
+	pair := newPair("ns", "web", ptrTo(int32(51)), "198.18.0.100")
+	pair.Spec.NodeSelector = map[string]string{"lbpair.io/lb": "true"}
+	pair.Spec.Tolerations = []corev1.Toleration{
+		{Key: "dedicated", Operator: corev1.TolerationOpEqual, Value: "lb", Effect: corev1.TaintEffectNoSchedule},
+		{Key: "maintenance", Operator: corev1.TolerationOpExists},
+	}
+	node := func(lb bool, taints ...corev1.Taint) *corev1.Node {
+		n := &corev1.Node{Spec: corev1.NodeSpec{Taints: taints}}
+		if lb {
+			n.Labels = map[string]string{"lbpair.io/lb": "true"}
+		}
+		return n
+	}
+	taint := func(key, value string, effect corev1.TaintEffect) corev1.Taint {
+		return corev1.Taint{Key: key, Value: value, Effect: effect}
+	}
+	for _, tt := range []struct {
+		name string
+		node *corev1.Node
+		want bool
+	}{
+		{"selected, no taints", node(true), true},
+		{"not selected", node(false), false},
+		{"a taint the pair tolerates", node(true, taint("dedicated", "lb", corev1.TaintEffectNoSchedule)), true},
+		{"a taint with another value", node(true, taint("dedicated", "db", corev1.TaintEffectNoSchedule)), false},
+		{"a NoExecute taint tolerated by Exists", node(true, taint("maintenance", "", corev1.TaintEffectNoExecute)), true},
+		{"an untolerated NoExecute taint", node(true, taint("gpu", "", corev1.TaintEffectNoExecute)), false},
+		{"PreferNoSchedule keeps no pod off", node(true, taint("gpu", "", corev1.TaintEffectPreferNoSchedule)), true},
+		{"a node condition's taint, which DaemonSets tolerate", node(true, taint("node.kubernetes.io/unschedulable", "", corev1.TaintEffectNoSchedule)), true},
+	} {
+		if got := runsAgentOn(pair, tt.node); got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestTooManyNodes(t *testing.T) {
+	nodes := make([]corev1.Node, lbv1.MaxAgents+1)
+	for i := range nodes {
+		nodes[i].Labels = map[string]string{"lbpair.io/lb": "true"}
+	}
+	nodes[0].Spec.Taints = []corev1.Taint{{Key: "dedicated", Value: "db", Effect: corev1.TaintEffectNoSchedule}}
+	pair := newPair("ns", "web", ptrTo(int32(51)), "198.18.0.100")
+	if msg := tooManyNodes(pair, nodes[:lbv1.MaxAgents]); msg != "" {
+		t.Errorf("%d nodes: %q, want none too many", lbv1.MaxAgents, msg)
+	}
+	// The tainted node is not counted.
+	pair.Spec.NodeSelector = map[string]string{"lbpair.io/lb": "true"}
+	if msg := tooManyNodes(pair, nodes); msg != "" {
+		t.Errorf("%d nodes of which one is tainted: %q, want none too many", len(nodes), msg)
+	}
+	pair.Spec.NodeSelector = nil
+	nodes[0].Spec.Taints = nil
+	if msg := tooManyNodes(pair, nodes); !strings.Contains(msg, "spec.nodeSelector is empty, so it selects 65 nodes") || !strings.Contains(msg, "at most 64") {
+		t.Errorf("65 nodes and no selector: %q, want the count, the limit and the field to set", msg)
+	}
+}
+
+// The limit is the CRD's: status.agents holds at most MaxAgents entries.
+func TestMaxAgentsIsTheCRDsLimit(t *testing.T) {
+	var crd apiextensionsv1.CustomResourceDefinition
+	if err := yaml.Unmarshal(crdyaml.LoadBalancerPair, &crd); err != nil {
+		t.Fatal(err)
+	}
+	agents := crd.Spec.Versions[0].Schema.OpenAPIV3Schema.Properties["status"].Properties["agents"]
+	if agents.MaxItems == nil || *agents.MaxItems != lbv1.MaxAgents {
+		t.Errorf("status.agents maxItems %v, want MaxAgents (%d)", agents.MaxItems, lbv1.MaxAgents)
+	}
+}
+
+// TestTooManyNodesIsRefused: a pair whose nodeSelector takes in more nodes than a pair
+// runs on (an empty one, on a large cluster) is not started: no VRID, no DaemonSet,
+// Available names the field, and an Event says so. Narrowed, it starts.
+func TestTooManyNodesIsRefused(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	many, few := "lbpair.io/test-many-"+ns, "lbpair.io/test-few-"+ns
+	for i := range lbv1.MaxAgents + 1 {
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-n%d", ns, i), Labels: map[string]string{many: "true"}}}
+		if i < 2 {
+			node.Labels[few] = "true"
+		}
+		if err := k8s.Create(ctx, node); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = k8s.Delete(context.Background(), node) })
+	}
+	p := newPair(ns, "web", nil, "198.18.0.164")
+	p.Spec.NodeSelector = map[string]string{many: "true"}
+	if err := k8s.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "Available says too many nodes", func() error {
+		c := apimeta.FindStatusCondition(getPair(t, ns, "web").Status.Conditions, lbv1.ConditionAvailable)
+		if c == nil || c.Reason != "TooManyNodes" || !strings.Contains(c.Message, "selects 65 nodes") || !strings.Contains(c.Message, "spec.nodeSelector") {
+			return fmt.Errorf("Available is %+v", c)
+		}
+		return nil
+	})
+	if notes := eventNotes(t, ns, "web", "TooManyNodes"); len(notes) != 1 {
+		t.Errorf("TooManyNodes Events: %q, want one", notes)
+	}
+	if _, err := getDaemonSet(ns, "web"); !apierrors.IsNotFound(err) {
+		t.Errorf("the pair's DaemonSet: %v, want none", err)
+	}
+	if vrid := getPair(t, ns, "web").Status.VirtualRouterID; vrid != 0 {
+		t.Errorf("a VRID (%d) was allocated to a pair that does not start", vrid)
+	}
+
+	updatePair(t, ns, "web", func(p *lbv1.LoadBalancerPair) { p.Spec.NodeSelector = map[string]string{few: "true"} })
+	eventually(t, "DaemonSet once narrowed", func() error { _, err := getDaemonSet(ns, "web"); return err })
 }

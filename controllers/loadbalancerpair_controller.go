@@ -147,6 +147,14 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 		return r.updateFromAgents(ctx, pair)
 	}
 	r.setCondition(pair, lbv1.ConditionVIPConflict, false, "VIPsUnique", "no other pair and no node uses these virtual IPs")
+	if msg := tooManyNodes(pair, nodes.Items); msg != "" {
+		if c := apimeta.FindStatusCondition(pair.Status.Conditions, lbv1.ConditionAvailable); c == nil || c.Reason != "TooManyNodes" {
+			r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "TooManyNodes", "CheckNodes", "%s", msg)
+		}
+		r.setCondition(pair, lbv1.ConditionAvailable, false, "TooManyNodes", msg)
+		log.Info("Too many nodes selected; leaving the agents as they are", "limit", lbv1.MaxAgents)
+		return r.updateFromAgents(ctx, pair)
+	}
 
 	d := decideVRID(pair, all.Items)
 	switch {

@@ -180,7 +180,8 @@ type LoadBalancerPairSpec struct {
 	AgentPort *int32 `json:"agentPort,omitempty"`
 
 	// nodeSelector selects the nodes that run the pair's agents; all nodes when empty.
-	// Usually two or three nodes labelled for the purpose.
+	// Usually two or three nodes labelled for the purpose; at most 64 (counting those
+	// whose taints the pair tolerates), or the pair is not started.
 	// +optional
 	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
 
@@ -555,7 +556,8 @@ type LoadBalancerPairStatus struct {
 	// +optional
 	Nodes string `json:"nodes,omitempty"`
 
-	// agents is each agent's own report, one entry per node, written by that agent.
+	// agents is each agent's own report, one entry per node, written by that agent;
+	// at most 64 entries: a pair runs on at most 64 nodes.
 	// +optional
 	// +listType=map
 	// +listMapKey=node
@@ -656,6 +658,10 @@ const (
 	StateMaster VRRPState = "Master"
 	StateFault  VRRPState = "Fault"
 )
+
+// MaxAgents is the most nodes a pair runs on: status.agents holds at most this
+// many entries (its MaxItems marker says the same).
+const MaxAgents = 64
 
 // Condition types of a LoadBalancerPair.
 const (
