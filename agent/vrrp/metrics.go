@@ -14,6 +14,7 @@ type metrics struct {
 	sent        prometheus.Counter
 	received    prometheus.Counter
 	dropped     *prometheus.CounterVec
+	watchesLost prometheus.Counter
 	collectors  []prometheus.Collector
 }
 
@@ -38,13 +39,16 @@ func newMetrics(reg prometheus.Registerer, vrid uint8) *metrics {
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lbpair_vrrp_packets_dropped_total", Help: "VRRP packets dropped, by reason.", ConstLabels: labels,
 		}, []string{"reason"}),
+		watchesLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lbpair_vrrp_netlink_watches_lost_total", Help: "Netlink watches of the interface that ended (the kernel dropped what they could not take) and were opened again.", ConstLabels: labels,
+		}),
 	}
 	// Every drop reason is exported from the start, so that alerts on
 	// rate() see the series before the first drop.
 	for _, reason := range []string{"ttl", "malformed", "checksum", "version", "vrid", "auth", "interval", "addresses"} {
 		m.dropped.WithLabelValues(reason)
 	}
-	m.collectors = []prometheus.Collector{m.state, m.priority, m.transitions, m.sent, m.received, m.dropped}
+	m.collectors = []prometheus.Collector{m.state, m.priority, m.transitions, m.sent, m.received, m.dropped, m.watchesLost}
 	if reg != nil {
 		for _, c := range m.collectors {
 			// A router replacing another of the same VRID takes over its

@@ -92,10 +92,8 @@ type Router struct {
 	// stale says that b is bound to an interface that is gone, or sends from
 	// an address the interface no longer has; retryAt, when set, is the
 	// next attempt to open a new binding or watch.
-	stale   bool
-	retryAt time.Time
-	// watchesLost counts the watches that ended under the router.
-	watchesLost  int
+	stale        bool
+	retryAt      time.Time
 	nextAnnounce time.Time
 	// lastLog rate-limits debug logs by key (see logLimited).
 	lastLog map[string]time.Time
@@ -414,7 +412,7 @@ func (r *Router) readLinkFault() string {
 
 // lostWatch drops a watch whose subscription ended; retry opens a new one.
 func (r *Router) lostWatch() {
-	r.watchesLost++
+	r.metrics.watchesLost.Inc()
 	r.log.Info("The watch of the interface ended; watching again", "interface", r.cfg.Interface)
 	r.w.close()
 	r.w = nil
