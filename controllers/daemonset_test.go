@@ -248,13 +248,13 @@ func TestTooManyNodes(t *testing.T) {
 	for i := range nodes {
 		nodes[i].Labels = map[string]string{"lbpair.io/lb": "true"}
 	}
-	nodes[0].Spec.Taints = []corev1.Taint{{Key: "dedicated", Value: "db", Effect: corev1.TaintEffectNoSchedule}}
 	pair := newPair("ns", "web", ptrTo(int32(51)), "198.18.0.100")
+	pair.Spec.NodeSelector = map[string]string{"lbpair.io/lb": "true"}
 	if msg := tooManyNodes(pair, nodes[:lbv1.MaxAgents]); msg != "" {
 		t.Errorf("%d nodes: %q, want none too many", lbv1.MaxAgents, msg)
 	}
-	// The tainted node is not counted.
-	pair.Spec.NodeSelector = map[string]string{"lbpair.io/lb": "true"}
+	// A node whose taint the pair does not tolerate runs no agent.
+	nodes[0].Spec.Taints = []corev1.Taint{{Key: "dedicated", Value: "db", Effect: corev1.TaintEffectNoSchedule}}
 	if msg := tooManyNodes(pair, nodes); msg != "" {
 		t.Errorf("%d nodes of which one is tainted: %q, want none too many", len(nodes), msg)
 	}
