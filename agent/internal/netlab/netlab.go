@@ -103,15 +103,17 @@ func (l *Lab) AddHost(name string, cidrs ...string) (*Host, error) {
 	l.mu.Lock()
 	l.hosts = append(l.hosts, h)
 	l.mu.Unlock()
-	if err := h.addLink(cidrs); err != nil {
+	if err := h.AddLink(cidrs...); err != nil {
 		return nil, err
 	}
 	return h, nil
 }
 
-// addLink makes the host's HostLink, a veth whose other end is a port of the bridge, and
-// gives it the addresses.
-func (h *Host) addLink(cidrs []string) error {
+// AddLink makes the host's HostLink, a veth whose other end is a port of the bridge, with
+// the given addresses (CIDR notation). AddHost makes it first; after DeleteLink it comes
+// back under the same name with a new interface index, as when a network manager
+// recreates a node's interface.
+func (h *Host) AddLink(cidrs ...string) error {
 	l := h.lab
 	steps := [][]string{
 		{l.switchNS, "link", "add", h.BridgePort, "type", "veth", "peer", "name", HostLink, "netns", h.NS},
@@ -152,12 +154,6 @@ func (h *Host) DeleteLink() error {
 	return h.lab.ip(h.lab.switchNS, "link", "delete", h.BridgePort)
 }
 
-// AddLink makes HostLink again after DeleteLink, with the given addresses (CIDR
-// notation): the same name, but a new interface index, as when a network manager
-// recreates a node's interface.
-func (h *Host) AddLink(cidrs ...string) error {
-	return h.addLink(cidrs)
-}
 
 // Hosts returns the lab's hosts in the order they were added.
 func (l *Lab) Hosts() []*Host {
