@@ -154,7 +154,6 @@ func (h *Host) DeleteLink() error {
 	return h.lab.ip(h.lab.switchNS, "link", "delete", h.BridgePort)
 }
 
-
 // Hosts returns the lab's hosts in the order they were added.
 func (l *Lab) Hosts() []*Host {
 	l.mu.Lock()
