@@ -154,8 +154,8 @@ type agentProc struct {
 func startAgent(t *testing.T, h *netlab.Host, bin, file string) *agentProc {
 	t.Helper()
 	health := hostIP(h) + ":9440"
-	args := []string{"--bounding-set=" + unitCapabilities(t), "--inh-caps=-all", "--", bin, "agent", "--config", file, "--node-name", h.Name, "--health-addr", health}
-	p, err := h.Start(func(line string) { t.Logf("%s: %s", h.Name, line) }, "setpriv", args...)
+	p, err := h.StartWithCapabilities(func(line string) { t.Logf("%s: %s", h.Name, line) }, unitCapabilities(t),
+		bin, "agent", "--config", file, "--node-name", h.Name, "--health-addr", health)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,8 +180,8 @@ func startAgent(t *testing.T, h *netlab.Host, bin, file string) *agentProc {
 }
 
 // unitCapabilities reads the CapabilityBoundingSet of the agent's systemd
-// unit, in setpriv's notation ("-all,+net_admin,...").
-func unitCapabilities(t *testing.T) string {
+// unit.
+func unitCapabilities(t *testing.T) []string {
 	t.Helper()
 	unit, err := os.ReadFile(filepath.Join("..", "config", "standalone", "lbpair-agent.service"))
 	if err != nil {
@@ -191,11 +191,7 @@ func unitCapabilities(t *testing.T) string {
 	if m == nil {
 		t.Fatal("the agent's systemd unit sets no CapabilityBoundingSet")
 	}
-	set := "-all"
-	for _, c := range strings.Fields(string(m[1])) {
-		set += ",+" + strings.ToLower(strings.TrimPrefix(c, "CAP_"))
-	}
-	return set
+	return strings.Fields(string(m[1]))
 }
 
 func hostIP(h *netlab.Host) string {

@@ -492,28 +492,17 @@ func (l *Lab) StartPairAgent(n *Node, pair string, quiet bool) (*netlab.Proc, er
 	if !quiet {
 		logw = func(s string) { l.logf("%s/%s: %s", n.Name, pair, s) }
 	}
-	caps, err := containerCaps(c)
-	if err != nil {
-		return nil, fmt.Errorf("pair %s's DaemonSet: %w", pair, err)
-	}
 	// The agent gets the container's capabilities and no others, as under a
 	// container runtime; the image's entrypoint is the lbpair binary.
-	args := append([]string{"--bounding-set=" + caps, "--inh-caps=-all", "--", "env"}, env...)
-	return n.Host.Start(logw, "setpriv", append(append(args, l.bin), c.Args...)...)
-}
-
-// containerCaps is the container's capability set, in setpriv's notation
-// ("-all,+net_admin,..."): the added ones, after dropping all.
-func containerCaps(c corev1.Container) (string, error) {
 	sc := c.SecurityContext
 	if sc == nil || sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") || (sc.Privileged != nil && *sc.Privileged) {
-		return "", errors.New("the lab runs agents whose container drops ALL capabilities and adds the ones it needs")
+		return nil, fmt.Errorf("pair %s's DaemonSet: the lab runs agents whose container drops ALL capabilities and adds the ones it needs", pair)
 	}
-	set := "-all"
+	var caps []string
 	for _, c := range sc.Capabilities.Add {
-		set += ",+" + strings.ToLower(string(c))
+		caps = append(caps, string(c))
 	}
-	return set, nil
+	return n.Host.StartWithCapabilities(logw, caps, "env", append(append(env, l.bin), c.Args...)...)
 }
 
 // SignalAgent sends sig to the node's agent (the agent itself: `ip netns

@@ -282,6 +282,17 @@ func (h *Host) Start(logw func(string), name string, args ...string) (*Proc, err
 	return p, nil
 }
 
+// StartWithCapabilities is Start with the process limited to the given capabilities
+// (NET_ADMIN or CAP_NET_ADMIN), as a container runtime or systemd's
+// CapabilityBoundingSet limits it: it runs as root, but with no others.
+func (h *Host) StartWithCapabilities(logw func(string), caps []string, name string, args ...string) (*Proc, error) {
+	set := "-all"
+	for _, c := range caps {
+		set += ",+" + strings.ToLower(strings.TrimPrefix(strings.ToUpper(c), "CAP_"))
+	}
+	return h.Start(logw, "setpriv", append([]string{"--bounding-set=" + set, "--inh-caps=-all", "--", name}, args...)...)
+}
+
 // Output returns everything the process has written so far.
 func (p *Proc) Output() string { return p.out.String() }
 
