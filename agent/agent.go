@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +40,9 @@ type Agent struct {
 	// master and drainMu order the proxy's drains and their cancelling.
 	master  atomic.Bool
 	drainMu sync.Mutex
+	// vips are the virtual IPs of the running settings, for the HTTP
+	// endpoints, which must not take mu either.
+	vips atomic.Pointer[[]netip.Addr]
 
 	mu       sync.Mutex
 	settings *config.Settings
@@ -60,6 +65,12 @@ func NewAgent(log logr.Logger, reg prometheus.Registerer, hook func(vrrp.Transit
 	}
 	a.proxy = proxy.New(log.WithName("proxy"), proxy.WithMetrics(reg), proxy.WithHealthReporter(&a.health))
 	return a
+}
+
+// isVIP tells whether addr is one of the running virtual IPs.
+func (a *Agent) isVIP(addr netip.Addr) bool {
+	vips := a.vips.Load()
+	return vips != nil && slices.Contains(*vips, addr)
 }
 
 // Proxy is the agent's proxy, for feeding Service backends.
@@ -106,6 +117,8 @@ func (a *Agent) Apply(ctx context.Context, s *config.Settings) error {
 	}
 	a.settings = s
 	a.drainTimeout.Store(int64(s.Proxy.DrainTimeout))
+	vips := slices.Clone(s.VRRP.VIPs)
+	a.vips.Store(&vips)
 	return nil
 }
 

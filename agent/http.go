@@ -33,7 +33,21 @@ func serveHealth(addr string, a *Agent, reg *prometheus.Registry, log logr.Logge
 		writeCheck(w, ready(a.Status()))
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// A listener on every address (the DaemonSet's ":port") answers on the
+	// virtual IPs too, while this node holds them: their clients must not
+	// reach the agent's own endpoints. Probes and scrapes use the node's
+	// address.
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+			if ap, err := netip.ParseAddrPort(local.String()); err == nil && a.isVIP(ap.Addr().Unmap()) {
+				http.NotFound(w, r)
+				return
+			}
+		}
+		mux.ServeHTTP(w, r)
+	})
+	// Addr says where it listens (":0" picks a port).
+	srv := &http.Server{Handler: handler, Addr: ln.Addr().String(), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error(err, "Health server stopped", "address", addr)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -68,5 +70,39 @@ func TestPeerAddresses(t *testing.T) {
 	want := []netip.Addr{netip.MustParseAddr("198.18.0.12"), netip.MustParseAddr("fd00:198:18::12"), netip.MustParseAddr("198.18.0.13")}
 	if !slices.Equal(got, want) {
 		t.Errorf("peers of lb1: %v, want %v", got, want)
+	}
+}
+
+// TestEndpointsNotServedOnTheVirtualIPs: the agent's endpoints answer on the node's
+// address but not on a virtual IP the node holds, which a listener on every address
+// would otherwise expose to the VIP's clients.
+func TestEndpointsNotServedOnTheVirtualIPs(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	a := NewAgent(logr.Discard(), reg, nil)
+	srv, err := serveHealth("127.0.0.1:0", a, reg, logr.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	get := func() int {
+		resp, err := http.Get("http://" + srv.Addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, tt := range []struct {
+		vips []netip.Addr
+		want int
+	}{
+		{nil, http.StatusOK},
+		{[]netip.Addr{netip.MustParseAddr("127.0.0.2")}, http.StatusOK},
+		{[]netip.Addr{netip.MustParseAddr("127.0.0.1")}, http.StatusNotFound},
+	} {
+		a.vips.Store(&tt.vips)
+		if got := get(); got != tt.want {
+			t.Errorf("GET /metrics on 127.0.0.1 with virtual IPs %v: %d, want %d", tt.vips, got, tt.want)
+		}
 	}
 }

@@ -89,6 +89,14 @@ func TestClusterE2E(t *testing.T) {
 			return nil
 		})
 	}
+	// The holder's listener on every address must not serve the VIP's clients.
+	vipMetrics := fmt.Sprintf("http://%s:%d/metrics", VIP, pair.Status.AgentPort)
+	resp, err := hc.Get(vipMetrics)
+	must(t, err)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET %s: %s, want 404", vipMetrics, resp.Status)
+	}
 
 	// failover runs one failure of lb1 and reports the client's outage and
 	// how long status.holder took to follow the VIP.
