@@ -295,6 +295,10 @@ func InterfaceFor(addr netip.Addr) (string, error) {
 	return link.Attrs().Name, nil
 }
 
+// ErrTentative is PrimaryAddress's error while the only address it could
+// give is still in duplicate address detection, which ends within seconds.
+var ErrTentative = errors.New("its address is still in duplicate address detection")
+
 // PrimaryAddress is the interface's address VRRP sends from: its first
 // IPv4 address that is not a virtual IP, or its IPv6 link-local address,
 // once duplicate address detection has passed.
@@ -311,6 +315,7 @@ func PrimaryAddress(ifname string, ipv6 bool, vips []netip.Addr) (netip.Addr, er
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("listing addresses of %q: %w", ifname, err)
 	}
+	tentative := false
 	for _, a := range addrs {
 		ip, ok := netip.AddrFromSlice(a.IP)
 		if !ok {
@@ -323,6 +328,7 @@ func PrimaryAddress(ifname string, ipv6 bool, vips []netip.Addr) (netip.Addr, er
 		// Nothing can be sent from an address still in duplicate address
 		// detection (a link made again has a new link-local one) or failed it.
 		if a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
+			tentative = tentative || a.Flags&unix.IFA_F_DADFAILED == 0
 			continue
 		}
 		// A virtual IP, left by a crashed run, is a host route; the node's own
@@ -332,7 +338,10 @@ func PrimaryAddress(ifname string, ipv6 bool, vips []netip.Addr) (netip.Addr, er
 			return ip, nil
 		}
 	}
-	if ipv6 {
+	switch {
+	case tentative:
+		return netip.Addr{}, fmt.Errorf("interface %q: %w", ifname, ErrTentative)
+	case ipv6:
 		return netip.Addr{}, fmt.Errorf("interface %q has no IPv6 link-local address", ifname)
 	}
 	return netip.Addr{}, fmt.Errorf("interface %q has no IPv4 address of its own", ifname)

@@ -109,6 +109,10 @@ type Router struct {
 	prevUntil    time.Time
 }
 
+// dadWait bounds how long NewRouter waits for the interface's address to
+// pass duplicate address detection (one probe a second by default).
+const dadWait = 5 * time.Second
+
 // passwordGrace is how long adverts with the previous VRRPv2 password are
 // still accepted after a change. The routers of a group learn a new password
 // one at a time (each agent reads the Secret, each keepalived is reloaded);
@@ -138,6 +142,12 @@ func NewRouter(cfg Config, log logr.Logger, opts ...Option) (*Router, error) {
 		return nil, fmt.Errorf("opening the network namespace: %w", err)
 	}
 	ifi, self, err := locate(cfg)
+	// A link just up has its IPv6 link-local address in duplicate address
+	// detection for a second or so: wait for it rather than fail.
+	for deadline := time.Now().Add(dadWait); errors.Is(err, vip.ErrTentative) && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		ifi, self, err = locate(cfg)
+	}
 	if err == nil {
 		r.b, err = bind(cfg, ifi, self, log)
 	}

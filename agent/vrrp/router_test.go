@@ -870,3 +870,33 @@ func TestIPv6LinkFlapWithAddressesFlushed(t *testing.T) {
 		t.Errorf("lb1 entered Fault %v times for one link flap, want 1", n)
 	}
 }
+
+// TestStartWhileTheLinkLocalAddressIsTentative: a router started just after its link came
+// up finds its IPv6 link-local address still in duplicate address detection. It waits for
+// the address instead of failing to start.
+func TestStartWhileTheLinkLocalAddressIsTentative(t *testing.T) {
+	f := families[1]
+	l := netlab.NewT(t)
+	h := netlab.MustAddHost(t, l, "lb1", f.addrs[0])
+	if err := h.Sysctl("net.ipv6.conf."+netlab.HostLink+".accept_dad", "1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"-6", "addr", "flush", "dev", netlab.HostLink, "scope", "link"},
+		{"addr", "add", "fe80::11/64", "dev", netlab.HostLink},
+	} {
+		if out, err := h.Exec("ip", args...); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+	}
+	if out, _ := h.Exec("ip", "-6", "-o", "addr", "show", "dev", netlab.HostLink, "tentative"); !strings.Contains(out, "fe80::11/64") {
+		t.Fatal("fe80::11 passed duplicate address detection at once; the check cannot be made")
+	}
+	cfg := baseConfig(150)
+	cfg.VIPs, cfg.Interface = []netip.Addr{f.vip}, netlab.HostLink
+	lb1 := startRouter(t, h, cfg)
+	if got := lb1.router.Status().Address; got != netip.MustParseAddr("fe80::11") {
+		t.Errorf("lb1 sends from %v, want fe80::11", got)
+	}
+	waitFor(t, "lb1 alone", f.vip, map[*node]State{lb1: Master})
+}
