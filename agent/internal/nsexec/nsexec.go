@@ -25,20 +25,19 @@ func Do(ns netns.NsHandle, fn func() error) error {
 			return
 		}
 		defer orig.Close()
-		if orig.Equal(ns) {
-			ferr := fn()
-			runtime.UnlockOSThread()
-			errc <- ferr
-			return
-		}
-		if err := netns.Set(ns); err != nil {
-			errc <- fmt.Errorf("entering network namespace %v: %w", ns, err)
-			return
+		switched := !orig.Equal(ns)
+		if switched {
+			if err := netns.Set(ns); err != nil {
+				errc <- fmt.Errorf("entering network namespace %v: %w", ns, err)
+				return
+			}
 		}
 		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("leaving network namespace %v: %w", ns, err))
-			return
+		if switched {
+			if err := netns.Set(orig); err != nil {
+				errc <- errors.Join(ferr, fmt.Errorf("leaving network namespace %v: %w", ns, err))
+				return
+			}
 		}
 		runtime.UnlockOSThread()
 		errc <- ferr
