@@ -270,20 +270,8 @@ func TestUnicastIPv6AndStaleVIP(t *testing.T) {
 // TestMulticastIPv6 elects over ff02::12 and hands over on a graceful stop:
 // the IPv6 multicast group, hop limit and link-local source end to end.
 func TestMulticastIPv6(t *testing.T) {
-	l := netlab.NewT(t)
-	h1 := netlab.MustAddHost(t, l, "lb1", "fd00:198:18::11/64")
-	h2 := netlab.MustAddHost(t, l, "lb2", "fd00:198:18::12/64")
-	vip6 := netip.MustParseAddr("fd00:198:18::100")
-	linkLocal(t, h1)
-	linkLocal(t, h2)
-	cfg := func(prio uint8) Config {
-		c := baseConfig(prio)
-		c.VIPs, c.Interface = []netip.Addr{vip6}, netlab.HostLink
-		return c
-	}
-	lb1 := startRouter(t, h1, cfg(150))
-	lb2 := startRouter(t, h2, cfg(100))
-	waitFor(t, "lb1 elected over IPv6 multicast", vip6, map[*node]State{lb1: Master, lb2: Backup})
+	vip6 := families[1].vip
+	h1, _, lb1, lb2 := families[1].start(t)
 	lb1.stop()
 	waitFor(t, "lb2 after lb1 stopped", vip6, map[*node]State{lb2: Master})
 	if r := lb2.router.Status().Reason; r != ReasonMasterLeft {
@@ -782,10 +770,7 @@ func advertSources(t *testing.T, h *netlab.Host) func() netip.Addr {
 func TestWatchLostAndRenewed(t *testing.T) {
 	defer func(size int) { watchBuffer = size }(watchBuffer)
 	watchBuffer = 1 // the kernel's least, so that a burst overflows it
-	h := lab(t, "lb1", "lb2")
-	lb1 := startRouter(t, h[0], baseConfig(150))
-	lb2 := startRouter(t, h[1], baseConfig(100))
-	waitFor(t, "lb1 elected", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+	h1, _, lb1, lb2 := families[0].start(t)
 
 	// Deleting a bridge sends a message for each of its ports from one system
 	// call, faster than any reader.
@@ -795,11 +780,11 @@ func TestWatchLostAndRenewed(t *testing.T) {
 		fmt.Fprintf(&batch, "link add churn%da type veth peer name churn%db\nlink set churn%da master churn\n", i, i, i)
 	}
 	batch.WriteString("link delete churn\n")
-	if out, err := h[0].ExecInput(batch.String(), "ip", "-batch", "-"); err != nil {
+	if out, err := h1.ExecInput(batch.String(), "ip", "-batch", "-"); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	waitFor(t, "lb1 still master after the burst", testVIP, map[*node]State{lb1: Master, lb2: Backup})
-	if err := h[0].SetLinkUp(false); err != nil {
+	if err := h1.SetLinkUp(false); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "lb1's link down after the burst", testVIP, map[*node]State{lb1: Fault, lb2: Master})
@@ -812,18 +797,15 @@ func TestWatchLostAndRenewed(t *testing.T) {
 // addresses it did not add) takes the VIP off the master's interface. The master puts
 // it back and announces it, without a transition.
 func TestVirtualIPRemovedByOthersIsPutBack(t *testing.T) {
-	h := lab(t, "lb1", "lb2")
-	lb1 := startRouter(t, h[0], baseConfig(150))
-	lb2 := startRouter(t, h[1], baseConfig(100))
-	waitFor(t, "lb1 elected", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+	h1, h2, lb1, lb2 := families[0].start(t)
 	since := lb1.router.Status().Since
-	seen := countAnnouncements(t, h[1], testVIP)
+	seen := countAnnouncements(t, h2, testVIP)
 
-	if out, err := h[0].Exec("ip", "addr", "del", testVIP.String()+"/32", "dev", netlab.HostLink); err != nil {
+	if out, err := h1.Exec("ip", "addr", "del", testVIP.String()+"/32", "dev", netlab.HostLink); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	netlab.Eventually(t, "the VIP back on lb1", 2*time.Second, func() error {
-		if !hasVIP(t, h[0], testVIP) {
+		if !hasVIP(t, h1, testVIP) {
 			return errors.New("lb1 does not have it")
 		}
 		return nil
