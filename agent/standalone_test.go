@@ -86,6 +86,11 @@ func pairFileWith(t *testing.T, vrrp string, nodes ...nodePriority) string {
 
 // pairFileFor is pairFileWith in the given address family.
 func pairFileFor(t *testing.T, fam family, vrrp string, nodes ...nodePriority) string {
+	return pairFileWithPort(t, fam, vrrp, "", nodes...)
+}
+
+// pairFileWithPort is pairFileFor with more fields of the port, one per line.
+func pairFileWithPort(t *testing.T, fam family, vrrp, port string, nodes ...nodePriority) string {
 	t.Helper()
 	var static []string
 	for _, b := range fam.backends {
@@ -106,7 +111,8 @@ spec:
     backend:
       static: [%s]
     timeouts: {connect: 200ms}
-`, fam.vip, strings.ReplaceAll(vrrp, "\n", "\n  "), lbPort, strings.Join(static, ", "))
+    %s
+`, fam.vip, strings.ReplaceAll(vrrp, "\n", "\n  "), lbPort, strings.Join(static, ", "), strings.ReplaceAll(port, "\n", "\n    "))
 	for _, n := range nodes {
 		doc += fmt.Sprintf("---\napiVersion: v1\nkind: Node\nmetadata: {name: %s, labels: {lbpair.io/priority: \"%d\"}}\n", n.name, n.priority)
 	}

@@ -24,11 +24,12 @@ const (
 	endNoBackend
 	endMaxConnections
 	endProxyHeader
+	endOutOfResources
 )
 
 func (r endReason) String() string {
 	return [...]string{"closed", "clientError", "backendError", "idleTimeout", "drained", "shutdown",
-		"noBackend", "maxConnections", "proxyHeaderFailed"}[r]
+		"noBackend", "maxConnections", "proxyHeaderFailed", "outOfResources"}[r]
 }
 
 // bufSize is the event loop's read buffer. A connection holds one only while data it

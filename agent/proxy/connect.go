@@ -20,7 +20,9 @@ type setup struct {
 	tried   []*backend
 	be      *backend // the backend of the attempt in flight
 	attempt int32    // numbers attempts, so a late timeout of an old one is ignored
-	timer   *time.Timer
+	// outOfResources: the last attempt failed for want of the agent's own resources.
+	outOfResources bool
+	timer          *time.Timer
 }
 
 // errConnectTimeout is a connect attempt that ran out of time.
@@ -53,6 +55,9 @@ func (lp *loop) nextAttempt(p *pair) {
 		fd, err := lp.connect(be.addr)
 		if err != nil {
 			lp.attemptFailed(p, be, err, now)
+			if outOfSockets(err) {
+				break // no other backend can be tried either
+			}
 			continue
 		}
 		be.conns.Add(1)
@@ -71,9 +76,15 @@ func (lp *loop) nextAttempt(p *pair) {
 		return
 	}
 	// No backend could take it: a reset, so the client sees the refusal at once.
+	_ = unix.SetsockoptLinger(p.fd[0], unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	if st.outOfResources {
+		c.l.m.refusedOutOfResources.Inc()
+		c.l.s.log.V(1).Info("Refused a connection: out of local resources", "listener", c.l.name, "client", c.clientAddr)
+		lp.finish(p, endOutOfResources)
+		return
+	}
 	c.l.m.refusedNoBackend.Inc()
 	c.l.s.log.V(1).Info("Refused a connection: no backend could take it", "listener", c.l.name, "client", c.clientAddr)
-	_ = unix.SetsockoptLinger(p.fd[0], unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	lp.finish(p, endNoBackend)
 }
 
@@ -181,9 +192,16 @@ func (lp *loop) timeout(p *pair, attempt int32) {
 	lp.retry(p, errConnectTimeout)
 }
 
+// attemptFailed records a failed connect attempt against be, unless the agent's own
+// resources failed it.
 func (lp *loop) attemptFailed(p *pair, be *backend, err error, now time.Time) {
 	c := p.c
 	cfg := &p.setup.plan.cfg
+	p.setup.outOfResources = outOfResources(err)
+	if p.setup.outOfResources {
+		c.l.logOutOfResources(be.name, err)
+		return
+	}
 	if be.connectFailed(err, now) {
 		c.l.s.log.Info("Backend down: connects failing", "listener", c.l.name, "backend", be.name,
 			"maxFails", cfg.Passive.MaxFails, "failTimeout", cfg.Passive.FailTimeout, "error", err.Error())

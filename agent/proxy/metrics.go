@@ -21,6 +21,7 @@ type metrics struct {
 const (
 	refusedMaxConnections = "maxConnections"
 	refusedNoBackend      = "noBackend"
+	refusedOutOfResources = "outOfResources"
 )
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -31,7 +32,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "connections_active", Help: "Client connections open now."}, []string{"listener"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "connections_refused_total", Help: "Client connections closed without being proxied, by reason (maxConnections, noBackend)."},
+			Name: "connections_refused_total", Help: "Client connections closed without being proxied, by reason (maxConnections, noBackend, outOfResources: the agent's file descriptors, memory or local ports)."},
 			[]string{"listener", "reason"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "bytes_total", Help: "Bytes proxied, by direction (clientToBackend, backendToClient)."},
@@ -57,21 +58,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 
 // listenerMetrics are one listener's children.
 type listenerMetrics struct {
-	accepted, refusedMax, refusedNoBackend prometheus.Counter
-	active                                 prometheus.Gauge
-	bytesUp, bytesDown                     prometheus.Counter
-	duration                               prometheus.Observer
+	accepted, refusedMax, refusedNoBackend, refusedOutOfResources prometheus.Counter
+	active                                                        prometheus.Gauge
+	bytesUp, bytesDown                                            prometheus.Counter
+	duration                                                      prometheus.Observer
 }
 
 func (m *metrics) forListener(name string) *listenerMetrics {
 	return &listenerMetrics{
-		accepted:         m.accepted.WithLabelValues(name),
-		refusedMax:       m.refused.WithLabelValues(name, refusedMaxConnections),
-		refusedNoBackend: m.refused.WithLabelValues(name, refusedNoBackend),
-		active:           m.active.WithLabelValues(name),
-		bytesUp:          m.bytes.WithLabelValues(name, "clientToBackend"),
-		bytesDown:        m.bytes.WithLabelValues(name, "backendToClient"),
-		duration:         m.duration.WithLabelValues(name),
+		accepted:              m.accepted.WithLabelValues(name),
+		refusedMax:            m.refused.WithLabelValues(name, refusedMaxConnections),
+		refusedNoBackend:      m.refused.WithLabelValues(name, refusedNoBackend),
+		refusedOutOfResources: m.refused.WithLabelValues(name, refusedOutOfResources),
+		active:                m.active.WithLabelValues(name),
+		bytesUp:               m.bytes.WithLabelValues(name, "clientToBackend"),
+		bytesDown:             m.bytes.WithLabelValues(name, "backendToClient"),
+		duration:              m.duration.WithLabelValues(name),
 	}
 }
 

@@ -101,6 +101,23 @@ func (b *backend) connectFailed(err error, now time.Time) bool {
 	return down
 }
 
+// outOfResources reports whether a failed connect says nothing of the backend because
+// the agent itself ran out of something: file descriptors or memory for a socket
+// (outOfSockets), or a free local port towards this backend (EADDRNOTAVAIL), which
+// another backend may still have. Health checks do not count such failures: at its file
+// limit an agent would otherwise take every backend out and give up the VIP, and keep
+// them out for the fail timeout once descriptors are free again.
+func outOfResources(err error) bool {
+	return outOfSockets(err) || errors.Is(err, syscall.EADDRNOTAVAIL)
+}
+
+// outOfSockets reports whether err says the agent can make no socket now, towards any
+// backend.
+func outOfSockets(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
+}
+
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
@@ -205,6 +222,11 @@ func (b *backend) probeLoop(ctx context.Context, l *listener, a ActiveCheck) {
 		err := probe(ctx, l.s.dialer, b.name, a.Timeout)
 		if ctx.Err() != nil {
 			return
+		}
+		if err != nil && outOfResources(err) {
+			l.logOutOfResources(b.name, err)
+			t.Reset(a.Interval)
+			continue
 		}
 		if b.probed(err == nil) {
 			if err != nil {

@@ -509,6 +509,24 @@ type listener struct {
 	dynamic  bool                        // backends come from SetBackends; guarded by s.mu
 	active   atomic.Int64
 	retired  atomic.Bool // set under s.mu
+	// resourcesLogged is when logOutOfResources last logged, in unix nanoseconds.
+	resourcesLogged atomic.Int64
+}
+
+// resourcesLogEvery spaces a listener's out-of-resources log lines: at the file limit
+// every connection and probe fails, and one line every few seconds says so.
+const resourcesLogEvery = 10 * time.Second
+
+// logOutOfResources logs, at most every resourcesLogEvery, that a connect to backend
+// failed for want of the agent's own resources (see outOfResources).
+func (l *listener) logOutOfResources(backend string, err error) {
+	now := time.Now().UnixNano()
+	last := l.resourcesLogged.Load()
+	if now-last < int64(resourcesLogEvery) || !l.resourcesLogged.CompareAndSwap(last, now) {
+		return
+	}
+	l.s.log.Error(err, "Out of local resources to connect to a backend; clients are refused, the backend is not marked down",
+		"listener", l.name, "backend", backend)
 }
 
 func newListener(s *Server, name string) *listener {
