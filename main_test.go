@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -447,6 +448,9 @@ func TestMain(m *testing.M) {
 	if args := os.Getenv(mainArgsEnv); args != "" {
 		os.Args = append([]string{"lbpair"}, strings.Split(args, "\n")...)
 		main()
+		if os.Getenv(printMemoryLimitEnv) != "" {
+			fmt.Printf("memory limit %d\n", debug.SetMemoryLimit(-1))
+		}
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
