@@ -2,12 +2,13 @@ package proxy
 
 import (
 	"fmt"
-	"os"
 	"runtime"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lbpair/lbpair/agent/internal/netlab"
 )
 
 // TestChurnLeavesNothingBehind runs a server through what months in production
@@ -28,7 +29,7 @@ func TestChurnLeavesNothingBehind(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond) // the warm-up's closes wind down
-	goroutines, fds, series := runtime.NumGoroutine(), openFiles(t), seriesCount(t, reg)
+	goroutines, fds, series := runtime.NumGoroutine(), netlab.OpenFiles(t), seriesCount(t, reg)
 
 	active := &ActiveCheck{Interval: 50 * time.Millisecond, Timeout: 50 * time.Millisecond, Rise: 1, Fall: 1}
 	for round := range 10 {
@@ -76,23 +77,13 @@ func TestChurnLeavesNothingBehind(t *testing.T) {
 	// Closes and cancelled probes wind down in the background.
 	var nowGoroutines, nowFDs, nowSeries int
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		nowGoroutines, nowFDs, nowSeries = runtime.NumGoroutine(), openFiles(t), seriesCount(t, reg)
+		nowGoroutines, nowFDs, nowSeries = runtime.NumGoroutine(), netlab.OpenFiles(t), seriesCount(t, reg)
 		if nowGoroutines <= goroutines && nowFDs <= fds && nowSeries == series {
 			return
 		}
 	}
 	t.Errorf("after the churn: %d goroutines, %d open files, %d metric series; before it: %d, %d, %d",
 		nowGoroutines, nowFDs, nowSeries, goroutines, fds, series)
-}
-
-// openFiles counts the process's open file descriptors.
-func openFiles(t *testing.T) int {
-	t.Helper()
-	fds, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(fds)
 }
 
 // seriesCount counts the series a registry gathers.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -881,4 +882,78 @@ func TestStartWhileTheLinkLocalAddressIsTentative(t *testing.T) {
 		t.Errorf("lb1 sends from %v, want fe80::11", got)
 	}
 	waitFor(t, "lb1 alone", f.vip, map[*node]State{lb1: Master})
+}
+
+// TestChurnLeavesNothingBehind puts a pair of routers through what a node's network
+// does to them over months: links going down and up, the interface made again, its
+// addresses flushed and restored, the VIPs changed and changed back. Once lb1 is master
+// again with its first settings, the process must hold no more goroutines and file
+// descriptors than before: every binding the routers opened was closed.
+func TestChurnLeavesNothingBehind(t *testing.T) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			h1, _, lb1, lb2 := f.start(t)
+			elected := map[*node]State{lb1: Master, lb2: Backup}
+			goroutines, fds := runtime.NumGoroutine(), netlab.OpenFiles(t)
+			restore := []string{f.addrs[0]}
+			if f.vip.Is6() {
+				restore = append(restore, linkLocal(t, h1).String()+"/64")
+			}
+			cfg := baseConfig(150)
+			cfg.VIPs, cfg.Interface = []netip.Addr{f.vip}, netlab.HostLink
+			for round := range 3 {
+				if err := h1.SetLinkUp(false); err != nil {
+					t.Fatal(err)
+				}
+				waitFor(t, "lb2 takes over from a link down", f.vip, map[*node]State{lb1: Fault, lb2: Master})
+				if err := h1.SetLinkUp(true); err != nil {
+					t.Fatal(err)
+				}
+				if f.vip.Is6() {
+					// The kernel flushes IPv6 addresses with the link down.
+					for _, a := range restore {
+						_ = h1.AddAddr(a)
+					}
+				}
+				waitFor(t, "lb1 back from a link down", f.vip, elected)
+
+				if err := h1.DeleteLink(); err != nil {
+					t.Fatal(err)
+				}
+				waitFor(t, "lb2 takes over from a deleted interface", f.vip, map[*node]State{lb2: Master})
+				if err := h1.AddLink(restore...); err != nil {
+					t.Fatal(err)
+				}
+				waitFor(t, "lb1 back on a new interface", f.vip, elected)
+
+				if out, err := h1.Exec("ip", "addr", "flush", "dev", netlab.HostLink); err != nil {
+					t.Fatalf("%v: %s", err, out)
+				}
+				waitFor(t, "lb2 takes over from a flushed interface", f.vip, map[*node]State{lb1: Fault, lb2: Master})
+				for _, a := range restore {
+					if err := h1.AddAddr(a); err != nil {
+						t.Fatal(err)
+					}
+				}
+				waitFor(t, "lb1 back with its addresses", f.vip, elected)
+
+				other := cfg
+				other.VIPs = []netip.Addr{f.vip, f.vip.Next()}
+				if err := lb1.router.Reconfigure(other); err != nil {
+					t.Fatal(err)
+				}
+				if err := lb1.router.Reconfigure(cfg); err != nil {
+					t.Fatal(err)
+				}
+				waitFor(t, fmt.Sprint("lb1 master after round ", round), f.vip, elected)
+			}
+			var nowGoroutines, nowFDs int
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+				if nowGoroutines, nowFDs = runtime.NumGoroutine(), netlab.OpenFiles(t); nowGoroutines <= goroutines && nowFDs <= fds {
+					return
+				}
+			}
+			t.Errorf("after the churn: %d goroutines and %d open files; before it: %d and %d", nowGoroutines, nowFDs, goroutines, fds)
+		})
+	}
 }

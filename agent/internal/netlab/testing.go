@@ -2,6 +2,7 @@ package netlab
 
 import (
 	"errors"
+	"os"
 	"testing"
 	"time"
 )
@@ -51,4 +52,15 @@ func Eventually(t testing.TB, what string, timeout time.Duration, check func() e
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// OpenFiles counts the test process's open file descriptors, for tests that check that
+// nothing leaks.
+func OpenFiles(t testing.TB) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(fds)
 }
