@@ -158,8 +158,9 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 }
 
 // sync reads the current state from the cache and applies it. A pair that
-// is gone, or a node that no longer matches the pair's nodeSelector, stops
-// the agent: it gives up the virtual IPs and closes its listeners.
+// is gone, or a node that no longer matches the pair's nodeSelector or is
+// excluded from load balancers, stops the agent: it hands the virtual IPs
+// over and closes its listeners.
 func (s *clusterSource) sync(ctx context.Context) {
 	var pair lbv1.LoadBalancerPair
 	err := s.cache.Get(ctx, types.NamespacedName{Namespace: s.o.Namespace, Name: s.o.Pair}, &pair)
@@ -181,6 +182,10 @@ func (s *clusterSource) sync(ctx context.Context) {
 	}
 	if node != nil && !labels.SelectorFromSet(pair.Spec.NodeSelector).Matches(labels.Set(node.Labels)) {
 		s.deactivate("the node no longer matches spec.nodeSelector")
+		return
+	}
+	if node != nil && lbv1.ExcludedFromLoadBalancers(node) {
+		s.deactivate("the node is labelled " + corev1.LabelNodeExcludeBalancers)
 		return
 	}
 	s.status.resume()

@@ -172,7 +172,15 @@ func desiredDaemonSet(pair *lbv1.LoadBalancerPair, port int32, s AgentSettings) 
 		// sockets, netlink and raw packets, none of what it blocks.
 		WithSecurityContext(corev1ac.PodSecurityContext().
 			WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault))).
-		WithContainers(container)
+		WithContainers(container).
+		// A node taken out of load balancing gets no agent, and the DaemonSet
+		// controller stops the one running there, which hands the VIP over.
+		WithAffinity(corev1ac.Affinity().WithNodeAffinity(corev1ac.NodeAffinity().
+			WithRequiredDuringSchedulingIgnoredDuringExecution(corev1ac.NodeSelector().
+				WithNodeSelectorTerms(corev1ac.NodeSelectorTerm().
+					WithMatchExpressions(corev1ac.NodeSelectorRequirement().
+						WithKey(corev1.LabelNodeExcludeBalancers).
+						WithOperator(corev1.NodeSelectorOpDoesNotExist))))))
 	if len(pair.Spec.NodeSelector) > 0 {
 		podSpec.WithNodeSelector(pair.Spec.NodeSelector)
 	}

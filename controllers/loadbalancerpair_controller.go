@@ -320,7 +320,8 @@ func (r *LoadBalancerPairReconciler) reportHolderChange(pair *lbv1.LoadBalancerP
 }
 
 // desiredAgents is how many agents should run: the DaemonSet's count once a
-// DaemonSet controller has seen it, else the nodes the pair selects.
+// DaemonSet controller has seen it, else the nodes the pair selects that are
+// not excluded from load balancers.
 func (r *LoadBalancerPairReconciler) desiredAgents(ctx context.Context, pair *lbv1.LoadBalancerPair) (int32, error) {
 	var ds appsv1.DaemonSet
 	err := r.Get(ctx, types.NamespacedName{Namespace: pair.Namespace, Name: daemonSetName(pair.Name)}, &ds)
@@ -334,7 +335,13 @@ func (r *LoadBalancerPairReconciler) desiredAgents(ctx context.Context, pair *lb
 	if err := r.List(ctx, &nodes, client.MatchingLabelsSelector{Selector: labels.SelectorFromSet(pair.Spec.NodeSelector)}); err != nil {
 		return 0, fmt.Errorf("listing nodes: %w", err)
 	}
-	return int32(len(nodes.Items)), nil
+	n := int32(0)
+	for i := range nodes.Items {
+		if !lbv1.ExcludedFromLoadBalancers(&nodes.Items[i]) {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // removeAgentEntries deletes entries of agents that stopped reporting. A

@@ -102,6 +102,7 @@ func TestCreateWritesTheAgentsDaemonSet(t *testing.T) {
 		"maxSurge":     ds.Spec.UpdateStrategy.RollingUpdate.MaxSurge.IntValue(),
 		"owner":        ds.OwnerReferences[0].Kind + "/" + ds.OwnerReferences[0].Name,
 		"controller":   *ds.OwnerReferences[0].Controller,
+		"affinity":     fmt.Sprint(pod.Affinity.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms),
 	}
 	want := map[string]any{
 		"hostNetwork":  true,
@@ -123,6 +124,7 @@ func TestCreateWritesTheAgentsDaemonSet(t *testing.T) {
 		"maxSurge":     0,
 		"owner":        "LoadBalancerPair/web",
 		"controller":   true,
+		"affinity":     fmt.Sprintf("[{[{%s DoesNotExist []}] []}]", corev1.LabelNodeExcludeBalancers),
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("DaemonSet (-want +got):\n%s", diff)

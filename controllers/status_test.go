@@ -127,6 +127,25 @@ func TestStatusFollowsTheAgents(t *testing.T) {
 	if _, ok := ev["AgentGone"]; !ok {
 		t.Errorf("no AgentGone event")
 	}
+
+	// lb1 is taken out of load balancing for maintenance: no agent is due
+	// there, so lb2 alone is not a degraded pair. (Without a DaemonSet
+	// controller, the manager counts the nodes itself.)
+	var node corev1.Node
+	if err := k8s.Get(ctx, client.ObjectKey{Name: lb1}, &node); err != nil {
+		t.Fatal(err)
+	}
+	node.Labels[corev1.LabelNodeExcludeBalancers] = "true"
+	if err := k8s.Update(ctx, &node); err != nil {
+		t.Fatal(err)
+	}
+	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: lb2, State: lbv1.StateMaster, Priority: 90, Since: micro, LastUpdateTime: metav1.NewMicroTime(time.Now()), Ports: []lbv1.PortStatus{up}})
+	eventually(t, "not degraded with lb1 excluded", func() error {
+		if got := conditionReasons(getPair(t, ns, "web")); got["Degraded"] != "False/AllHealthy" {
+			return fmt.Errorf("conditions %v", got)
+		}
+		return nil
+	})
 }
 
 // A master that fails reports Fault before the backup reports Master: the

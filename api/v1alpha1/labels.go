@@ -3,6 +3,8 @@ package v1alpha1
 import (
 	"crypto/sha256"
 	"encoding/hex"
+
+	corev1 "k8s.io/api/core/v1"
 )
 
 // PairLabel is the label the manager puts on a pair's agent pods, with the
@@ -19,4 +21,14 @@ func PairLabelValue(name string) string {
 	}
 	sum := sha256.Sum256([]byte(name))
 	return name[:52] + "-" + hex.EncodeToString(sum[:])[:10]
+}
+
+// ExcludedFromLoadBalancers reports whether a node carries Kubernetes'
+// node.kubernetes.io/exclude-from-external-load-balancers label, with any
+// value: an operator takes a node out of load balancing with it, for
+// maintenance say. Agents do not run there; one that runs hands the virtual
+// IPs over and stops, as when its node is deselected.
+func ExcludedFromLoadBalancers(node *corev1.Node) bool {
+	_, ok := node.Labels[corev1.LabelNodeExcludeBalancers]
+	return ok
 }

@@ -335,53 +335,64 @@ func TestClusterE2E(t *testing.T) {
 		}
 	})
 
-	t.Run("node deselected and selected again", func(t *testing.T) {
-		relabel := func(v string) {
-			out, err := l.Kubectl(ctx, "label", "node", lb2.Name, "--overwrite", "lbpair.io/lb="+v)
-			if err != nil {
-				t.Fatalf("kubectl label: %v\n%s", err, out)
+	// Two ways to take the holder's node out of a pair and bring it back:
+	// deselect it (spec.nodeSelector), or exclude it from load balancers,
+	// as for maintenance.
+	for _, way := range []struct {
+		name, how    string
+		label, unset string
+	}{
+		{"node deselected and selected again", "deselected", "lbpair.io/lb=false", "lbpair.io/lb=true"},
+		{"node excluded from load balancers and back", "excluded", corev1.LabelNodeExcludeBalancers + "=true", corev1.LabelNodeExcludeBalancers + "-"},
+	} {
+		t.Run(way.name, func(t *testing.T) {
+			relabel := func(label string) {
+				out, err := l.Kubectl(ctx, "label", "node", lb2.Name, "--overwrite", label)
+				if err != nil {
+					t.Fatalf("kubectl label: %v\n%s", err, out)
+				}
 			}
-		}
-		if !contains(l.VIPHolders(), lb2.Name) {
-			// Make lb2 the holder, so deselection must hand over.
-			must(t, l.SignalAgent(lb1, syscall.SIGTERM))
-			<-lb1.Agent.Done()
-			must(t, l.StartAgent(lb1, quiet))
-		}
-		netlab.Eventually(t, "lb2 holds the VIP", 15*time.Second, func() error { return onlyOn(l, VIP, lb2) })
-		settle()
-		start := time.Now()
-		relabel("false")
-		netlab.Eventually(t, "lb2 gave up the VIP and closed its listener", 15*time.Second, func() error {
-			if lb2.Listening() || contains(l.VIPHolders(), lb2.Name) {
-				return fmt.Errorf("lb2 listening %v, VIP on %v", lb2.Listening(), l.VIPHolders())
+			if !contains(l.VIPHolders(), lb2.Name) {
+				// Make lb2 the holder, so taking it out must hand over.
+				must(t, l.SignalAgent(lb1, syscall.SIGTERM))
+				<-lb1.Agent.Done()
+				must(t, l.StartAgent(lb1, quiet))
 			}
-			return nil
+			netlab.Eventually(t, "lb2 holds the VIP", 15*time.Second, func() error { return onlyOn(l, VIP, lb2) })
+			settle()
+			start := time.Now()
+			relabel(way.label)
+			netlab.Eventually(t, "lb2 gave up the VIP and closed its listener", 15*time.Second, func() error {
+				if lb2.Listening() || contains(l.VIPHolders(), lb2.Name) {
+					return fmt.Errorf("lb2 listening %v, VIP on %v", lb2.Listening(), l.VIPHolders())
+				}
+				return nil
+			})
+			waitHolder(t, l, "lb1 after lb2 was "+way.how, lb1.Name, 15*time.Second)
+			netlab.Eventually(t, "lb2's status entry removed", 15*time.Second, func() error {
+				if e := agentEntry(l, lb2.Name); e != nil {
+					return fmt.Errorf("lb2 still reports %s (%s)", e.State, e.Reason)
+				}
+				return nil
+			})
+			settle()
+			_, failed := probe.Outage(p.Results(), start)
+			t.Logf("holder's node %s: %d failed probes", way.how, failed)
+			if failed > 1 {
+				t.Errorf("%d requests failed when the holder's node was %s, want at most the one in flight at the handover", failed, way.how)
+			}
+			relabel(way.unset)
+			netlab.Eventually(t, "lb2 back as backup", 15*time.Second, func() error {
+				if !lb2.Listening() {
+					return fmt.Errorf("lb2 does not listen")
+				}
+				if e := agentEntry(l, lb2.Name); e == nil || e.State != lbv1.StateBackup {
+					return fmt.Errorf("lb2's entry %+v", e)
+				}
+				return nil
+			})
 		})
-		waitHolder(t, l, "lb1 after lb2 was deselected", lb1.Name, 15*time.Second)
-		netlab.Eventually(t, "lb2's status entry removed", 15*time.Second, func() error {
-			if e := agentEntry(l, lb2.Name); e != nil {
-				return fmt.Errorf("lb2 still reports %s (%s)", e.State, e.Reason)
-			}
-			return nil
-		})
-		settle()
-		_, failed := probe.Outage(p.Results(), start)
-		t.Logf("deselecting the holder's node: %d failed probes", failed)
-		if failed > 1 {
-			t.Errorf("%d requests failed when the holder's node was deselected, want at most the one in flight at the handover", failed)
-		}
-		relabel("true")
-		netlab.Eventually(t, "lb2 back as backup", 15*time.Second, func() error {
-			if !lb2.Listening() {
-				return fmt.Errorf("lb2 does not listen")
-			}
-			if e := agentEntry(l, lb2.Name); e == nil || e.State != lbv1.StateBackup {
-				return fmt.Errorf("lb2's entry %+v", e)
-			}
-			return nil
-		})
-	})
+	}
 
 	t.Run("virtual IPs added and removed under load", func(t *testing.T) {
 		const second, taken = "198.18.0.101", "198.18.0.102"
