@@ -70,8 +70,13 @@ func ready(st Status) error {
 	if err := healthy(st); err != nil {
 		return err
 	}
-	if st.VRRP.State == vrrp.Init {
+	switch st.VRRP.State {
+	case vrrp.Init:
 		return errors.New("VRRP router has not joined the group yet")
+	case vrrp.Fault:
+		// Not ready, so that a rolling update of the DaemonSet stops at an agent
+		// that could not take the VIP over, before it restarts the holder.
+		return fmt.Errorf("VRRP router in Fault: %s", st.VRRP.Reason)
 	}
 	var down []string
 	for _, p := range st.Ports {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -185,6 +186,15 @@ func TestClusterE2E(t *testing.T) {
 			}
 			return fmt.Errorf("agents %v", brief(pair.Status.Agents))
 		})
+		// Not ready in Fault: a rolling update would stop at lb1.
+		readyz := fmt.Sprintf("http://%s:%d/readyz", lb1.IP, pair.Status.AgentPort)
+		resp, err := hc.Get(readyz)
+		must(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "Fault") {
+			t.Errorf("GET %s in Fault: %s %q, want 503 naming the Fault", readyz, resp.Status, body)
+		}
 		blackhole(false)
 		restored = true
 		waitHolder(t, l, "lb1 back after its backends returned", lb1.Name, 30*time.Second)
