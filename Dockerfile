@@ -9,7 +9,7 @@ COPY api/ api/
 COPY agent/ agent/
 COPY config/crd/ config/crd/
 COPY controllers/ controllers/
-COPY main.go ./
+COPY main.go memlimit.go ./
 RUN CGO_ENABLED=0 GOOS=linux go build -trimpath -ldflags "-s -w" -o /out/lbpair .
 
 FROM gcr.io/distroless/static-debian12:nonroot
