@@ -11,9 +11,11 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/validation"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/client/config"
@@ -64,9 +66,9 @@ func main() {
 func runManager(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
 	var (
-		metricsAddr, probeAddr, watchNamespace, leaderNamespace, agentImage, pullPolicy, agentResources string
-		leaderElect                                                                                     bool
-		logOpts                                                                                         zap.Options
+		metricsAddr, probeAddr, watchNamespace, leaderNamespace, agentImage, pullPolicy, agentResources, priorityClass string
+		leaderElect                                                                                                    bool
+		logOpts                                                                                                        zap.Options
 	)
 	fs.StringVar(&metricsAddr, "metrics-bind-address", ":8080", `address of the Prometheus metrics endpoint; "0" turns it off`)
 	fs.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of the /healthz and /readyz endpoints")
@@ -77,6 +79,7 @@ func runManager(ctx context.Context, args []string) error {
 	fs.StringVar(&pullPolicy, "agent-image-pull-policy", "", "pull policy of the agents' image: Always, IfNotPresent or Never (default: Kubernetes' own)")
 	defaultResources, _ := json.Marshal(controllers.DefaultAgentResources())
 	fs.StringVar(&agentResources, "agent-resources", "", fmt.Sprintf("resources of the agents' container, as JSON; replaces the default %s", defaultResources))
+	fs.StringVar(&priorityClass, "agent-priority-class", "", "priority class of the agents' pods, such as system-node-critical, which the kubelet never evicts for want of memory or disk (default: the cluster's default priority)")
 	ctrlconfig.RegisterFlags(fs)
 	logOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -89,6 +92,11 @@ func runManager(ctx context.Context, args []string) error {
 	case "", corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
 	default:
 		return fmt.Errorf("--agent-image-pull-policy %q: use Always, IfNotPresent or Never", pullPolicy)
+	}
+	if priorityClass != "" {
+		if errs := validation.IsDNS1123Subdomain(priorityClass); len(errs) > 0 {
+			return fmt.Errorf("--agent-priority-class %q is not a priority class name: %s", priorityClass, strings.Join(errs, "; "))
+		}
 	}
 	resources, err := controllers.ParseAgentResources(agentResources)
 	if err != nil {
@@ -125,9 +133,10 @@ func runManager(ctx context.Context, args []string) error {
 		APIReader: mgr.GetAPIReader(),
 		Recorder:  mgr.GetEventRecorder("lbpair-manager"),
 		Agent: controllers.AgentSettings{
-			Image:           agentImage,
-			ImagePullPolicy: corev1.PullPolicy(pullPolicy),
-			Resources:       resources,
+			Image:             agentImage,
+			ImagePullPolicy:   corev1.PullPolicy(pullPolicy),
+			Resources:         resources,
+			PriorityClassName: priorityClass,
 		},
 		WatchNamespace: watchNamespace,
 	}

@@ -46,6 +46,7 @@ func TestManagerRefusesBadFlagsNamingThem(t *testing.T) {
 		{nil, "--agent-image (or AGENT_IMAGE) is required"},
 		{[]string{"--agent-image", "x", "--agent-image-pull-policy", "Sometimes"}, `--agent-image-pull-policy "Sometimes": use Always, IfNotPresent or Never`},
 		{[]string{"--agent-image", "x", "--agent-resources", `{"limits":`}, "--agent-resources"},
+		{[]string{"--agent-image", "x", "--agent-priority-class", "Node_Critical"}, `--agent-priority-class "Node_Critical" is not a priority class name`},
 		{[]string{"--no-such-flag"}, "flag provided but not defined: -no-such-flag"},
 	} {
 		t.Setenv("AGENT_IMAGE", "")

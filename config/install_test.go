@@ -261,6 +261,31 @@ func TestChartPassesAgentResourcesToTheManager(t *testing.T) {
 	}
 }
 
+// agentPriorityClassName in the chart's values reaches the manager as
+// --agent-priority-class; it is not passed when empty.
+func TestChartPassesAgentPriorityClassToTheManager(t *testing.T) {
+	flags := func(set ...string) []string {
+		objs := parseManifest(t, "helm template", helmTemplate(t, set...))
+		containers, _, _ := unstructured.NestedSlice(managerDeployment(t, "helm template", objs), "spec", "template", "spec", "containers")
+		var out []string
+		if len(containers) == 1 {
+			args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args")
+			for _, a := range args {
+				if strings.HasPrefix(a, "--agent-priority-class") {
+					out = append(out, a)
+				}
+			}
+		}
+		return out
+	}
+	if got := flags("--set", "agentPriorityClassName=system-node-critical"); !slices.Equal(got, []string{"--agent-priority-class=system-node-critical"}) {
+		t.Errorf("with agentPriorityClassName set, the manager's flags are %q", got)
+	}
+	if got := flags(); len(got) != 0 {
+		t.Errorf("by default, the manager's flags are %q, want none", got)
+	}
+}
+
 func TestInstallManifestAppliesWithServerSideDryRun(t *testing.T) {
 	manifest, err := os.ReadFile(filepath.Join(root, "dist", "install.yaml"))
 	if err != nil {

@@ -46,6 +46,9 @@ type AgentSettings struct {
 	Image           string
 	ImagePullPolicy corev1.PullPolicy
 	Resources       corev1.ResourceRequirements
+	// PriorityClassName is the agents' pods' priority class; empty leaves
+	// them at the cluster's default.
+	PriorityClassName string
 }
 
 // DefaultAgentResources are the agents' resources unless the manager is
@@ -181,6 +184,9 @@ func desiredDaemonSet(pair *lbv1.LoadBalancerPair, port int32, s AgentSettings) 
 					WithMatchExpressions(corev1ac.NodeSelectorRequirement().
 						WithKey(corev1.LabelNodeExcludeBalancers).
 						WithOperator(corev1.NodeSelectorOpDoesNotExist))))))
+	if s.PriorityClassName != "" {
+		podSpec.WithPriorityClassName(s.PriorityClassName)
+	}
 	if len(pair.Spec.NodeSelector) > 0 {
 		podSpec.WithNodeSelector(pair.Spec.NodeSelector)
 	}

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -318,4 +319,37 @@ func TestTooManyNodesIsRefused(t *testing.T) {
 
 	updatePair(t, ns, "web", func(p *lbv1.LoadBalancerPair) { p.Spec.NodeSelector = map[string]string{few: "true"} })
 	eventually(t, "DaemonSet once narrowed", func() error { _, err := getDaemonSet(ns, "web"); return err })
+}
+
+// TestAgentPriorityClass: a priority class set for the agents reaches their pods, and
+// the apiserver admits such a pod in a pair's namespace with the class's priority
+// (system-node-critical outside kube-system too), or refuses a class that does not exist.
+func TestAgentPriorityClass(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	pod := func(class string) *corev1.Pod {
+		ac := desiredDaemonSet(newPair(ns, "web", ptrTo(int32(51)), "198.18.0.100"), 9451, AgentSettings{Image: testImage, PriorityClassName: class})
+		b, err := json.Marshal(ac.Spec.Template.Spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "agent"}}
+		if err := json.Unmarshal(b, &p.Spec); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	if p := pod(""); p.Spec.PriorityClassName != "" {
+		t.Errorf("priority class %q with none set", p.Spec.PriorityClassName)
+	}
+	p := pod("system-node-critical")
+	if err := k8s.Create(ctx, p, client.DryRunAll); err != nil {
+		t.Fatalf("an agent pod of priority class system-node-critical in %s: %v", ns, err)
+	}
+	if p.Spec.PriorityClassName != "system-node-critical" || ptr.Deref(p.Spec.Priority, 0) != 2000001000 {
+		t.Errorf("admitted with class %q, priority %v; want system-node-critical, 2000001000", p.Spec.PriorityClassName, ptr.Deref(p.Spec.Priority, 0))
+	}
+	if err := k8s.Create(ctx, pod("no-such-class"), client.DryRunAll); err == nil || !strings.Contains(err.Error(), "no-such-class") {
+		t.Errorf("an agent pod of a priority class that does not exist: %v, want a refusal naming it", err)
+	}
 }

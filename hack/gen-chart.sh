@@ -59,6 +59,13 @@ resources:
 # event loops, one per CPU the Go runtime sees.
 agentResources: {}
 
+# Priority class of the agents' pods (the manager's --agent-priority-class).
+# system-node-critical keeps the kubelet from evicting the VIP holder when its
+# node runs short of memory or disk; where a ResourceQuota limits critical
+# priority classes to kube-system, install there or name a class of your own.
+# Empty leaves the cluster's default priority.
+agentPriorityClassName: ""
+
 nodeSelector: {}
 tolerations: []
 YAML
@@ -147,6 +154,9 @@ spec:
         {{- end }}
         {{- with .Values.agentResources }}
         - {{ printf "--agent-resources=%s" (toJson .) | quote }}
+        {{- end }}
+        {{- with .Values.agentPriorityClassName }}
+        - --agent-priority-class={{ . }}
         {{- end }}
         env:
         - name: AGENT_IMAGE
