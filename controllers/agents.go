@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
@@ -141,7 +142,18 @@ func agentConditions(s agentSummary, desired int32, generation int64) []metav1.C
 		}
 		return metav1.Condition{Type: t, Status: status, Reason: reason, Message: msg, ObservedGeneration: generation}
 	}
+	splitBrain := cond(lbv1.ConditionSplitBrain, false, "OneMaster", "at most one agent claims the virtual IPs")
+	if len(s.Masters) > 1 {
+		splitBrain = cond(lbv1.ConditionSplitBrain, true, "SeveralMasters",
+			fmt.Sprintf("agents on %s all claim the virtual IPs: they do not hear each other's adverts", strings.Join(s.Masters, ", ")))
+	}
 	var out []metav1.Condition
+	if desired == 0 && s.Live == 0 && s.Holder == "" {
+		// Most often a nodeSelector that matches no node: say where to look.
+		msg := "no node is due an agent: no node matches spec.nodeSelector (and spec.tolerations, for tainted nodes), " +
+			"or every one that does is labelled " + corev1.LabelNodeExcludeBalancers
+		return append(out, cond(lbv1.ConditionReady, false, "NoNodes", msg), cond(lbv1.ConditionDegraded, false, "NoNodes", msg), splitBrain)
+	}
 	switch {
 	case s.Holder == "":
 		out = append(out, cond(lbv1.ConditionReady, false, "NoMaster", "no agent holds the virtual IPs"))
@@ -171,11 +183,5 @@ func agentConditions(s agentSummary, desired int32, generation int64) []metav1.C
 		out = append(out, cond(lbv1.ConditionDegraded, false, "AllHealthy", "every agent is up and every backend is healthy"))
 	}
 
-	if len(s.Masters) > 1 {
-		out = append(out, cond(lbv1.ConditionSplitBrain, true, "SeveralMasters",
-			fmt.Sprintf("agents on %s all claim the virtual IPs: they do not hear each other's adverts", strings.Join(s.Masters, ", "))))
-	} else {
-		out = append(out, cond(lbv1.ConditionSplitBrain, false, "OneMaster", "at most one agent claims the virtual IPs"))
-	}
-	return out
+	return append(out, splitBrain)
 }

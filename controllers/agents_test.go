@@ -141,6 +141,11 @@ func TestSummarizeAgents(t *testing.T) {
 			want: result{Holder: "lb1", HolderSince: &t1, Masters: []string{"lb1"}, Live: 1,
 				Conditions: map[string]string{"Ready": "True/Serving", "Degraded": "True/Degraded", "SplitBrain": "False/OneMaster"}},
 		},
+		{
+			name:    "no node selected: a nodeSelector that matches no node says so",
+			desired: 0,
+			want:    result{Conditions: map[string]string{"Ready": "False/NoNodes", "Degraded": "False/NoNodes", "SplitBrain": "False/OneMaster"}},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -151,6 +156,9 @@ func TestSummarizeAgents(t *testing.T) {
 				got.Conditions[c.Type] = string(c.Status) + "/" + c.Reason
 				if c.Message == "" || c.ObservedGeneration != 1 {
 					t.Errorf("condition %s lacks a message or generation: %+v", c.Type, c)
+				}
+				if c.Reason == "NoNodes" && !strings.Contains(c.Message, "spec.nodeSelector") {
+					t.Errorf("%s says %q, not which field to check", c.Type, c.Message)
 				}
 				for _, e := range tt.want.Config {
 					if c.Type == lbv1.ConditionDegraded && !strings.Contains(c.Message, e) {
