@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"k8s.io/apimachinery/pkg/runtime"
+	utiljson "k8s.io/apimachinery/pkg/util/json"
 	"sigs.k8s.io/yaml"
 
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
@@ -17,8 +18,14 @@ import (
 
 // schema is the openAPIV3Schema of the served version of the CRD, read once.
 var schema = sync.OnceValues(func() (map[string]any, error) {
+	// Whole numbers as int64, as the apiserver decodes objects: the defaults
+	// taken from here must look like numbers read from a file.
+	j, err := yaml.YAMLToJSON(crd.LoadBalancerPair)
+	if err != nil {
+		return nil, fmt.Errorf("reading the embedded CRD: %w", err)
+	}
 	var doc map[string]any
-	if err := yaml.Unmarshal(crd.LoadBalancerPair, &doc); err != nil {
+	if err := utiljson.Unmarshal(j, &doc); err != nil {
 		return nil, fmt.Errorf("reading the embedded CRD: %w", err)
 	}
 	versions, _ := dig(doc, "spec", "versions").([]any)

@@ -45,7 +45,9 @@ spec:
     timeouts: {}
 `
 
-func TestDefaultMatchesAPIServer(t *testing.T) {
+// startAPIServer starts a kube-apiserver (envtest) with the CRD, for the test only.
+func startAPIServer(t *testing.T) client.Client {
+	t.Helper()
 	root := repoRoot(t)
 	env := &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},
@@ -72,6 +74,11 @@ func TestDefaultMatchesAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c
+}
+
+func TestDefaultMatchesAPIServer(t *testing.T) {
+	c := startAPIServer(t)
 
 	var sent lbv1.LoadBalancerPair
 	if err := yaml.UnmarshalStrict([]byte(pairYAML), &sent); err != nil {

@@ -3,6 +3,7 @@ package config
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utiljson "k8s.io/apimachinery/pkg/util/json"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
@@ -24,6 +26,10 @@ type File struct {
 	Pair    *lbv1.LoadBalancerPair
 	Secrets []corev1.Secret
 	Nodes   []corev1.Node
+
+	// pairObject is the pair as written, for validation: decoding into
+	// LoadBalancerPair loses an explicit 0 or "" in an optional field.
+	pairObject map[string]any
 }
 
 // ErrNoPair is returned for a file without a LoadBalancerPair.
@@ -42,8 +48,10 @@ func ReadFile(path string) (*File, error) {
 	return f, nil
 }
 
-// ParseFile parses a standalone configuration. Unknown fields are errors, as
-// `kubectl apply` makes them, and the pair gets the CRD's defaults.
+// ParseFile parses a standalone configuration. As `kubectl apply` of the pair
+// would, it refuses unknown fields and whatever the CRD's schema and rules
+// refuse, gives the pair the CRD's defaults, and drops its status, which only
+// the manager and agents write.
 func ParseFile(data []byte) (*File, error) {
 	var f File
 	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
@@ -65,6 +73,16 @@ func ParseFile(data []byte) (*File, error) {
 	if f.Pair == nil {
 		return nil, ErrNoPair
 	}
+	s, err := schema()
+	if err != nil {
+		return nil, err
+	}
+	delete(f.pairObject, "status")
+	f.Pair.Status = lbv1.LoadBalancerPairStatus{}
+	applyDefaults(f.pairObject, s)
+	if err := validate(context.Background(), f.pairObject); err != nil {
+		return nil, fmt.Errorf("the LoadBalancerPair is invalid: %w", err)
+	}
 	if err := Default(f.Pair); err != nil {
 		return nil, err
 	}
@@ -83,6 +101,14 @@ func (f *File) add(doc []byte) error {
 		}
 		var p lbv1.LoadBalancerPair
 		if err := yaml.UnmarshalStrict(doc, &p); err != nil {
+			return fmt.Errorf("reading the LoadBalancerPair: %w", err)
+		}
+		j, err := yaml.YAMLToJSON(doc)
+		if err != nil {
+			return fmt.Errorf("reading the LoadBalancerPair: %w", err)
+		}
+		// As the apiserver decodes objects: whole numbers as int64.
+		if err := utiljson.Unmarshal(j, &f.pairObject); err != nil {
 			return fmt.Errorf("reading the LoadBalancerPair: %w", err)
 		}
 		f.Pair = &p
