@@ -388,16 +388,50 @@ func (r *LoadBalancerPairReconciler) setCondition(pair *lbv1.LoadBalancerPair, t
 // unique across all pairs, whichever manager runs them, and a conflict with
 // a pair of another namespace must be seen, and rechecked when that pair
 // changes, as one within the namespace is.
+//
+// The cache holds every Node of the cluster, so it keeps of each only what
+// the manager reads (nodeForCache), and only the DaemonSets the manager
+// writes; no object keeps its managedFields, which on a pair grow with an
+// entry per agent.
 func CacheOptions(watchNamespace string) cache.Options {
-	if watchNamespace == "" {
-		return cache.Options{}
+	opts := cache.Options{
+		DefaultTransform: cache.TransformStripManagedFields(),
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Node{}:      {Transform: nodeForCache},
+			&appsv1.DaemonSet{}: {Label: labels.SelectorFromSet(labels.Set{managedByLabel: managerName})},
+		},
 	}
-	return cache.Options{
-		DefaultNamespaces: map[string]cache.Config{watchNamespace: {}},
+	if watchNamespace != "" {
+		opts.DefaultNamespaces = map[string]cache.Config{watchNamespace: {}}
 		// An empty map, not nil, caches every namespace. Nodes are
 		// cluster-scoped, so the default namespace does not limit them.
-		ByObject: map[client.Object]cache.ByObject{&lbv1.LoadBalancerPair{}: {Namespaces: map[string]cache.Config{}}},
+		opts.ByObject[&lbv1.LoadBalancerPair{}] = cache.ByObject{Namespaces: map[string]cache.Config{}}
 	}
+	return opts
+}
+
+// nodeForCache keeps of a Node what the manager reads: its labels
+// (nodeSelector, exclusion from load balancers), taints (tolerations) and
+// addresses (virtual IPs that are a node's). The rest of a node's status (its
+// images, conditions, capacity) runs to tens of kilobytes a node.
+func nodeForCache(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Node{
+		TypeMeta: n.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Name:              n.Name,
+			UID:               n.UID,
+			ResourceVersion:   n.ResourceVersion,
+			CreationTimestamp: n.CreationTimestamp,
+			DeletionTimestamp: n.DeletionTimestamp,
+			Labels:            n.Labels,
+		},
+		Spec:   corev1.NodeSpec{Taints: n.Spec.Taints},
+		Status: corev1.NodeStatus{Addresses: n.Status.Addresses},
+	}, nil
 }
 
 // watched tells whether the reconciler runs the pairs of namespace ns.

@@ -82,6 +82,7 @@ func runSuite(m *testing.M) int {
 		Scheme:                 scheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
+		Cache:                  CacheOptions(""),
 		Controller:             config.Controller{SkipNameValidation: ptrTo(true)},
 	})
 	if err != nil {
