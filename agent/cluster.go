@@ -75,6 +75,8 @@ func runCluster(ctx context.Context, o Options, a *Agent, st *statusReporter, lo
 	c, err := cache.New(restCfg, cache.Options{
 		Scheme:            scheme,
 		DefaultNamespaces: map[string]cache.Config{o.Namespace: {}},
+		// Never read here; on the pair they grow with an entry per agent.
+		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
 			&lbv1.LoadBalancerPair{}: {Field: fields.OneTermEqualSelector("metadata.name", o.Pair)},
 			&corev1.Node{}:           {Field: fields.OneTermEqualSelector("metadata.name", o.NodeName)},
