@@ -2,10 +2,11 @@
 # Benchmarks the lbpair proxy against nginx stream and HAProxy (mode tcp), one worker
 # each, in a network-namespace lab: wrk on a client host, the three proxies side by side,
 # two nginx backends. Prints requests/s, requests per CPU-second of the proxy process,
-# p50/p99 latency, bulk throughput, ratios, and memory per idle connection.
+# p50/p99 latency, bulk throughput, ratios, memory per idle connection, and memory per
+# stalled download (resident and in the kernel's socket buffers).
 #
 # Needs root (namespaces). Installs its Debian packages with hack/install-lab-deps.sh.
-# Usage: hack/bench.sh [-rounds N] [-duration 4s] [-idle-conns N] [-gomaxprocs N]
+# Usage: hack/bench.sh [-rounds N] [-duration 4s] [-idle-conns N] [-stalled-conns N] [-gomaxprocs N]
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -38,6 +38,7 @@ type benchProxy struct {
 	cmd  []string // how to start it, for a fresh start before the memory figure
 	port int
 	proc *netlab.Proc
+	host *netlab.Host
 }
 
 type scenario struct {
@@ -64,6 +65,7 @@ func runBench(args []string) error {
 	rounds := fs.Int("rounds", 6, "rounds; medians are reported. The order of the proxies is balanced over every 2 rounds for 2 proxies, 4 for 4, and 6 for 3")
 	duration := fs.Duration("duration", 4*time.Second, "length of each wrk run")
 	idleConns := fs.Int("idle-conns", 4000, "idle connections for the memory figure")
+	stalledConns := fs.Int("stalled-conns", 1000, "stalled downloads for the second memory figure; 0 skips it")
 	procs := fs.Int("gomaxprocs", 1, "GOMAXPROCS of the lbpair proxy")
 	only := fs.String("scenarios", "small50,small500,bulk,connclose", "scenarios to run, comma-separated: small50, small500 (keep-alive requests), bulk (8 MiB responses), connclose (a new connection per request)")
 	skipMem := fs.Bool("skip-memory", false, "skip the idle-connection memory figure")
@@ -210,33 +212,46 @@ func runBench(args []string) error {
 	// the runs after it (sockets in TIME_WAIT on every host). Each proxy is started
 	// afresh and warmed up, so that no proxy serves the connections from memory an earlier
 	// run left it.
-	mem := map[string]float64{}
-	for _, p := range proxies {
-		if *skipMem {
-			break
-		}
+	mem := map[string]memory{}
+	fresh := func(p *benchProxy) error {
 		if err := p.proc.Stop(5 * time.Second); err != nil {
 			return err
 		}
 		if err := p.start(proxyHost, client); err != nil {
 			return err
 		}
-		if _, err := wrk(client, bins["wrk"], p, 10, "/", time.Second); err != nil {
+		_, err := wrk(client, bins["wrk"], p, 10, "/", time.Second)
+		return err
+	}
+	for _, p := range proxies {
+		if *skipMem {
+			break
+		}
+		var m memory
+		if err := fresh(p); err != nil {
 			return err
 		}
-		per, err := idleMemory(client, self, p, *idleConns)
-		if err != nil {
+		if m.idle, _, err = heldMemory(client, self, p, *idleConns, false); err != nil {
 			return fmt.Errorf("measuring idle memory of %s: %w", p.name, err)
 		}
-		mem[p.name] = per
+		if *stalledConns > 0 {
+			if err := fresh(p); err != nil {
+				return err
+			}
+			if m.stalled, m.stalledKernel, err = heldMemory(client, self, p, *stalledConns, true); err != nil {
+				return fmt.Errorf("measuring the memory of stalled downloads through %s: %w", p.name, err)
+			}
+		}
+		mem[p.name] = m
 	}
 
-	report(os.Stdout, scenarios, proxies, results, mem, *idleConns)
+	report(os.Stdout, scenarios, proxies, results, mem, *idleConns, *stalledConns)
 	return nil
 }
 
 // start starts the proxy in host h and waits until it answers the client.
 func (p *benchProxy) start(h, client *netlab.Host) error {
+	p.host = h
 	proc, err := h.Start(nil, p.cmd[0], p.cmd[1:]...)
 	if err != nil {
 		return err
@@ -577,8 +592,14 @@ func parseDuration(v, unit string) time.Duration {
 	return time.Duration(f * float64(map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second, "m": time.Minute}[unit]))
 }
 
-// idleMemory returns the proxy's resident bytes per idle established connection.
-func idleMemory(client *netlab.Host, self string, p *benchProxy, n int) (float64, error) {
+// memory is what a proxy holds per connection: resident bytes per idle connection, and
+// per stalled download resident bytes and the kernel's socket buffers.
+type memory struct{ idle, stalled, stalledKernel float64 }
+
+// heldMemory holds n connections through the proxy (idle after one request, or stalled
+// downloads) and returns the proxy's resident bytes per connection and, for stalled
+// downloads, the bytes its sockets queue in the kernel per connection.
+func heldMemory(client *netlab.Host, self string, p *benchProxy, n int, stalled bool) (user, kernel float64, err error) {
 	time.Sleep(500 * time.Millisecond)
 	_, before := usage(p)
 	ready := make(chan struct{}, 1)
@@ -586,21 +607,46 @@ func idleMemory(client *netlab.Host, self string, p *benchProxy, n int) (float64
 		if line == "ready" {
 			ready <- struct{}{}
 		}
-	}, self, "hold", "-addr", fmt.Sprintf("%s:%d", proxyIP, p.port), "-n", strconv.Itoa(n))
+	}, self, "hold", "-addr", fmt.Sprintf("%s:%d", proxyIP, p.port), "-n", strconv.Itoa(n), fmt.Sprintf("-stalled=%v", stalled))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer hold.Stop(5 * time.Second)
 	select {
 	case <-ready:
 	case <-hold.Done():
-		return 0, fmt.Errorf("hold exited: %v: %s", hold.Err(), hold.Output())
+		return 0, 0, fmt.Errorf("hold exited: %v: %s", hold.Err(), hold.Output())
 	case <-time.After(60 * time.Second):
-		return 0, errors.New("hold did not get ready in 60s")
+		return 0, 0, errors.New("hold did not get ready in 60s")
 	}
 	time.Sleep(time.Second)
+	if stalled {
+		// Until every download has filled the buffers on its way.
+		time.Sleep(2 * time.Second)
+		if kernel, err = socketMemory(p.host); err != nil {
+			return 0, 0, err
+		}
+	}
 	_, after := usage(p)
-	return float64(after-before) / float64(n), nil
+	return float64(after-before) / float64(n), kernel / float64(n), nil
+}
+
+var reSkmem = regexp.MustCompile(`skmem:\(r(\d+),rb\d+,t\d+,tb\d+,f\d+,w(\d+)`)
+
+// socketMemory sums what the TCP sockets of host h hold in the kernel: received data
+// not yet read (rmem_alloc) and data queued to send (wmem_queued), from ss.
+func socketMemory(h *netlab.Host) (float64, error) {
+	out, err := h.Exec("ss", "-tmnH")
+	if err != nil {
+		return 0, err
+	}
+	var sum float64
+	for _, m := range reSkmem.FindAllStringSubmatch(out, -1) {
+		r, _ := strconv.ParseFloat(m[1], 64)
+		w, _ := strconv.ParseFloat(m[2], 64)
+		sum += r + w
+	}
+	return sum, nil
 }
 
 func median(xs []float64) float64 {
@@ -623,7 +669,7 @@ func pick(ss []sample, f func(sample) float64) []float64 {
 	return out
 }
 
-func report(w io.Writer, scenarios []scenario, proxies []*benchProxy, results map[string]map[string][]sample, mem map[string]float64, idle int) {
+func report(w io.Writer, scenarios []scenario, proxies []*benchProxy, results map[string]map[string][]sample, mem map[string]memory, idle, stalled int) {
 	if len(scenarios) > 0 {
 		reportRuns(w, scenarios, proxies, results)
 	}
@@ -632,7 +678,15 @@ func report(w io.Writer, scenarios []scenario, proxies []*benchProxy, results ma
 	}
 	fmt.Fprintf(w, "Resident memory per idle established connection (fresh process, %d connections, after one request each):\n", idle)
 	for _, p := range proxies {
-		fmt.Fprintf(w, "  %-8s %7.0f bytes\n", p.name, mem[p.name])
+		fmt.Fprintf(w, "  %-8s %7.0f bytes\n", p.name, mem[p.name].idle)
+	}
+	if stalled == 0 {
+		return
+	}
+	fmt.Fprintf(w, "Memory per stalled download (fresh process, %d clients that request the bulk file and read none of it): resident, and the proxy's socket buffers in the kernel:\n", stalled)
+	for _, p := range proxies {
+		m := mem[p.name]
+		fmt.Fprintf(w, "  %-8s %7.0f bytes resident  %7.0f bytes in the kernel\n", p.name, m.stalled, m.stalledKernel)
 	}
 }
 

@@ -16,12 +16,18 @@ import (
 
 // runHold opens n connections to addr, makes one HTTP request on each (so every proxy has
 // done its per-connection setup and first transfer), prints "ready", and keeps them open
-// and idle until it is signalled.
+// and idle until it is signalled. With -stalled, each requests the bulk file and reads
+// none of it, as clients that stopped reading a download.
 func runHold(args []string) error {
 	fs := flag.NewFlagSet("hold", flag.ExitOnError)
 	addr := fs.String("addr", "", "address to connect to")
 	n := fs.Int("n", 1000, "connections")
+	stalled := fs.Bool("stalled", false, "request the bulk file on each connection and read none of it")
 	_ = fs.Parse(args)
+	path := "/"
+	if *stalled {
+		path = "/big"
+	}
 	raiseNoFile()
 	conns := make([]net.Conn, 0, *n)
 	for i := range *n {
@@ -30,11 +36,14 @@ func runHold(args []string) error {
 			return fmt.Errorf("connection %d: %w", i, err)
 		}
 		conns = append(conns, c)
-		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: bench\r\n\r\n"); err != nil {
+		if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: bench\r\n\r\n"); err != nil {
 			return fmt.Errorf("connection %d: %w", i, err)
 		}
 	}
 	for i, c := range conns {
+		if *stalled {
+			break
+		}
 		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		if err := readResponse(bufio.NewReader(c)); err != nil {
 			return fmt.Errorf("connection %d: reading the response: %w", i, err)
