@@ -55,28 +55,33 @@ type agentSummary struct {
 
 // summarizeAgents reads the per-node entries. previous is the pair's
 // current holder, so that holderSince does not move while the holder stays.
+// skews says how far each node's clock is behind the manager's (see
+// clockSkews); a node missing from it is taken to agree with the manager.
 //
 // A master that has not written its entry since another agent became
 // master is superseded: the other took over because it stopped hearing it
 // (it crashed, or lost its link), so it is neither the holder nor a sign of
 // split brain. Masters that keep reporting at once are a split brain; the
 // holder is then the one that became master last.
-func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *metav1.Time, now time.Time) agentSummary {
+func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *metav1.Time, now time.Time, skews map[string]time.Duration) agentSummary {
 	var s agentSummary
 	var masters []*lbv1.AgentStatus
+	// Timestamps of the agents' clocks, read by the manager's.
+	updated := func(a *lbv1.AgentStatus) time.Time { return a.LastUpdateTime.Add(skews[a.Node]) }
+	since := func(a *lbv1.AgentStatus) time.Time { return a.Since.Add(skews[a.Node]) }
 	for i := range agents {
 		a := &agents[i]
-		age := now.Sub(a.LastUpdateTime.Time)
+		age := now.Sub(updated(a))
 		switch {
 		case age > AgentStaleAfter:
 			s.Stale = append(s.Stale, a.Node)
 			continue
 		case age > AgentSilentAfter:
 			s.Unknown = append(s.Unknown, a.Node)
-			s.changesAt(a.LastUpdateTime.Add(AgentStaleAfter))
+			s.changesAt(updated(a).Add(AgentStaleAfter))
 			continue
 		}
-		s.changesAt(a.LastUpdateTime.Add(AgentSilentAfter))
+		s.changesAt(updated(a).Add(AgentSilentAfter))
 		if a.ConfigError != "" {
 			s.ConfigErrors = append(s.ConfigErrors, a.Node+": "+a.ConfigError)
 		}
@@ -90,13 +95,13 @@ func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *
 		}
 	}
 	sort.Slice(masters, func(i, j int) bool {
-		if !masters[i].Since.Equal(&masters[j].Since) {
-			return masters[j].Since.Before(&masters[i].Since)
+		if si, sj := since(masters[i]), since(masters[j]); !si.Equal(sj) {
+			return sj.Before(si)
 		}
 		return masters[i].Node < masters[j].Node
 	})
 	for i, m := range masters {
-		if i > 0 && m.LastUpdateTime.Before(&masters[0].Since) {
+		if i > 0 && updated(m).Before(since(masters[0])) {
 			s.Unknown = append(s.Unknown, m.Node)
 			continue
 		}
@@ -109,8 +114,8 @@ func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *
 	}
 	h := masters[0]
 	s.Holder, s.HolderEntry = h.Node, h
-	since := metav1.NewTime(h.Since.Time)
-	s.HolderSince = &since
+	holderSince := metav1.NewTime(h.Since.Time)
+	s.HolderSince = &holderSince
 	if previous == h.Node && previousSince != nil {
 		s.HolderSince = previousSince
 	}

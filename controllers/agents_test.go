@@ -149,7 +149,7 @@ func TestSummarizeAgents(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := summarizeAgents(tt.agents, tt.previous, tt.previousSince, now)
+			s := summarizeAgents(tt.agents, tt.previous, tt.previousSince, now, nil)
 			got := result{Holder: s.Holder, HolderSince: s.HolderSince, Masters: s.Masters, Live: s.Live,
 				Faulty: s.Faulty, Unknown: s.Unknown, Stale: s.Stale, Down: s.DownPorts, Partial: s.PartialPorts, Config: s.ConfigErrors, Conditions: map[string]string{}}
 			for _, c := range agentConditions(s, tt.desired, 1) {
@@ -190,7 +190,7 @@ func TestSummaryNextChange(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := summarizeAgents(tt.agents, "", nil, now).NextChange; !got.Equal(tt.want) {
+			if got := summarizeAgents(tt.agents, "", nil, now, nil).NextChange; !got.Equal(tt.want) {
 				t.Errorf("NextChange %v, want %v", got, tt.want)
 			}
 		})

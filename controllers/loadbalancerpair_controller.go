@@ -63,6 +63,8 @@ type LoadBalancerPairReconciler struct {
 	// lastHolders remembers each pair's last holder, types.NamespacedName
 	// to node name, to name it in the Event for the next one.
 	lastHolders sync.Map
+	// skews reads the agents' timestamps by the manager's clock.
+	skews clockSkews
 }
 
 // The manager writes by server-side apply (create and patch) and patches the
@@ -88,6 +90,7 @@ func (r *LoadBalancerPairReconciler) Reconcile(ctx context.Context, req ctrl.Req
 	if err := r.Get(ctx, req.NamespacedName, &pair); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.lastHolders.Delete(req.NamespacedName)
+			r.skews.forget(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -251,7 +254,8 @@ func (r *LoadBalancerPairReconciler) applyDaemonSet(ctx context.Context, pair *l
 // removes entries of agents that are gone, and reports failovers.
 func (r *LoadBalancerPairReconciler) updateFromAgents(ctx context.Context, pair *lbv1.LoadBalancerPair) (ctrl.Result, error) {
 	now := r.now()
-	s := summarizeAgents(pair.Status.Agents, pair.Status.Holder, pair.Status.HolderSince, now)
+	skews := r.skews.observe(types.NamespacedName{Namespace: pair.Namespace, Name: pair.Name}, pair.Status.Agents, now)
+	s := summarizeAgents(pair.Status.Agents, pair.Status.Holder, pair.Status.HolderSince, now, skews)
 	if len(s.Stale) > 0 {
 		if err := r.removeAgentEntries(ctx, pair, s.Stale); err != nil {
 			return ctrl.Result{}, err

@@ -88,8 +88,10 @@ func TestStatusFollowsTheAgents(t *testing.T) {
 		return nil
 	})
 
-	// Both claim the VIPs: split brain, with an Event.
+	// Both claim the VIPs and keep reporting: split brain, with an Event.
 	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: lb2, State: lbv1.StateMaster, Priority: 90, Since: micro, LastUpdateTime: micro, Reason: "master down timer expired", Ports: []lbv1.PortStatus{up}})
+	refreshed := metav1.NewMicroTime(time.Now().Add(time.Second))
+	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: lb1, State: lbv1.StateMaster, Priority: 100, Since: micro, LastUpdateTime: refreshed, Reason: "preempted a lower priority master", Ports: []lbv1.PortStatus{up}})
 	eventually(t, "split brain", func() error {
 		p := getPair(t, ns, "web")
 		if c := apimeta.FindStatusCondition(p.Status.Conditions, lbv1.ConditionSplitBrain); c == nil || c.Status != metav1.ConditionTrue {
