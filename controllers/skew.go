@@ -14,20 +14,21 @@ import (
 // clock is minutes off must not look silent, or gone, for that alone, nor seem
 // to have taken over before another master did.
 //
-// Each time an entry's lastUpdateTime changes, the manager sees it a moment
-// after the agent wrote it, so the skew is the least difference seen between
-// the manager's clock at that moment and the timestamp. The first sighting of
-// an entry, by a manager that has just started, counts it as fresh: an entry
-// of an agent that stopped long before is then removed one AgentStaleAfter
-// later, not at once. Like the node lifecycle controller, which times node
-// leases by its own clock, the manager needs no clock agreement with the nodes.
+// An agent writes its entry only while it runs, so an entry that changed was
+// written a moment ago: the skew is the difference between the manager's
+// clock when it sees an entry change and the entry's lastUpdateTime. An entry
+// is thus timed from when the manager last saw it change, by the manager's
+// clock, as the node lifecycle controller times node leases; a node whose
+// clock steps is followed at its next write. The first sighting of an entry,
+// by a manager that has just started, counts it as fresh: an entry of an
+// agent that stopped long before is removed one AgentStaleAfter later.
 type clockSkews struct {
 	mu     sync.Mutex
 	byPair map[types.NamespacedName]map[string]sighting
 }
 
-// sighting is the last lastUpdateTime seen in a node's entry, and the least
-// skew seen so far.
+// sighting is the last lastUpdateTime seen in a node's entry, and the skew
+// when it was first seen.
 type sighting struct {
 	update time.Time
 	skew   time.Duration
@@ -48,11 +49,8 @@ func (c *clockSkews) observe(pair types.NamespacedName, agents []lbv1.AgentStatu
 	for _, a := range agents {
 		update := a.LastUpdateTime.Time
 		s, known := old[a.Node]
-		switch lag := now.Sub(update); {
-		case !known:
-			s = sighting{update: update, skew: lag}
-		case !update.Equal(s.update):
-			s.update, s.skew = update, min(s.skew, lag)
+		if !known || !update.Equal(s.update) {
+			s = sighting{update: update, skew: now.Sub(update)}
 		}
 		seen[a.Node], skews[a.Node] = s, s.skew
 	}

@@ -11,7 +11,9 @@ import (
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
 )
 
-func TestClockSkewsTakeTheLeastLagSeen(t *testing.T) {
+// TestClockSkewsFollowTheLatestWrite: an entry that changed was written a moment ago,
+// whatever its clock says; one that did not change keeps the skew it was seen with.
+func TestClockSkewsFollowTheLatestWrite(t *testing.T) {
 	var c clockSkews
 	pair := types.NamespacedName{Namespace: "ns", Name: "web"}
 	t0 := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
@@ -27,20 +29,17 @@ func TestClockSkewsTakeTheLeastLagSeen(t *testing.T) {
 		{"first sighting: fresh, whatever the clock says",
 			t0, []lbv1.AgentStatus{entry("behind", t0.Add(-10*time.Minute)), entry("ahead", t0.Add(3*time.Minute))},
 			map[string]time.Duration{"behind": 10 * time.Minute, "ahead": -3 * time.Minute}},
-		{"a write seen sooner after it was made lowers the skew",
-			t0.Add(10 * time.Second), []lbv1.AgentStatus{entry("behind", t0.Add(-10*time.Minute+11*time.Second)), entry("ahead", t0.Add(3*time.Minute))},
-			map[string]time.Duration{"behind": 10*time.Minute - time.Second, "ahead": -3 * time.Minute}},
-		{"an unchanged entry keeps its skew, however old",
-			t0.Add(5 * time.Minute), []lbv1.AgentStatus{entry("behind", t0.Add(-10*time.Minute+11*time.Second)), entry("ahead", t0.Add(3*time.Minute))},
-			map[string]time.Duration{"behind": 10*time.Minute - time.Second, "ahead": -3 * time.Minute}},
-		{"a later write seen later does not raise it",
-			t0.Add(6 * time.Minute), []lbv1.AgentStatus{entry("behind", t0.Add(-10*time.Minute+11*time.Second)), entry("ahead", t0.Add(3*time.Minute+10*time.Second))},
-			map[string]time.Duration{"behind": 10*time.Minute - time.Second, "ahead": -3 * time.Minute}},
+		{"an unchanged entry keeps its skew, however long it stays unchanged",
+			t0.Add(5 * time.Minute), []lbv1.AgentStatus{entry("behind", t0.Add(-10*time.Minute)), entry("ahead", t0.Add(3*time.Minute))},
+			map[string]time.Duration{"behind": 10 * time.Minute, "ahead": -3 * time.Minute}},
+		{"a write is read as made when it is seen: a clock that stepped back is followed",
+			t0.Add(6 * time.Minute), []lbv1.AgentStatus{entry("behind", t0.Add(-5*time.Minute)), entry("ahead", t0.Add(3*time.Minute))},
+			map[string]time.Duration{"behind": 11 * time.Minute, "ahead": -3 * time.Minute}},
 		{"an entry gone is forgotten",
-			t0.Add(7 * time.Minute), []lbv1.AgentStatus{entry("ahead", t0.Add(3*time.Minute+10*time.Second))},
+			t0.Add(7 * time.Minute), []lbv1.AgentStatus{entry("ahead", t0.Add(3*time.Minute))},
 			map[string]time.Duration{"ahead": -3 * time.Minute}},
 		{"and sighted anew when it comes back",
-			t0.Add(8 * time.Minute), []lbv1.AgentStatus{entry("behind", t0.Add(-2*time.Minute)), entry("ahead", t0.Add(3*time.Minute+10*time.Second))},
+			t0.Add(8 * time.Minute), []lbv1.AgentStatus{entry("behind", t0.Add(-2*time.Minute)), entry("ahead", t0.Add(3*time.Minute))},
 			map[string]time.Duration{"behind": 10 * time.Minute, "ahead": -3 * time.Minute}},
 	}
 	for _, st := range steps {

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
@@ -31,6 +32,9 @@ var (
 	restConfig *rest.Config
 	k8s        client.Client
 	repoRoot   string
+	// testRecorder is the suite manager's Event recorder, for reconcilers a
+	// test runs itself.
+	testRecorder events.EventRecorder
 )
 
 const testImage = "registry.example/lbpair:test"
@@ -88,10 +92,11 @@ func runSuite(m *testing.M) int {
 	if err != nil {
 		panic(err)
 	}
+	testRecorder = mgr.GetEventRecorder("lbpair-manager")
 	r := &LoadBalancerPairReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
-		Recorder:  mgr.GetEventRecorder("lbpair-manager"),
+		Recorder:  testRecorder,
 		Agent:     AgentSettings{Image: testImage, Resources: DefaultAgentResources()},
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
