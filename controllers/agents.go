@@ -137,6 +137,11 @@ func (s *agentSummary) changesAt(t time.Time) {
 	}
 }
 
+// noNodes says why no node is due an agent, most often a nodeSelector that
+// matches no node, and where to look.
+const noNodes = "no node is due an agent: no node matches spec.nodeSelector (and spec.tolerations, for tainted nodes), " +
+	"or every one that does is labelled " + corev1.LabelNodeExcludeBalancers
+
 // agentConditions turns a summary into the Ready, Degraded and SplitBrain
 // conditions. desired is how many nodes should run an agent.
 func agentConditions(s agentSummary, desired int32, generation int64) []metav1.Condition {
@@ -154,10 +159,7 @@ func agentConditions(s agentSummary, desired int32, generation int64) []metav1.C
 	}
 	var out []metav1.Condition
 	if desired == 0 && s.Live == 0 && s.Holder == "" {
-		// Most often a nodeSelector that matches no node: say where to look.
-		msg := "no node is due an agent: no node matches spec.nodeSelector (and spec.tolerations, for tainted nodes), " +
-			"or every one that does is labelled " + corev1.LabelNodeExcludeBalancers
-		return append(out, cond(lbv1.ConditionReady, false, "NoNodes", msg), cond(lbv1.ConditionDegraded, false, "NoNodes", msg), splitBrain)
+		return append(out, cond(lbv1.ConditionReady, false, "NoNodes", noNodes), cond(lbv1.ConditionDegraded, false, "NoNodes", noNodes), splitBrain)
 	}
 	switch {
 	case s.Holder == "":

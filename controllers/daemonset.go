@@ -246,7 +246,7 @@ func daemonSetAvailable(desired, updated, available int32, observed, generation 
 	case observed < generation:
 		return false, "the DaemonSet controller has not seen the latest template yet"
 	case desired == 0:
-		return false, "no node matches spec.nodeSelector (or no node tolerates the pair)"
+		return false, noNodes
 	case updated < desired:
 		return false, fmt.Sprintf("%d of %d agents run the current template", updated, desired)
 	case available < desired:
