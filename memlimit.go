@@ -46,6 +46,9 @@ const unlimited = 1 << 62
 // (hybrid hosts) or v2.
 func cgroupMemoryLimit(root string) (int64, error) {
 	mounts, err := cgroupMounts(filepath.Join(root, "proc/self/mountinfo"))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil // not Linux: no cgroups
+	}
 	if err != nil {
 		return 0, err
 	}

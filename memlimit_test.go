@@ -161,6 +161,10 @@ func TestCgroupMemoryLimit(t *testing.T) {
 			want:  0,
 		},
 		{
+			name: "no /proc (not Linux)",
+			want: 0,
+		},
+		{
 			name:      "no cgroup mounted",
 			mountinfo: "22 1 0:21 / /proc rw - proc proc rw\n", cgroup: "0::/\n",
 			want: 0,
@@ -168,7 +172,10 @@ func TestCgroupMemoryLimit(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			root := t.TempDir()
-			files := map[string]string{"proc/self/mountinfo": tc.mountinfo, "proc/self/cgroup": tc.cgroup}
+			files := map[string]string{}
+			if tc.mountinfo != "" {
+				files["proc/self/mountinfo"], files["proc/self/cgroup"] = tc.mountinfo, tc.cgroup
+			}
 			for k, v := range tc.files {
 				files[k] = v
 			}
