@@ -504,29 +504,34 @@ type listener struct {
 	name string
 	m    *listenerMetrics
 
-	plan     atomic.Pointer[plan]
-	backends map[netip.AddrPort]*backend // guarded by s.mu
-	dynamic  bool                        // backends come from SetBackends; guarded by s.mu
-	active   atomic.Int64
-	retired  atomic.Bool // set under s.mu
-	// resourcesLogged is when logOutOfResources last logged, in unix nanoseconds.
-	resourcesLogged atomic.Int64
+	plan         atomic.Pointer[plan]
+	backends     map[netip.AddrPort]*backend // guarded by s.mu
+	dynamic      bool                        // backends come from SetBackends; guarded by s.mu
+	active       atomic.Int64
+	retired      atomic.Bool // set under s.mu
+	resourcesLog throttle    // logOutOfResources
 }
 
-// resourcesLogEvery spaces a listener's out-of-resources log lines: at the file limit
-// every connection and probe fails, and one line every few seconds says so.
+// resourcesLogEvery spaces out-of-resources log lines: at the file limit every
+// connection, probe and accept fails, and one line every few seconds says so.
 const resourcesLogEvery = 10 * time.Second
+
+// throttle lets one event through per resourcesLogEvery; its zero value lets the first.
+type throttle struct{ last atomic.Int64 } // unix nanoseconds
+
+// allow reports whether an event at now may go through, and if so counts it.
+func (t *throttle) allow(now time.Time) bool {
+	last := t.last.Load()
+	return now.UnixNano()-last >= int64(resourcesLogEvery) && t.last.CompareAndSwap(last, now.UnixNano())
+}
 
 // logOutOfResources logs, at most every resourcesLogEvery, that a connect to backend
 // failed for want of the agent's own resources (see outOfResources).
 func (l *listener) logOutOfResources(backend string, err error) {
-	now := time.Now().UnixNano()
-	last := l.resourcesLogged.Load()
-	if now-last < int64(resourcesLogEvery) || !l.resourcesLogged.CompareAndSwap(last, now) {
-		return
+	if l.resourcesLog.allow(time.Now()) {
+		l.s.log.Error(err, "Out of local resources to connect to a backend; clients are refused, the backend is not marked down",
+			"listener", l.name, "backend", backend)
 	}
-	l.s.log.Error(err, "Out of local resources to connect to a backend; clients are refused, the backend is not marked down",
-		"listener", l.name, "backend", backend)
 }
 
 func newListener(s *Server, name string) *listener {

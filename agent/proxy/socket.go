@@ -115,7 +115,7 @@ func (s *Server) startAccepting(sk *socket) {
 		var a acceptor
 		accept := a.accept
 		var delay time.Duration
-		var logged time.Time // the last retry logged
+		var retries throttle // logged
 		for {
 			err := rc.Read(accept)
 			if err == nil {
@@ -129,8 +129,7 @@ func (s *Server) startAccepting(sk *socket) {
 					delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 					// Out of descriptors, every accept fails until some are freed: one
 					// line every resourcesLogEvery says so.
-					if now := time.Now(); now.Sub(logged) >= resourcesLogEvery {
-						logged = now
+					if retries.allow(time.Now()) {
 						s.log.Error(err, "Accepting a connection; retrying", "addr", sk.addr, "delay", delay)
 					}
 					time.Sleep(delay)
