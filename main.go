@@ -37,7 +37,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, usage)
 		os.Exit(2)
 	}
-	if _, err := setMemoryLimit(); err != nil {
+	if err := setMemoryLimit(); err != nil {
 		fmt.Fprintf(os.Stderr, "lbpair: leaving the Go runtime without a memory limit: %v\n", err)
 	}
 	ctx := ctrl.SetupSignalHandler()

@@ -21,19 +21,17 @@ const memoryLimitShare = 0.9
 // systemd unit's MemoryMax). Without one, the collector lets the heap grow to
 // twice what is live before it runs, so a process whose live heap passes half
 // its limit (an agent holding the buffers of many slow connections) is killed
-// for memory it does not use. An explicit GOMEMLIMIT is left as it is. It
-// returns the limit set, 0 when there is none to follow.
-func setMemoryLimit() (int64, error) {
+// for memory it does not use. An explicit GOMEMLIMIT is left as it is.
+func setMemoryLimit() error {
 	if os.Getenv("GOMEMLIMIT") != "" {
-		return 0, nil
+		return nil
 	}
 	limit, err := cgroupMemoryLimit("/")
 	if err != nil || limit == 0 {
-		return 0, err
+		return err
 	}
-	soft := int64(float64(limit) * memoryLimitShare)
-	debug.SetMemoryLimit(soft)
-	return soft, nil
+	debug.SetMemoryLimit(int64(float64(limit) * memoryLimitShare))
+	return nil
 }
 
 // unlimited is where cgroup v1 reports no limit (it prints the largest page

@@ -158,7 +158,7 @@ func agentConditions(s agentSummary, desired int32, generation int64) []metav1.C
 			fmt.Sprintf("agents on %s all claim the virtual IPs: they do not hear each other's adverts", strings.Join(s.Masters, ", ")))
 	}
 	var out []metav1.Condition
-	if desired == 0 && s.Live == 0 && s.Holder == "" {
+	if desired == 0 && s.Live == 0 { // no live agent, so no holder either
 		return append(out, cond(lbv1.ConditionReady, false, "NoNodes", noNodes), cond(lbv1.ConditionDegraded, false, "NoNodes", noNodes), splitBrain)
 	}
 	switch {

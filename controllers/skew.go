@@ -28,7 +28,7 @@ type clockSkews struct {
 }
 
 // sighting is the last lastUpdateTime seen in a node's entry, and the skew
-// when it was first seen.
+// read when the manager first saw it.
 type sighting struct {
 	update time.Time
 	skew   time.Duration

@@ -38,7 +38,6 @@ type benchProxy struct {
 	cmd  []string // how to start it, for a fresh start before the memory figure
 	port int
 	proc *netlab.Proc
-	host *netlab.Host
 }
 
 type scenario struct {
@@ -231,14 +230,14 @@ func runBench(args []string) error {
 		if err := fresh(p); err != nil {
 			return err
 		}
-		if m.idle, _, err = heldMemory(client, self, p, *idleConns, false); err != nil {
+		if m.idle, _, err = heldMemory(client, proxyHost, self, p, *idleConns, false); err != nil {
 			return fmt.Errorf("measuring idle memory of %s: %w", p.name, err)
 		}
 		if *stalledConns > 0 {
 			if err := fresh(p); err != nil {
 				return err
 			}
-			if m.stalled, m.stalledKernel, err = heldMemory(client, self, p, *stalledConns, true); err != nil {
+			if m.stalled, m.stalledKernel, err = heldMemory(client, proxyHost, self, p, *stalledConns, true); err != nil {
 				return fmt.Errorf("measuring the memory of stalled downloads through %s: %w", p.name, err)
 			}
 		}
@@ -251,7 +250,6 @@ func runBench(args []string) error {
 
 // start starts the proxy in host h and waits until it answers the client.
 func (p *benchProxy) start(h, client *netlab.Host) error {
-	p.host = h
 	proc, err := h.Start(nil, p.cmd[0], p.cmd[1:]...)
 	if err != nil {
 		return err
@@ -599,7 +597,7 @@ type memory struct{ idle, stalled, stalledKernel float64 }
 // heldMemory holds n connections through the proxy (idle after one request, or stalled
 // downloads) and returns the proxy's resident bytes per connection and, for stalled
 // downloads, the bytes its sockets queue in the kernel per connection.
-func heldMemory(client *netlab.Host, self string, p *benchProxy, n int, stalled bool) (user, kernel float64, err error) {
+func heldMemory(client, proxyHost *netlab.Host, self string, p *benchProxy, n int, stalled bool) (user, kernel float64, err error) {
 	time.Sleep(500 * time.Millisecond)
 	_, before := usage(p)
 	ready := make(chan struct{}, 1)
@@ -623,7 +621,7 @@ func heldMemory(client *netlab.Host, self string, p *benchProxy, n int, stalled 
 	if stalled {
 		// Until every download has filled the buffers on its way.
 		time.Sleep(2 * time.Second)
-		if kernel, err = socketMemory(p.host); err != nil {
+		if kernel, err = socketMemory(proxyHost); err != nil {
 			return 0, 0, err
 		}
 	}
