@@ -17,11 +17,7 @@ import (
 // idle, drains begun and cancelled. Back at its first configuration, it must hold
 // what it held then: goroutines, file descriptors and metric series.
 func TestChurnLeavesNothingBehind(t *testing.T) {
-	tl := newTestLab(t, 3)
-	for i, h := range tl.backends {
-		serve(t, h, backendAddr(i+1, 8080), echo)
-	}
-	withVIP(t, tl)
+	tl := echoLab(t, 3)
 	reg := prometheus.NewRegistry()
 	base := Config{Listeners: []ListenerConfig{listenerCfg("web", 80, backendAddr(1, 8080))}}
 	s := startProxy(t, tl, base, WithMetrics(reg))

@@ -40,11 +40,7 @@ func withVIP(t *testing.T, tl *testLab) {
 // TestLargeTransfersIntact sends large random streams both ways through the proxy, several
 // at once, and compares checksums.
 func TestLargeTransfersIntact(t *testing.T) {
-	tl := newTestLab(t, 2)
-	for i, h := range tl.backends {
-		serve(t, h, backendAddr(i+1, 8080), echo)
-	}
-	withVIP(t, tl)
+	tl := echoLab(t, 2)
 	reg := prometheus.NewRegistry()
 	s := startProxy(t, tl, Config{Listeners: []ListenerConfig{listenerCfg("bulk", 80, backendAddr(1, 8080), backendAddr(2, 8080))}},
 		WithMetrics(reg))
@@ -239,11 +235,7 @@ func TestAllBackendsDown(t *testing.T) {
 // TestReconfigureUnderLoad changes backends, balancing and checks while clients run,
 // and expects no failed request and the long-lived connections to survive.
 func TestReconfigureUnderLoad(t *testing.T) {
-	tl := newTestLab(t, 3)
-	for i, h := range tl.backends {
-		serve(t, h, backendAddr(i+1, 8080), echo)
-	}
-	withVIP(t, tl)
+	tl := echoLab(t, 3)
 	base := listenerCfg("web", 80, backendAddr(1, 8080), backendAddr(2, 8080))
 	s := startProxy(t, tl, Config{Listeners: []ListenerConfig{base}})
 

@@ -50,6 +50,18 @@ func newTestLab(t *testing.T, backends int) *testLab {
 	return tl
 }
 
+// echoLab is a lab whose backends echo on port 8080, with the virtual IP on the proxy
+// host, as on the master.
+func echoLab(t *testing.T, backends int) *testLab {
+	t.Helper()
+	tl := newTestLab(t, backends)
+	for i, h := range tl.backends {
+		serve(t, h, backendAddr(i+1, 8080), echo)
+	}
+	withVIP(t, tl)
+	return tl
+}
+
 func backendAddr(i, port int) netip.AddrPort {
 	return netip.MustParseAddrPort(fmt.Sprintf(backendIP+":%d", i, port))
 }

@@ -42,11 +42,7 @@ func checkNoBackendBlamed(t *testing.T, s *Server, reporter *healthRecorder) {
 // taken towards both backends, a new client is refused for want of local resources,
 // and neither backend is blamed for it.
 func TestLocalPortsRunOut(t *testing.T) {
-	tl := newTestLab(t, 2)
-	for i, h := range tl.backends {
-		serve(t, h, backendAddr(i+1, 8080), echo)
-	}
-	withVIP(t, tl)
+	tl := echoLab(t, 2)
 	if err := tl.proxy.Sysctl("net.ipv4.ip_local_port_range", "40000 40000"); err != nil {
 		t.Fatal(err)
 	}
@@ -86,11 +82,7 @@ func TestLocalPortsRunOut(t *testing.T) {
 // proxy's socket calls rather than by lowering the process's limit; the standalone agent
 // test runs into the real limit.)
 func TestFileDescriptorsRunOut(t *testing.T) {
-	tl := newTestLab(t, 2)
-	for i, h := range tl.backends {
-		serve(t, h, backendAddr(i+1, 8080), echo)
-	}
-	withVIP(t, tl)
+	tl := echoLab(t, 2)
 	var exhausted atomic.Bool
 	var probesFailed atomic.Int32
 	atLimit := func(s *Server) {
