@@ -12,9 +12,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -72,8 +74,10 @@ func runCluster(ctx context.Context, o Options, a *Agent, st *statusReporter, lo
 	if err != nil {
 		return err
 	}
+	mapper := restMapper()
 	c, err := cache.New(restCfg, cache.Options{
 		Scheme:            scheme,
+		Mapper:            mapper,
 		DefaultNamespaces: map[string]cache.Config{o.Namespace: {}},
 		// Never read here; on the pair they grow with an entry per agent.
 		DefaultTransform: cache.TransformStripManagedFields(),
@@ -86,7 +90,7 @@ func runCluster(ctx context.Context, o Options, a *Agent, st *statusReporter, lo
 	if err != nil {
 		return fmt.Errorf("creating the watch cache: %w", err)
 	}
-	reader, err := client.New(restCfg, client.Options{Scheme: scheme})
+	reader, err := client.New(restCfg, client.Options{Scheme: scheme, Mapper: mapper})
 	if err != nil {
 		return fmt.Errorf("creating the API client: %w", err)
 	}
@@ -142,6 +146,29 @@ func runCluster(ctx context.Context, o Options, a *Agent, st *statusReporter, lo
 			return src.stop()
 		}
 	}
+}
+
+// restMapper maps the kinds the agent reads and writes without asking the
+// apiserver: discovery fails while it is unreachable, and an agent started
+// then would exit and wait out the kubelet's crash-loop backoff.
+func restMapper() meta.RESTMapper {
+	m := meta.NewDefaultRESTMapper(nil)
+	add := func(gvk schema.GroupVersionKind, scope meta.RESTScope) {
+		m.Add(gvk, scope)
+		// The cache asks for the scope of lists by their own kind.
+		m.Add(gvk.GroupVersion().WithKind(gvk.Kind+"List"), scope)
+	}
+	for _, gvk := range []schema.GroupVersionKind{
+		lbv1.GroupVersion.WithKind("LoadBalancerPair"),
+		corev1.SchemeGroupVersion.WithKind("Pod"),
+		corev1.SchemeGroupVersion.WithKind("Service"),
+		corev1.SchemeGroupVersion.WithKind("Secret"),
+		discoveryv1.SchemeGroupVersion.WithKind("EndpointSlice"),
+	} {
+		add(gvk, meta.RESTScopeNamespace)
+	}
+	add(corev1.SchemeGroupVersion.WithKind("Node"), meta.RESTScopeRoot)
+	return m
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {
