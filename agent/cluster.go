@@ -27,6 +27,7 @@ import (
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/client/config"
 
 	"github.com/lbpair/lbpair/agent/config"
+	"github.com/lbpair/lbpair/agent/proxy"
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
 )
 
@@ -46,11 +47,18 @@ type clusterSource struct {
 	status *statusReporter
 	podIP  netip.Addr
 
+	// last keeps the applied configuration for a restart; nil when
+	// --state-dir is not set. Used by the sync loop only.
+	last *lastConfigStore
+
 	mu      sync.Mutex
 	secret  *corev1.Secret
 	nodeIP  string
 	running bool
-	applied *config.Settings
+	// keptRunning: the agent runs the kept configuration, the apiserver's
+	// not yet applied.
+	keptRunning bool
+	applied     *config.Settings
 }
 
 func newScheme() (*runtime.Scheme, error) {
@@ -95,6 +103,9 @@ func runCluster(ctx context.Context, o Options, a *Agent, st *statusReporter, lo
 		return fmt.Errorf("creating the API client: %w", err)
 	}
 	src := &clusterSource{o: o, log: log, agent: a, cache: c, reader: reader, status: st}
+	if o.StateDir != "" {
+		src.last = newLastConfigStore(o.StateDir)
+	}
 	if ip, err := netip.ParseAddr(os.Getenv("POD_IP")); err == nil {
 		src.podIP = ip.Unmap()
 	}
@@ -127,11 +138,27 @@ func runCluster(ctx context.Context, o Options, a *Agent, st *statusReporter, lo
 		}
 	}()
 	log.Info("Waiting for the pair and its endpoints from the apiserver", "pair", types.NamespacedName{Namespace: o.Namespace, Name: o.Pair})
-	if !c.WaitForCacheSync(ctx) {
-		return ctx.Err()
-	}
-
 	st.start(ctx, reader, src.address)
+	synced := make(chan bool, 1)
+	go func() { synced <- c.WaitForCacheSync(ctx) }()
+	var fallback <-chan time.Time
+	if src.last != nil {
+		fallback = time.After(o.LastConfigWait)
+	}
+	for waiting := true; waiting; {
+		select {
+		case ok := <-synced:
+			if !ok {
+				if src.isRunning() {
+					return src.stop()
+				}
+				return ctx.Err()
+			}
+			waiting = false
+		case <-fallback:
+			src.applyLast(ctx)
+		}
+	}
 	for {
 		src.sync(ctx)
 		select {
@@ -150,7 +177,8 @@ func runCluster(ctx context.Context, o Options, a *Agent, st *statusReporter, lo
 
 // restMapper maps the kinds the agent reads and writes without asking the
 // apiserver: discovery fails while it is unreachable, and an agent started
-// then would exit and wait out the kubelet's crash-loop backoff.
+// then would exit and wait out the kubelet's crash-loop backoff instead of
+// serving with its kept configuration.
 func restMapper() meta.RESTMapper {
 	m := meta.NewDefaultRESTMapper(nil)
 	add := func(gvk schema.GroupVersionKind, scope meta.RESTScope) {
@@ -238,6 +266,7 @@ func (s *clusterSource) sync(ctx context.Context) {
 	}
 	s.status.setConfigError(nil)
 	preferIPv4 := settings.VRRP.VIPs[0].Is4()
+	backends := make(map[string][]proxy.Backend, len(settings.Services))
 	for _, sp := range settings.Services {
 		var svc corev1.Service
 		svcPtr := &svc
@@ -249,16 +278,81 @@ func (s *clusterSource) sync(ctx context.Context) {
 			s.log.Error(err, "Listing EndpointSlices", "service", sp.Service)
 			continue
 		}
-		backends := serviceBackends(svcPtr, slices.Items, sp.Port, preferIPv4)
-		if err := s.agent.Proxy().SetBackends(sp.Listener, backends); err != nil {
+		backends[sp.Listener] = serviceBackends(svcPtr, slices.Items, sp.Port, preferIPv4)
+	}
+	s.setBackends(settings, backends)
+	s.leaveKept()
+	s.started(settings, "mode", "cluster")
+	if s.last != nil {
+		if err := s.last.save(newLastConfig(in, backends)); err != nil {
+			s.log.Error(err, "Keeping the configuration for a restart")
+		}
+	}
+}
+
+// setBackends feeds the backends of the Service ports to the proxy.
+func (s *clusterSource) setBackends(settings *config.Settings, backends map[string][]proxy.Backend) {
+	for _, sp := range settings.Services {
+		if err := s.agent.Proxy().SetBackends(sp.Listener, backends[sp.Listener]); err != nil {
 			s.log.Error(err, "Setting the backends of a Service port", "port", sp.Listener, "service", sp.Service)
 		}
 	}
+}
+
+// started records the applied settings, and logs the start of an agent that
+// was not running.
+func (s *clusterSource) started(settings *config.Settings, keysAndValues ...any) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if !s.running {
-		s.log.Info("Agent started", "mode", "cluster", "vrid", settings.VRRP.VRID, "virtualIPs", settings.VRRP.VIPs, "priority", settings.VRRP.Priority, "peers", settings.VRRP.Peers)
+		s.log.Info("Agent started", append(keysAndValues, "vrid", settings.VRRP.VRID, "virtualIPs", settings.VRRP.VIPs, "priority", settings.VRRP.Priority, "peers", settings.VRRP.Peers)...)
 	}
 	s.running, s.applied = true, settings
+}
+
+// leaveKept notes that the apiserver's configuration replaced the kept one.
+func (s *clusterSource) leaveKept() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.keptRunning {
+		s.log.Info("The apiserver answered: its configuration replaces the kept one")
+		s.keptRunning = false
+	}
+}
+
+func (s *clusterSource) isRunning() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.running
+}
+
+// applyLast starts the agent with the configuration it kept, when the
+// apiserver has not answered since the agent started. The first sync with
+// the apiserver replaces it: a pair deleted or changed meanwhile stops or
+// changes the agent then, as it would a running one.
+func (s *clusterSource) applyLast(ctx context.Context) {
+	lc, saved, err := s.last.load(s.o.Namespace, s.o.Pair, s.o.NodeName)
+	switch {
+	case err != nil:
+		s.log.Error(err, "Not serving the kept configuration; waiting for the apiserver")
+		return
+	case lc == nil:
+		s.log.Info("The apiserver has not answered, and no configuration was kept; waiting for it", "waited", s.o.LastConfigWait)
+		return
+	}
+	settings, err := config.Build(ctx, lc.inputs())
+	if err == nil {
+		err = s.agent.Apply(ctx, settings)
+	}
+	if err != nil {
+		s.log.Error(err, "Not serving the kept configuration; waiting for the apiserver")
+		return
+	}
+	s.status.resume()
+	s.setBackends(settings, lc.Backends)
+	s.started(settings, "mode", "cluster", "configuration", "kept", "keptAt", saved.UTC(), "waited", s.o.LastConfigWait)
+	s.mu.Lock()
+	s.keptRunning = true
 	s.mu.Unlock()
 }
 
@@ -329,9 +423,16 @@ func internalIP(n *corev1.Node) string {
 }
 
 func (s *clusterSource) deactivate(reason string) {
+	// Even when not running: the kept configuration may be older than this
+	// start, and must not serve a pair that has left the node.
+	if s.last != nil {
+		if err := s.last.remove(); err != nil {
+			s.log.Error(err, "Forgetting the kept configuration")
+		}
+	}
 	s.mu.Lock()
 	running := s.running
-	s.running = false
+	s.running, s.keptRunning = false, false
 	s.mu.Unlock()
 	if !running {
 		return

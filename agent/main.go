@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -31,6 +32,12 @@ type Options struct {
 	Kubeconfig string
 	// HealthAddr is where /healthz, /readyz and /metrics are served.
 	HealthAddr string
+	// StateDir, in cluster mode, keeps the last configuration the agent
+	// applied; empty keeps nothing.
+	StateDir string
+	// LastConfigWait is how long a starting cluster agent waits for the
+	// apiserver before it serves with the configuration kept in StateDir.
+	LastConfigWait time.Duration
 	// Log configures the logger.
 	Log zap.Options
 }
@@ -47,6 +54,8 @@ func ParseOptions(args []string, output io.Writer) (Options, error) {
 	fs.StringVar(&o.Pair, "pair", os.Getenv("LBPAIR_NAME"), "cluster mode: name of the LoadBalancerPair (default $LBPAIR_NAME)")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "cluster mode: kubeconfig path; in-cluster config when empty")
 	fs.StringVar(&o.HealthAddr, "health-addr", ":9440", "address serving /healthz, /readyz and /metrics")
+	fs.StringVar(&o.StateDir, "state-dir", "", "cluster mode: directory that keeps the last applied configuration across restarts of the agent, so that one restarted while the apiserver is unreachable serves with it; empty keeps nothing")
+	fs.DurationVar(&o.LastConfigWait, "last-config-wait", 10*time.Second, "cluster mode: how long a starting agent waits for the apiserver before it serves with the configuration kept in --state-dir")
 	o.Log.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -59,6 +68,12 @@ func ParseOptions(args []string, output io.Writer) (Options, error) {
 	}
 	if o.ConfigFile == "" && (o.Namespace == "" || o.Pair == "") {
 		return o, errors.New("give --config FILE for standalone mode, or --namespace and --pair for cluster mode")
+	}
+	if o.ConfigFile != "" && o.StateDir != "" {
+		return o, errors.New("--state-dir is for cluster mode; a standalone agent reads its configuration from --config")
+	}
+	if o.LastConfigWait < 0 {
+		return o, fmt.Errorf("--last-config-wait %v: give a duration of 0 or more (0 serves the kept configuration at once)", o.LastConfigWait)
 	}
 	return o, nil
 }

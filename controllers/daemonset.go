@@ -41,6 +41,12 @@ const AgentServiceAccount = "lbpair-agent"
 // the agent's own deadline, not SIGKILL, ends the drain.
 const drainMargin = 10
 
+// agentStateVolume, mounted at agentStateDir, is the agent's --state-dir.
+const (
+	agentStateVolume = "state"
+	agentStateDir    = "/run/lbpair"
+)
+
 // AgentSettings are the manager-wide settings of the agents it deploys.
 type AgentSettings struct {
 	Image           string
@@ -141,7 +147,7 @@ func desiredDaemonSet(pair *lbv1.LoadBalancerPair, port int32, s AgentSettings) 
 	container := corev1ac.Container().
 		WithName("agent").
 		WithImage(s.Image).
-		WithArgs("agent", "--pair="+pair.Name, "--health-addr=:"+strconv.Itoa(int(port))).
+		WithArgs("agent", "--pair="+pair.Name, "--health-addr=:"+strconv.Itoa(int(port)), "--state-dir="+agentStateDir).
 		WithEnv(
 			fieldEnv("NODE_NAME", "spec.nodeName"),
 			fieldEnv("POD_NAME", "metadata.name"),
@@ -152,6 +158,7 @@ func desiredDaemonSet(pair *lbv1.LoadBalancerPair, port int32, s AgentSettings) 
 		WithReadinessProbe(probe("/readyz", 5, 3)).
 		WithLivenessProbe(probe("/healthz", 10, 3).WithInitialDelaySeconds(10)).
 		WithResources(resources(s.Resources)).
+		WithVolumeMounts(corev1ac.VolumeMount().WithName(agentStateVolume).WithMountPath(agentStateDir)).
 		WithSecurityContext(corev1ac.SecurityContext().
 			// The agent adds addresses (NET_ADMIN), sends VRRP and ARP
 			// (NET_RAW) and may listen below 1024 (NET_BIND_SERVICE);
@@ -176,6 +183,13 @@ func desiredDaemonSet(pair *lbv1.LoadBalancerPair, port int32, s AgentSettings) 
 		WithSecurityContext(corev1ac.PodSecurityContext().
 			WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault))).
 		WithContainers(container).
+		// The agent keeps its last configuration here, to serve with it when
+		// its container restarts while the apiserver is unreachable. An
+		// emptyDir lives as long as the pod, and so covers the restarts the
+		// kubelet makes without the apiserver; in memory, because it holds
+		// the VRRPv2 password.
+		WithVolumes(corev1ac.Volume().WithName(agentStateVolume).
+			WithEmptyDir(corev1ac.EmptyDirVolumeSource().WithMedium(corev1.StorageMediumMemory).WithSizeLimit(resource.MustParse("16Mi")))).
 		// A node taken out of load balancing gets no agent, and the DaemonSet
 		// controller stops the one running there, which hands the VIP over.
 		WithAffinity(corev1ac.Affinity().WithNodeAffinity(corev1ac.NodeAffinity().

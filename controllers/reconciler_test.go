@@ -103,6 +103,8 @@ func TestCreateWritesTheAgentsDaemonSet(t *testing.T) {
 		"owner":        ds.OwnerReferences[0].Kind + "/" + ds.OwnerReferences[0].Name,
 		"controller":   *ds.OwnerReferences[0].Controller,
 		"affinity":     fmt.Sprint(pod.Affinity.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms),
+		"stateMount":   fmt.Sprint(c.VolumeMounts[0].Name, " ", c.VolumeMounts[0].MountPath),
+		"stateVolume":  fmt.Sprint(pod.Volumes[0].Name, " ", pod.Volumes[0].EmptyDir.Medium, " ", pod.Volumes[0].EmptyDir.SizeLimit),
 	}
 	want := map[string]any{
 		"hostNetwork":  true,
@@ -112,7 +114,7 @@ func TestCreateWritesTheAgentsDaemonSet(t *testing.T) {
 		"nodeSelector": "true",
 		"toleration":   "dedicated=lb",
 		"image":        testImage,
-		"args":         "agent --pair=web --health-addr=:9451",
+		"args":         "agent --pair=web --health-addr=:9451 --state-dir=/run/lbpair",
 		"env":          "NODE_NAME=spec.nodeName,POD_NAME=metadata.name,POD_NAMESPACE=metadata.namespace,POD_IP=status.podIP",
 		"port":         "9451/9451",
 		"readiness":    "/readyz",
@@ -125,6 +127,8 @@ func TestCreateWritesTheAgentsDaemonSet(t *testing.T) {
 		"owner":        "LoadBalancerPair/web",
 		"controller":   true,
 		"affinity":     fmt.Sprintf("[{[{%s DoesNotExist []}] []}]", corev1.LabelNodeExcludeBalancers),
+		"stateMount":   "state /run/lbpair",
+		"stateVolume":  "state Memory 16Mi",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("DaemonSet (-want +got):\n%s", diff)

@@ -502,7 +502,33 @@ func (l *Lab) StartPairAgent(n *Node, pair string, quiet bool) (*netlab.Proc, er
 	for _, c := range sc.Capabilities.Add {
 		caps = append(caps, string(c))
 	}
-	return n.Host.StartWithCapabilities(logw, caps, "env", append(append(env, l.bin), c.Args...)...)
+	args, err := l.mountVolumes(pod["metadata.name"], ds.Spec.Template.Spec.Volumes, c)
+	if err != nil {
+		return nil, fmt.Errorf("pair %s's DaemonSet: %w", pair, err)
+	}
+	return n.Host.StartWithCapabilities(logw, caps, "env", append(append(env, l.bin), args...)...)
+}
+
+// mountVolumes gives the container's emptyDir volumes a directory of the
+// pod's own, which outlives the agent's restarts as an emptyDir outlives its
+// container's, and returns the container's arguments with each mount path
+// replaced by its directory: the agents share the lab's file system.
+func (l *Lab) mountVolumes(podName string, volumes []corev1.Volume, c corev1.Container) ([]string, error) {
+	args := slices.Clone(c.Args)
+	for _, m := range c.VolumeMounts {
+		i := slices.IndexFunc(volumes, func(v corev1.Volume) bool { return v.Name == m.Name })
+		if i < 0 || volumes[i].EmptyDir == nil {
+			return nil, fmt.Errorf("volume %q: the lab gives only emptyDir volumes", m.Name)
+		}
+		dir := filepath.Join(l.dir, "pods", podName, m.Name)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, err
+		}
+		for j := range args {
+			args[j] = strings.ReplaceAll(args[j], m.MountPath, dir)
+		}
+	}
+	return args, nil
 }
 
 // SignalAgent sends sig to the node's agent (the agent itself: `ip netns

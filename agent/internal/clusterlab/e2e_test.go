@@ -3,6 +3,7 @@ package clusterlab
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -253,6 +254,66 @@ func TestClusterE2E(t *testing.T) {
 			}
 			return nil
 		})
+	})
+
+	t.Run("agents restarted while the apiserver is unreachable", func(t *testing.T) {
+		// Each agent crashes and restarts (kill -9, as after an OOM kill)
+		// during an outage, and must serve with the configuration it kept:
+		// first the backup, which then takes over from the crashed holder.
+		settle()
+		for _, n := range l.Nodes {
+			n.PauseAPI()
+		}
+		resumed := false
+		resume := func() {
+			if !resumed {
+				resumed = true
+				for _, n := range l.Nodes {
+					must(t, n.ResumeAPI())
+				}
+			}
+		}
+		defer resume()
+		restart := func(n *Node) {
+			t.Helper()
+			must(t, l.SignalAgent(n, syscall.SIGKILL))
+			<-n.Agent.Done()
+			began := time.Now()
+			must(t, l.StartAgent(n, quiet))
+			netlab.Eventually(t, n.Name+" listening again without the apiserver", 30*time.Second, func() error {
+				if !n.Listening() {
+					return errors.New("not listening")
+				}
+				return nil
+			})
+			t.Logf("%s restarted while the apiserver was unreachable: listening after %v", n.Name, time.Since(began).Round(time.Millisecond))
+		}
+		restart(lb2)
+		start := time.Now()
+		must(t, l.SignalAgent(lb1, syscall.SIGKILL))
+		// A killed agent's VIP stays on its link; lb2's answers win by their
+		// gratuitous ARP.
+		netlab.Eventually(t, "VIP on lb2 after lb1 crashed", 15*time.Second, func() error {
+			if h := l.VIPHolders(); !contains(h, lb2.Name) {
+				return fmt.Errorf("VIP on %v", h)
+			}
+			return nil
+		})
+		netlab.Eventually(t, "client served by lb2", 15*time.Second, func() error { return p.LastOK(10) })
+		settle()
+		outage, failed := probe.Outage(p.Results(), start)
+		t.Logf("holder crashed beside an agent restarted without the apiserver: client outage %v (%d failed probes)", outage.Round(time.Millisecond), failed)
+		<-lb1.Agent.Done()
+		restart(lb1)
+		netlab.Eventually(t, "VIP back on lb1", 30*time.Second, func() error {
+			if h := l.VIPHolders(); !slices.Equal(h, []string{lb1.Name}) {
+				return fmt.Errorf("VIP on %v", h)
+			}
+			return nil
+		})
+		netlab.Eventually(t, "client served by lb1", 15*time.Second, func() error { return p.LastOK(10) })
+		resume()
+		waitHolder(t, l, "lb1 in the status once the apiserver answers", lb1.Name, 90*time.Second)
 	})
 
 	t.Run("service scaled under load", func(t *testing.T) {

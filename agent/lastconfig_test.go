@@ -1,0 +1,188 @@
+package agent
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/lbpair/lbpair/agent/config"
+	"github.com/lbpair/lbpair/agent/proxy"
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
+)
+
+// keptInputs are the inputs of a cluster agent with a bit of everything Build
+// reads, and things it does not (status entries, other Secret keys, the
+// node's status).
+func keptInputs() config.Inputs {
+	pair := &lbv1.LoadBalancerPair{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: "web", UID: "u1", Generation: 3,
+			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}},
+		Spec: lbv1.LoadBalancerPairSpec{
+			VirtualIPs:  []string{"198.18.0.100"},
+			VRRPVersion: 2,
+			Priority:    &lbv1.PrioritySpec{NodeLabel: "lbpair.io/priority", Default: 100},
+			Authentication: &lbv1.AuthenticationSpec{PasswordSecretRef: corev1.SecretKeySelector{
+				LocalObjectReference: corev1.LocalObjectReference{Name: "vrrp"}, Key: "password"}},
+			Ports: []lbv1.PortSpec{
+				{Name: "http", Port: 80, Backend: lbv1.BackendSpec{Service: &lbv1.ServiceBackend{Name: "web", Port: intstr.FromString("http")}}},
+				{Name: "admin", Port: 8080, Backend: lbv1.BackendSpec{Static: []lbv1.StaticBackend{{Address: "198.18.1.10:8080"}}}},
+			},
+		},
+		Status: lbv1.LoadBalancerPairStatus{
+			VirtualRouterID: 7,
+			VirtualIPs:      []string{"198.18.0.101"},
+			Holder:          "lb1",
+			Agents:          []lbv1.AgentStatus{{Node: "lb1", State: lbv1.StateMaster}},
+		},
+	}
+	node := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "lb2", Labels: map[string]string{"lbpair.io/priority": "90"}},
+		Status:     corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "198.18.0.12"}}},
+	}
+	return config.Inputs{
+		Pair:  pair,
+		Node:  node,
+		Peers: []netip.Addr{netip.MustParseAddr("198.18.0.11")},
+		Secrets: []corev1.Secret{
+			{ObjectMeta: metav1.ObjectMeta{Name: "other"}, Data: map[string][]byte{"password": []byte("not-this")}},
+			{ObjectMeta: metav1.ObjectMeta{Name: "vrrp"}, Data: map[string][]byte{"password": []byte("s3cret"), "unused": []byte("nor-this")}},
+		},
+	}
+}
+
+var keptBackends = map[string][]proxy.Backend{"http": {
+	{Addr: netip.MustParseAddrPort("198.18.1.20:8080"), Weight: 1},
+	{Addr: netip.MustParseAddrPort("[fd00:198:18::20]:8080"), Weight: 1},
+}}
+
+func TestLastConfigServesAsTheApplied(t *testing.T) {
+	ctx := context.Background()
+	in := keptInputs()
+	want, err := config.Build(ctx, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := newLastConfigStore(dir).save(newLastConfig(in, keptBackends)); err != nil {
+		t.Fatal(err)
+	}
+	lc, _, err := newLastConfigStore(dir).load("prod", "web", "lb2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lc == nil {
+		t.Fatal("nothing kept")
+	}
+	got, err := config.Build(ctx, lc.inputs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := cmp.Comparer(func(a, b netip.Addr) bool { return a == b })
+	addrPorts := cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })
+	if diff := cmp.Diff(want, got, opts, addrPorts); diff != "" {
+		t.Errorf("settings from the kept configuration (-applied +kept):\n%s", diff)
+	}
+	if want.VRRP.Priority != 90 || want.VRRP.AuthPassword != "s3cret" || want.VRRP.VRID != 7 {
+		t.Errorf("the test's inputs lost their point: priority %d, password %q, VRID %d", want.VRRP.Priority, want.VRRP.AuthPassword, want.VRRP.VRID)
+	}
+	if diff := cmp.Diff(keptBackends, lc.Backends, addrPorts); diff != "" {
+		t.Errorf("kept backends (-applied +kept):\n%s", diff)
+	}
+
+	path := filepath.Join(dir, lastConfigFile)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"not-this", "nor-this", "198.18.0.12", "kubectl", `"agents"`, `"holder"`} {
+		if strings.Contains(string(data), s) {
+			t.Errorf("the kept file holds %q, which Build does not read:\n%s", s, data)
+		}
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("the kept file (with the password) has mode %v, want 0600", fi.Mode().Perm())
+	}
+	if leftovers, _ := filepath.Glob(filepath.Join(dir, lastConfigFile+".*")); len(leftovers) > 0 {
+		t.Errorf("temporary files left: %v", leftovers)
+	}
+}
+
+// Every agent rewrites its status entry every 10 s, each a watch event and
+// so a sync; the kept file changes only with what the agent applies.
+func TestLastConfigIgnoresStatusWrites(t *testing.T) {
+	dir := t.TempDir()
+	store := newLastConfigStore(dir)
+	in := keptInputs()
+	if err := store.save(newLastConfig(in, keptBackends)); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, lastConfigFile)
+	// A marker: a write would replace it.
+	if err := os.WriteFile(path, []byte("marker"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	in.Pair.Status.Agents = append(in.Pair.Status.Agents, lbv1.AgentStatus{Node: "lb2", State: lbv1.StateBackup})
+	in.Pair.Status.Holder = "lb2"
+	in.Pair.ResourceVersion = "42"
+	if err := store.save(newLastConfig(in, keptBackends)); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(path); string(data) != "marker" {
+		t.Errorf("a status change rewrote the kept file")
+	}
+	in.Pair.Spec.Ports[1].Port = 8081
+	if err := store.save(newLastConfig(in, keptBackends)); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(path); !strings.Contains(string(data), "8081") {
+		t.Errorf("a spec change did not reach the kept file: %s", data)
+	}
+}
+
+func TestLastConfigLoad(t *testing.T) {
+	dir := t.TempDir()
+	store := newLastConfigStore(dir)
+	if lc, _, err := store.load("prod", "web", "lb2"); lc != nil || err != nil {
+		t.Fatalf("load with nothing kept: %v, %v; want nothing and no error", lc, err)
+	}
+	if err := store.save(newLastConfig(keptInputs(), nil)); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ namespace, pair, node, want string }{
+		{"prod", "api", "lb2", "pair prod/web, not prod/api"},
+		{"test", "web", "lb2", "pair prod/web, not test/web"},
+		{"prod", "web", "lb3", "node lb2, not lb3"},
+	} {
+		lc, _, err := store.load(tc.namespace, tc.pair, tc.node)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || lc != nil {
+			t.Errorf("load(%s, %s, %s): %v, %v; want an error naming %q", tc.namespace, tc.pair, tc.node, lc, err, tc.want)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, lastConfigFile), []byte(`{"pair": {"metadata": {"name": "web"`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if lc, _, err := store.load("prod", "web", "lb2"); err == nil || lc != nil {
+		t.Errorf("load of a cut file: %v, %v; want an error", lc, err)
+	}
+	if err := store.remove(); err != nil {
+		t.Fatal(err)
+	}
+	if lc, _, err := store.load("prod", "web", "lb2"); lc != nil || err != nil {
+		t.Errorf("load after remove: %v, %v; want nothing and no error", lc, err)
+	}
+	if err := store.remove(); err != nil {
+		t.Errorf("remove with nothing kept: %v", err)
+	}
+}
