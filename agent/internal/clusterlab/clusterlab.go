@@ -472,7 +472,7 @@ func (l *Lab) StartPairAgent(n *Node, pair string, quiet bool) (*netlab.Proc, er
 	c := ds.Spec.Template.Spec.Containers[0]
 	pod := map[string]string{
 		"spec.nodeName":      n.Name,
-		"metadata.name":      "lbpair-" + pair + "-" + n.Name,
+		"metadata.name":      podName(n, pair),
 		"metadata.namespace": Namespace,
 		"status.podIP":       n.IP,
 	}
@@ -509,6 +509,16 @@ func (l *Lab) StartPairAgent(n *Node, pair string, quiet bool) (*netlab.Proc, er
 	return n.Host.StartWithCapabilities(logw, caps, "env", append(append(env, l.bin), args...)...)
 }
 
+// podName names the lab's pod of pair on n.
+func podName(n *Node, pair string) string { return "lbpair-" + pair + "-" + n.Name }
+
+func (l *Lab) volumeDir(pod, volume string) string { return filepath.Join(l.dir, "pods", pod, volume) }
+
+// VolumeDir is the directory of a volume of the pod of pair on n.
+func (l *Lab) VolumeDir(n *Node, pair, volume string) string {
+	return l.volumeDir(podName(n, pair), volume)
+}
+
 // mountVolumes gives the container's emptyDir volumes a directory of the
 // pod's own, which outlives the agent's restarts as an emptyDir outlives its
 // container's, and returns the container's arguments with each mount path
@@ -520,7 +530,7 @@ func (l *Lab) mountVolumes(podName string, volumes []corev1.Volume, c corev1.Con
 		if i < 0 || volumes[i].EmptyDir == nil {
 			return nil, fmt.Errorf("volume %q: the lab gives only emptyDir volumes", m.Name)
 		}
-		dir := filepath.Join(l.dir, "pods", podName, m.Name)
+		dir := l.volumeDir(podName, m.Name)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, err
 		}

@@ -430,6 +430,12 @@ func TestClusterE2E(t *testing.T) {
 				must(t, l.StartAgent(lb1, quiet))
 			}
 			netlab.Eventually(t, "lb2 holds the VIP", 15*time.Second, func() error { return onlyOn(l, VIP, lb2) })
+			// What lb2 keeps for a restart must go with the node's place in
+			// the pair, or a restart during an outage would bring it back.
+			kept := filepath.Join(l.VolumeDir(lb2, PairName, "state"), "last-config.json")
+			if _, err := os.Stat(kept); err != nil {
+				t.Errorf("lb2 keeps no configuration: %v", err)
+			}
 			settle()
 			start := time.Now()
 			relabel(way.label)
@@ -446,6 +452,9 @@ func TestClusterE2E(t *testing.T) {
 				}
 				return nil
 			})
+			if _, err := os.Stat(kept); !os.IsNotExist(err) {
+				t.Errorf("lb2 still keeps its configuration after it was %s: %v", way.how, err)
+			}
 			settle()
 			_, failed := probe.Outage(p.Results(), start)
 			t.Logf("holder's node %s: %d failed probes", way.how, failed)
@@ -459,6 +468,9 @@ func TestClusterE2E(t *testing.T) {
 				}
 				if e := agentEntry(l, lb2.Name); e == nil || e.State != lbv1.StateBackup {
 					return fmt.Errorf("lb2's entry %+v", e)
+				}
+				if _, err := os.Stat(kept); err != nil {
+					return fmt.Errorf("lb2 keeps no configuration: %w", err)
 				}
 				return nil
 			})
