@@ -48,8 +48,10 @@ type clusterSource struct {
 	podIP  netip.Addr
 
 	// last keeps the applied configuration for a restart; nil when
-	// --state-dir is not set. Used by the sync loop only.
-	last *lastConfigStore
+	// --state-dir is not set. keepFailing: its last save failed. Used by
+	// the sync loop only.
+	last        *lastConfigStore
+	keepFailing bool
 
 	mu      sync.Mutex
 	secret  *corev1.Secret
@@ -284,10 +286,21 @@ func (s *clusterSource) sync(ctx context.Context) {
 	s.leaveKept()
 	s.started(settings, "mode", "cluster")
 	if s.last != nil {
-		if err := s.last.save(newLastConfig(in, backends)); err != nil {
-			s.log.Error(err, "Keeping the configuration for a restart")
-		}
+		s.keep(newLastConfig(in, backends))
 	}
+}
+
+// keep saves lc for a restart. A failure is logged when it first happens
+// and when it ends, not at every sync: a status write is a sync too.
+func (s *clusterSource) keep(lc *lastConfig) {
+	err := s.last.save(lc)
+	switch {
+	case err != nil && !s.keepFailing:
+		s.log.Error(err, "Keeping the configuration for a restart failed; a restart while the apiserver is unreachable will wait for it", "stateDir", s.o.StateDir)
+	case err == nil && s.keepFailing:
+		s.log.Info("Keeping the configuration for a restart again", "stateDir", s.o.StateDir)
+	}
+	s.keepFailing = err != nil
 }
 
 // setBackends feeds the backends of the Service ports to the proxy.

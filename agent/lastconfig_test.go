@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/go-logr/logr/funcr"
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -184,5 +185,42 @@ func TestLastConfigLoad(t *testing.T) {
 	}
 	if err := store.remove(); err != nil {
 		t.Errorf("remove with nothing kept: %v", err)
+	}
+}
+
+// A state directory that cannot be written is logged once, not at every
+// sync, and its recovery once.
+func TestKeepLogsFailuresOnce(t *testing.T) {
+	dir := t.TempDir()
+	stateDir := filepath.Join(dir, "state")
+	// A file where the directory should be: every save fails, even as root.
+	if err := os.WriteFile(stateDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	log := funcr.New(func(prefix, args string) { lines = append(lines, args) }, funcr.Options{})
+	s := &clusterSource{o: Options{StateDir: stateDir}, log: log, last: newLastConfigStore(stateDir)}
+	in := keptInputs()
+	for range 3 {
+		s.keep(newLastConfig(in, keptBackends))
+	}
+	if len(lines) != 1 || !strings.Contains(lines[0], "Keeping the configuration for a restart failed") {
+		t.Errorf("log after 3 failed saves: %q, want one error", lines)
+	}
+	if err := os.Remove(stateDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(stateDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	lines = nil
+	for range 2 {
+		s.keep(newLastConfig(in, keptBackends))
+	}
+	if len(lines) != 1 || !strings.Contains(lines[0], "again") {
+		t.Errorf("log after 2 saves that worked again: %q, want one line", lines)
+	}
+	if _, err := os.Stat(filepath.Join(stateDir, lastConfigFile)); err != nil {
+		t.Errorf("nothing kept once the directory was there: %v", err)
 	}
 }
