@@ -17,8 +17,8 @@ import (
 	"github.com/lbpair/lbpair/agent/vrrp"
 )
 
-// serveHealth starts the HTTP endpoints: /healthz (the process and its
-// router run), /readyz (the router has joined the group and every listener
+// serveHealth starts the HTTP endpoints: /healthz (the process answers and
+// its router has not failed), /readyz (the router has joined the group and every listener
 // is up, so this agent can take over) and /metrics.
 func serveHealth(addr string, a *Agent, reg *prometheus.Registry, log logr.Logger) (*http.Server, error) {
 	ln, err := net.Listen("tcp", addr)
@@ -56,12 +56,14 @@ func serveHealth(addr string, a *Agent, reg *prometheus.Registry, log logr.Logge
 	return srv, nil
 }
 
+// healthy is the liveness check: it fails only when the router failed,
+// which a restart may mend. An agent that waits for the apiserver, has no
+// valid configuration or was taken out of its pair runs no router, and is
+// healthy: a restart would not help, and the kubelet's crash-loop backoff
+// would delay it by up to 5 minutes once it can run.
 func healthy(st Status) error {
 	if st.Err != nil {
 		return fmt.Errorf("VRRP router failed: %w", st.Err)
-	}
-	if !st.Running {
-		return errors.New("VRRP router not running")
 	}
 	return nil
 }
@@ -69,6 +71,9 @@ func healthy(st Status) error {
 func ready(st Status) error {
 	if err := healthy(st); err != nil {
 		return err
+	}
+	if !st.Running {
+		return errors.New("VRRP router not running")
 	}
 	switch st.VRRP.State {
 	case vrrp.Init:

@@ -18,8 +18,8 @@ import (
 	"github.com/lbpair/lbpair/agent/vrrp"
 )
 
-// TestHealthAndReadiness: /healthz fails only when the router does not run; /readyz
-// also until the router has joined the group, while it is in Fault and while a listener
+// TestHealthAndReadiness: /healthz fails only when the router failed; /readyz also
+// while no router runs, until the router has joined the group, while it is in Fault and while a listener
 // is down, and each failure says why.
 func TestHealthAndReadiness(t *testing.T) {
 	up := []proxy.ListenerStatus{{Name: "http", Listening: true}, {Name: "https", Listening: true}}
@@ -31,7 +31,7 @@ func TestHealthAndReadiness(t *testing.T) {
 		{"backup, listeners up", Status{Running: true, VRRP: vrrp.Status{State: vrrp.Backup}, Ports: up}, "", ""},
 		{"master, listeners up", Status{Running: true, VRRP: vrrp.Status{State: vrrp.Master}, Ports: up}, "", ""},
 		{"router failed", Status{Err: errors.New("no such interface"), Ports: up}, "VRRP router failed: no such interface", "VRRP router failed"},
-		{"router not started", Status{Ports: up}, "not running", "not running"},
+		{"router not started", Status{Ports: up}, "", "not running"},
 		{"not joined yet", Status{Running: true, VRRP: vrrp.Status{State: vrrp.Init}, Ports: up}, "", "has not joined the group"},
 		{"fault", Status{Running: true, VRRP: vrrp.Status{State: vrrp.Fault, Reason: "interface eth0 is down"}, Ports: up}, "", "VRRP router in Fault: interface eth0 is down"},
 		{"a listener down", Status{Running: true, VRRP: vrrp.Status{State: vrrp.Backup}, Ports: []proxy.ListenerStatus{{Name: "http", Listening: true}, {Name: "https"}}}, "", "listeners not up: https"},

@@ -80,24 +80,12 @@ func TestClusterE2E(t *testing.T) {
 	for _, n := range l.Nodes {
 		url := fmt.Sprintf("http://%s:%d/readyz", n.IP, pair.Status.AgentPort)
 		netlab.Eventually(t, n.Name+"'s agent ready at "+url, 10*time.Second, func() error {
-			resp, err := hc.Get(url)
-			if err != nil {
-				return err
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("GET %s: %s", url, resp.Status)
-			}
-			return nil
+			return expectStatus(hc, url, http.StatusOK)
 		})
 	}
 	// The holder's listener on every address must not serve the VIP's clients.
-	vipMetrics := fmt.Sprintf("http://%s:%d/metrics", VIP, pair.Status.AgentPort)
-	resp, err := hc.Get(vipMetrics)
-	must(t, err)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNotFound {
-		t.Errorf("GET %s: %s, want 404", vipMetrics, resp.Status)
+	if err := expectStatus(hc, fmt.Sprintf("http://%s:%d/metrics", VIP, pair.Status.AgentPort), http.StatusNotFound); err != nil {
+		t.Error(err)
 	}
 
 	// failover runs one failure of lb1 and reports the client's outage and
@@ -280,6 +268,18 @@ func TestClusterE2E(t *testing.T) {
 			<-n.Agent.Done()
 			began := time.Now()
 			must(t, l.StartAgent(n, quiet))
+			// While it waits for the apiserver, the agent is alive (the
+			// DaemonSet's liveness probe must not restart it) but not ready.
+			base := fmt.Sprintf("http://%s:%d", n.IP, pair.Status.AgentPort)
+			netlab.Eventually(t, n.Name+" answers while it waits", 5*time.Second, func() error {
+				return expectStatus(hc, base+"/healthz", http.StatusOK)
+			})
+			if err := expectStatus(hc, base+"/readyz", http.StatusServiceUnavailable); err != nil {
+				t.Errorf("%s waiting for the apiserver: %v", n.Name, err)
+			}
+			if n.Listening() {
+				t.Errorf("%s listened before it was due to serve its kept configuration", n.Name)
+			}
 			netlab.Eventually(t, n.Name+" listening again without the apiserver", 30*time.Second, func() error {
 				if !n.Listening() {
 					return errors.New("not listening")
@@ -514,15 +514,7 @@ func TestClusterE2E(t *testing.T) {
 			if err := onlyOn(l, second, holder); err != nil {
 				return err
 			}
-			resp, err := hc.Get("http://" + net.JoinHostPort(second, fmt.Sprint(Port)) + "/")
-			if err != nil {
-				return err
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("GET: %s", resp.Status)
-			}
-			return nil
+			return expectStatus(hc, "http://"+net.JoinHostPort(second, fmt.Sprint(Port))+"/", http.StatusOK)
 		})
 
 		// Another pair's address is refused, and the agents keep theirs.
@@ -968,6 +960,20 @@ func brief(as []lbv1.AgentStatus) []string {
 		out = append(out, fmt.Sprintf("%s=%s(%s)", a.Node, a.State, a.Reason))
 	}
 	return out
+}
+
+// expectStatus GETs url and wants the status code want.
+func expectStatus(hc *http.Client, url string, want int) error {
+	resp, err := hc.Get(url)
+	if err != nil {
+		return err
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != want {
+		return fmt.Errorf("GET %s: %s %q, want %d", url, resp.Status, body, want)
+	}
+	return nil
 }
 
 func contains(s []string, v string) bool {
