@@ -283,8 +283,7 @@ func (s *clusterSource) sync(ctx context.Context) {
 		backends[sp.Listener] = serviceBackends(svcPtr, slices.Items, sp.Port, preferIPv4)
 	}
 	s.setBackends(settings, backends)
-	s.leaveKept()
-	s.started(settings, "mode", "cluster")
+	s.started(settings, false)
 	if s.last != nil {
 		s.keep(newLastConfig(in, backends))
 	}
@@ -312,25 +311,21 @@ func (s *clusterSource) setBackends(settings *config.Settings, backends map[stri
 	}
 }
 
-// started records the applied settings, and logs the start of an agent that
-// was not running.
-func (s *clusterSource) started(settings *config.Settings, keysAndValues ...any) {
+// started records the applied settings, the apiserver's or the kept ones
+// (with keysAndValues saying which), and logs the start of an agent that was
+// not running and the apiserver's settings replacing the kept ones.
+func (s *clusterSource) started(settings *config.Settings, kept bool, keysAndValues ...any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.running {
-		s.log.Info("Agent started", append(keysAndValues, "vrid", settings.VRRP.VRID, "virtualIPs", settings.VRRP.VIPs, "priority", settings.VRRP.Priority, "peers", settings.VRRP.Peers)...)
-	}
-	s.running, s.applied = true, settings
-}
-
-// leaveKept notes that the apiserver's configuration replaced the kept one.
-func (s *clusterSource) leaveKept() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.keptRunning {
+	switch {
+	case !s.running:
+		kv := append([]any{"mode", "cluster"}, keysAndValues...)
+		kv = append(kv, "vrid", settings.VRRP.VRID, "virtualIPs", settings.VRRP.VIPs, "priority", settings.VRRP.Priority, "peers", settings.VRRP.Peers)
+		s.log.Info("Agent started", kv...)
+	case s.keptRunning && !kept:
 		s.log.Info("The apiserver answered: its configuration replaces the kept one")
-		s.keptRunning = false
 	}
+	s.running, s.keptRunning, s.applied = true, kept, settings
 }
 
 func (s *clusterSource) isRunning() bool {
@@ -363,10 +358,7 @@ func (s *clusterSource) applyLast(ctx context.Context) {
 	}
 	s.status.resume()
 	s.setBackends(settings, lc.Backends)
-	s.started(settings, "mode", "cluster", "configuration", "kept", "keptAt", saved.UTC(), "waited", s.o.LastConfigWait)
-	s.mu.Lock()
-	s.keptRunning = true
-	s.mu.Unlock()
+	s.started(settings, true, "configuration", "kept", "keptAt", saved.UTC(), "waited", s.o.LastConfigWait)
 }
 
 // peers lists the addresses of the pair's other agents: hostNetwork pods
