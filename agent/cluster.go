@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"sync"
@@ -52,6 +53,7 @@ type clusterSource struct {
 	// the sync loop only.
 	last        *lastConfigStore
 	keepFailing bool
+	resolver    *heldResolver
 
 	mu      sync.Mutex
 	secret  *corev1.Secret
@@ -104,7 +106,8 @@ func runCluster(ctx context.Context, o Options, a *Agent, st *statusReporter, lo
 	if err != nil {
 		return fmt.Errorf("creating the API client: %w", err)
 	}
-	src := &clusterSource{o: o, log: log, agent: a, cache: c, reader: reader, status: st}
+	src := &clusterSource{o: o, log: log, agent: a, cache: c, reader: reader, status: st,
+		resolver: newHeldResolver(net.DefaultResolver, log.WithName("resolver"))}
 	if o.StateDir != "" {
 		src.last = newLastConfigStore(o.StateDir)
 	}
@@ -248,7 +251,7 @@ func (s *clusterSource) sync(ctx context.Context) {
 		return
 	}
 	s.status.resume()
-	in := config.Inputs{Pair: &pair, Node: node, Peers: s.peers(ctx)}
+	in := config.Inputs{Pair: &pair, Node: node, Peers: s.peers(ctx), Resolver: s.resolver}
 	if pair.Spec.Authentication != nil {
 		in.Secrets = s.authSecret(ctx, pair.Spec.Authentication.PasswordSecretRef.Name)
 	}
@@ -285,7 +288,7 @@ func (s *clusterSource) sync(ctx context.Context) {
 	s.setBackends(settings, backends)
 	s.started(settings, false)
 	if s.last != nil {
-		s.keep(newLastConfig(in, backends))
+		s.keep(newLastConfig(in, backends, s.resolver.answers()))
 	}
 }
 
@@ -348,7 +351,10 @@ func (s *clusterSource) applyLast(ctx context.Context) {
 		s.log.Info("The apiserver has not answered, and no configuration was kept; waiting for it", "waited", s.o.LastConfigWait)
 		return
 	}
-	settings, err := config.Build(ctx, lc.inputs())
+	s.resolver.hold(lc.Resolved)
+	in := lc.inputs()
+	in.Resolver = s.resolver
+	settings, err := config.Build(ctx, in)
 	if err == nil {
 		err = s.agent.Apply(ctx, settings)
 	}

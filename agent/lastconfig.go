@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -40,12 +41,16 @@ type lastConfig struct {
 	Secret *corev1.Secret `json:"secret,omitempty"`
 	// Backends are those of the Service ports, by listener name.
 	Backends map[string][]proxy.Backend `json:"backends,omitempty"`
+	// Resolved holds the last good addresses of the static backends' host
+	// names, for a restart while DNS does not answer either.
+	Resolved map[string][]netip.Addr `json:"resolved,omitempty"`
 }
 
 // newLastConfig keeps of in what Build reads: of the pair its identity, spec
 // and the virtual IPs and VRID the manager gave it, so that status writes
-// (every agent's, every 10 s) do not change what is kept.
-func newLastConfig(in config.Inputs, backends map[string][]proxy.Backend) *lastConfig {
+// (every agent's, every 10 s) do not change what is kept. Of resolved, the
+// answers for the spec's host names.
+func newLastConfig(in config.Inputs, backends map[string][]proxy.Backend, resolved map[string][]netip.Addr) *lastConfig {
 	lc := &lastConfig{
 		Pair: lbv1.LoadBalancerPair{
 			TypeMeta:   metav1.TypeMeta{APIVersion: lbv1.GroupVersion.String(), Kind: "LoadBalancerPair"},
@@ -61,6 +66,17 @@ func newLastConfig(in config.Inputs, backends map[string][]proxy.Backend) *lastC
 	}
 	if in.Node != nil {
 		lc.Node = &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: in.Node.Name, Labels: in.Node.Labels}}
+	}
+	for _, p := range in.Pair.Spec.Ports {
+		for _, b := range p.Backend.Static {
+			host, _, err := net.SplitHostPort(b.Address)
+			if ips, ok := resolved[host]; ok && err == nil {
+				if lc.Resolved == nil {
+					lc.Resolved = map[string][]netip.Addr{}
+				}
+				lc.Resolved[host] = ips
+			}
+		}
 	}
 	if auth := in.Pair.Spec.Authentication; auth != nil {
 		ref := auth.PasswordSecretRef

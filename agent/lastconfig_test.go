@@ -2,12 +2,14 @@ package agent
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/funcr"
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
@@ -34,7 +36,7 @@ func keptInputs() config.Inputs {
 				LocalObjectReference: corev1.LocalObjectReference{Name: "vrrp"}, Key: "password"}},
 			Ports: []lbv1.PortSpec{
 				{Name: "http", Port: 80, Backend: lbv1.BackendSpec{Service: &lbv1.ServiceBackend{Name: "web", Port: intstr.FromString("http")}}},
-				{Name: "admin", Port: 8080, Backend: lbv1.BackendSpec{Static: []lbv1.StaticBackend{{Address: "198.18.1.10:8080"}}}},
+				{Name: "admin", Port: 8080, Backend: lbv1.BackendSpec{Static: []lbv1.StaticBackend{{Address: "198.18.1.10:8080"}, {Address: "web01.example:8080"}}}},
 			},
 		},
 		Status: lbv1.LoadBalancerPairStatus{
@@ -49,9 +51,10 @@ func keptInputs() config.Inputs {
 		Status:     corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "198.18.0.12"}}},
 	}
 	return config.Inputs{
-		Pair:  pair,
-		Node:  node,
-		Peers: []netip.Addr{netip.MustParseAddr("198.18.0.11")},
+		Pair:     pair,
+		Node:     node,
+		Peers:    []netip.Addr{netip.MustParseAddr("198.18.0.11")},
+		Resolver: fakeResolver{"web01.example": {netip.MustParseAddr("198.18.1.11")}},
 		Secrets: []corev1.Secret{
 			{ObjectMeta: metav1.ObjectMeta{Name: "other"}, Data: map[string][]byte{"password": []byte("not-this")}},
 			{ObjectMeta: metav1.ObjectMeta{Name: "vrrp"}, Data: map[string][]byte{"password": []byte("s3cret"), "unused": []byte("nor-this")}},
@@ -64,15 +67,30 @@ var keptBackends = map[string][]proxy.Backend{"http": {
 	{Addr: netip.MustParseAddrPort("[fd00:198:18::20]:8080"), Weight: 1},
 }}
 
+// fakeResolver answers from a table and fails for anything else.
+type fakeResolver map[string][]netip.Addr
+
+func (f fakeResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
+	if a, ok := f[host]; ok {
+		return a, nil
+	}
+	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+}
+
+// The agent restarts while neither the apiserver nor DNS answers: what it
+// kept builds the settings it ran with.
 func TestLastConfigServesAsTheApplied(t *testing.T) {
 	ctx := context.Background()
 	in := keptInputs()
+	resolver := newHeldResolver(in.Resolver, logr.Discard())
+	in.Resolver = resolver
 	want, err := config.Build(ctx, in)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	if err := newLastConfigStore(dir).save(newLastConfig(in, keptBackends)); err != nil {
+	resolver.hold(map[string][]netip.Addr{"gone.example": {netip.MustParseAddr("198.18.1.99")}})
+	if err := newLastConfigStore(dir).save(newLastConfig(in, keptBackends, resolver.answers())); err != nil {
 		t.Fatal(err)
 	}
 	lc, _, err := newLastConfigStore(dir).load("prod", "web", "lb2")
@@ -82,7 +100,11 @@ func TestLastConfigServesAsTheApplied(t *testing.T) {
 	if lc == nil {
 		t.Fatal("nothing kept")
 	}
-	got, err := config.Build(ctx, lc.inputs())
+	restarted := newHeldResolver(fakeResolver{}, logr.Discard())
+	restarted.hold(lc.Resolved)
+	kept := lc.inputs()
+	kept.Resolver = restarted
+	got, err := config.Build(ctx, kept)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,8 +113,8 @@ func TestLastConfigServesAsTheApplied(t *testing.T) {
 	if diff := cmp.Diff(want, got, opts, addrPorts); diff != "" {
 		t.Errorf("settings from the kept configuration (-applied +kept):\n%s", diff)
 	}
-	if want.VRRP.Priority != 90 || want.VRRP.AuthPassword != "s3cret" || want.VRRP.VRID != 7 {
-		t.Errorf("the test's inputs lost their point: priority %d, password %q, VRID %d", want.VRRP.Priority, want.VRRP.AuthPassword, want.VRRP.VRID)
+	if want.VRRP.Priority != 90 || want.VRRP.AuthPassword != "s3cret" || want.VRRP.VRID != 7 || len(want.Proxy.Listeners[1].Backends) != 2 {
+		t.Errorf("the test's inputs lost their point: priority %d, password %q, VRID %d, admin backends %v", want.VRRP.Priority, want.VRRP.AuthPassword, want.VRRP.VRID, want.Proxy.Listeners[1].Backends)
 	}
 	if diff := cmp.Diff(keptBackends, lc.Backends, addrPorts); diff != "" {
 		t.Errorf("kept backends (-applied +kept):\n%s", diff)
@@ -103,7 +125,7 @@ func TestLastConfigServesAsTheApplied(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{"not-this", "nor-this", "198.18.0.12", "kubectl", `"agents"`, `"holder"`} {
+	for _, s := range []string{"not-this", "nor-this", "198.18.0.12", "kubectl", `"agents"`, `"holder"`, "gone.example"} {
 		if strings.Contains(string(data), s) {
 			t.Errorf("the kept file holds %q, which Build does not read:\n%s", s, data)
 		}
@@ -126,7 +148,7 @@ func TestLastConfigIgnoresStatusWrites(t *testing.T) {
 	dir := t.TempDir()
 	store := newLastConfigStore(dir)
 	in := keptInputs()
-	if err := store.save(newLastConfig(in, keptBackends)); err != nil {
+	if err := store.save(newLastConfig(in, keptBackends, nil)); err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, lastConfigFile)
@@ -137,14 +159,14 @@ func TestLastConfigIgnoresStatusWrites(t *testing.T) {
 	in.Pair.Status.Agents = append(in.Pair.Status.Agents, lbv1.AgentStatus{Node: "lb2", State: lbv1.StateBackup})
 	in.Pair.Status.Holder = "lb2"
 	in.Pair.ResourceVersion = "42"
-	if err := store.save(newLastConfig(in, keptBackends)); err != nil {
+	if err := store.save(newLastConfig(in, keptBackends, nil)); err != nil {
 		t.Fatal(err)
 	}
 	if data, _ := os.ReadFile(path); string(data) != "marker" {
 		t.Errorf("a status change rewrote the kept file")
 	}
 	in.Pair.Spec.Ports[1].Port = 8081
-	if err := store.save(newLastConfig(in, keptBackends)); err != nil {
+	if err := store.save(newLastConfig(in, keptBackends, nil)); err != nil {
 		t.Fatal(err)
 	}
 	if data, _ := os.ReadFile(path); !strings.Contains(string(data), "8081") {
@@ -158,7 +180,7 @@ func TestLastConfigLoad(t *testing.T) {
 	if lc, _, err := store.load("prod", "web", "lb2"); lc != nil || err != nil {
 		t.Fatalf("load with nothing kept: %v, %v; want nothing and no error", lc, err)
 	}
-	if err := store.save(newLastConfig(keptInputs(), nil)); err != nil {
+	if err := store.save(newLastConfig(keptInputs(), nil, nil)); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct{ namespace, pair, node, want string }{
@@ -202,7 +224,7 @@ func TestKeepLogsFailuresOnce(t *testing.T) {
 	s := &clusterSource{o: Options{StateDir: stateDir}, log: log, last: newLastConfigStore(stateDir)}
 	in := keptInputs()
 	for range 3 {
-		s.keep(newLastConfig(in, keptBackends))
+		s.keep(newLastConfig(in, keptBackends, nil))
 	}
 	if len(lines) != 1 || !strings.Contains(lines[0], "Keeping the configuration for a restart failed") {
 		t.Errorf("log after 3 failed saves: %q, want one error", lines)
@@ -215,7 +237,7 @@ func TestKeepLogsFailuresOnce(t *testing.T) {
 	}
 	lines = nil
 	for range 2 {
-		s.keep(newLastConfig(in, keptBackends))
+		s.keep(newLastConfig(in, keptBackends, nil))
 	}
 	if len(lines) != 1 || !strings.Contains(lines[0], "again") {
 		t.Errorf("log after 2 saves that worked again: %q, want one line", lines)
@@ -235,12 +257,12 @@ func BenchmarkKeepUnchanged(b *testing.B) {
 	}
 	store := newLastConfigStore(b.TempDir())
 	in := keptInputs()
-	if err := store.save(newLastConfig(in, map[string][]proxy.Backend{"http": backends})); err != nil {
+	if err := store.save(newLastConfig(in, map[string][]proxy.Backend{"http": backends}, nil)); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := store.save(newLastConfig(in, map[string][]proxy.Backend{"http": backends})); err != nil {
+		if err := store.save(newLastConfig(in, map[string][]proxy.Backend{"http": backends}, nil)); err != nil {
 			b.Fatal(err)
 		}
 	}
