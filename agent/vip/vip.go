@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/mdlayher/arp"
@@ -38,6 +39,9 @@ type Manager struct {
 	mu   sync.Mutex
 	arp  *arp.Client
 	ndp  *ndp.Conn
+	// lifetime and added: see SetLifetime. Used by the router's goroutine only.
+	lifetime time.Duration
+	added    time.Time
 }
 
 // Open prepares the virtual IPs of one family on the interface named ifname.
@@ -153,12 +157,34 @@ func (m *Manager) Close() error {
 	return errors.Join(errs...)
 }
 
+// SetLifetime gives the virtual IPs added from now on a valid lifetime (in
+// whole seconds; 0 is forever), which Refresh renews. The kernel then takes
+// a virtual IP off by itself once its holder stops renewing it without
+// removing it: an agent killed (kill -9, an OOM kill) leaves nothing behind
+// the address, its proxy having died with it, and a node that still
+// answered ARP or neighbour solicitations for it would take some of the new
+// holder's clients.
+func (m *Manager) SetLifetime(d time.Duration) { m.lifetime = d }
+
+// Refresh renews the virtual IPs' lifetime once a third of it has passed
+// since they were last added; the router calls it on its master's ticks.
+func (m *Manager) Refresh(now time.Time) error {
+	if m.lifetime <= 0 || now.Sub(m.added) < m.lifetime/3 {
+		return nil
+	}
+	return m.Add()
+}
+
 func (m *Manager) addr(a netip.Addr) *netlink.Addr {
 	bits := 32
 	if a.Is6() {
 		bits = 128
 	}
-	na := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}}
+	valid := uint32(math.MaxUint32) // forever
+	if m.lifetime > 0 {
+		valid = uint32(max(m.lifetime/time.Second, 1))
+	}
+	na := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}, ValidLft: int(valid), PreferedLft: int(valid)}
 	if a.Is6() {
 		// The holder must answer at once: no duplicate address detection
 		// (the backup never holds the address at the same time).
@@ -170,14 +196,15 @@ func (m *Manager) addr(a netip.Addr) *netlink.Addr {
 		// backends, still draining when the VIP moves, would then lose their
 		// replies to the new holder. A deprecated address still takes
 		// connections, answers neighbour solicitations and can be bound.
-		na.PreferedLft, na.ValidLft = 0, math.MaxUint32
+		na.PreferedLft = 0
 	}
 	return na
 }
 
-// Add puts the virtual IPs on the interface; present ones are left as they
-// are.
+// Add puts the virtual IPs on the interface; present ones stay, with their
+// lifetime renewed.
 func (m *Manager) Add() error {
+	m.added = time.Now()
 	var errs []error
 	for _, a := range m.vips {
 		if err := m.h.AddrReplace(m.link, m.addr(a)); err != nil {

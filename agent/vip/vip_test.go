@@ -326,3 +326,67 @@ func TestOpenRefusesTheNodesOwnAddress(t *testing.T) {
 	}
 	openIn(t, h, netip.MustParseAddr("198.18.0.100"))
 }
+
+// TestLifetime: virtual IPs added with a lifetime stay while they are
+// renewed, and the kernel takes them off by itself once they are not, as
+// when their holder is killed.
+func TestLifetime(t *testing.T) {
+	for _, tc := range []struct {
+		name, own string
+		vip       netip.Addr
+	}{
+		{"IPv4", "198.18.0.11/24", netip.MustParseAddr("198.18.0.100")},
+		{"IPv6", "fd00:198:18::11/64", netip.MustParseAddr("fd00:198:18::100")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := netlab.NewT(t)
+			h := netlab.MustAddHost(t, l, "lb", tc.own)
+			m := openIn(t, h, tc.vip)
+			validFor := func() string {
+				t.Helper()
+				out, err := h.Exec("ip", "-o", "addr", "show", "dev", netlab.HostLink, "to", tc.vip.String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				f := strings.Fields(out)
+				if i := slices.Index(f, "valid_lft"); i >= 0 && i+1 < len(f) {
+					return f[i+1]
+				}
+				return "absent"
+			}
+			m.SetLifetime(3 * time.Second)
+			if err := m.Add(); err != nil {
+				t.Fatal(err)
+			}
+			if got := validFor(); got != "3sec" {
+				t.Errorf("added with a lifetime of 3s: valid_lft %s", got)
+			}
+			// Renewed as the router does on its master's ticks: not before a
+			// third of the lifetime, then back to the whole of it.
+			for end := time.Now().Add(4 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+				if err := m.Refresh(time.Now()); err != nil {
+					t.Fatal(err)
+				}
+				if got := validFor(); got != "3sec" && got != "2sec" {
+					t.Fatalf("renewed every tick: valid_lft %s", got)
+				}
+			}
+			// Not renewed: gone within its lifetime and the kernel's second.
+			start := time.Now()
+			netlab.Eventually(t, "the VIP expires", 6*time.Second, func() error {
+				if got := validFor(); got != "absent" {
+					return fmt.Errorf("valid_lft %s", got)
+				}
+				return nil
+			})
+			t.Logf("expired %v after the renewals stopped", time.Since(start).Round(100*time.Millisecond))
+			m.SetLifetime(0)
+			if err := m.Add(); err != nil {
+				t.Fatal(err)
+			}
+			if got := validFor(); got != "forever" {
+				t.Errorf("added with no lifetime: valid_lft %s", got)
+			}
+		})
+	}
+}

@@ -66,6 +66,7 @@ func bind(cfg Config, ifi *net.Interface, self netip.Addr, log logr.Logger) (*bi
 		tr.close()
 		return nil, err
 	}
+	vips.SetLifetime(vipLifetime(cfg.AdvertInterval))
 	b := &binding{ifi: ifi, self: self, tr: tr, vips: vips, packets: make(chan packetOrErr, 64)}
 	go b.read()
 	return b, nil

@@ -294,6 +294,11 @@ func (r *Router) Run(ctx context.Context) error {
 		case <-timer.C:
 			now := time.Now()
 			r.exec(r.m.Tick(now))
+			if r.m.State() == Master {
+				if err := r.b.vips.Refresh(now); err != nil {
+					r.logLimited("vip-refresh", 0, "Renewing the virtual IPs' lifetime", "error", err.Error())
+				}
+			}
 			if !r.nextAnnounce.IsZero() && !now.Before(r.nextAnnounce) {
 				r.announceBurst()
 				r.nextAnnounce = time.Time{}
@@ -336,6 +341,7 @@ func (r *Router) Run(ctx context.Context) error {
 				r.log.Info("VRRP password changed; the previous one is accepted for a while", "for", passwordGrace)
 			}
 			r.cfg = cfg
+			r.b.vips.SetLifetime(vipLifetime(cfg.AdvertInterval))
 			prio, fault, why := r.effective(cfg.Priority)
 			mc := r.m.Config()
 			mc.Priority, mc.Interval, mc.Preempt, mc.PreemptDelay = prio, cfg.AdvertInterval, cfg.Preempt, cfg.PreemptDelay
@@ -371,6 +377,16 @@ func (r *Router) linkChanged(u netlink.LinkUpdate) {
 		r.stale = true
 		r.rebind()
 	}
+}
+
+// vipLifetime is how long a master's virtual IPs outlive its last renewal
+// (see vip.Manager.SetLifetime): longer than a backup waits for adverts (3
+// intervals and a skew under one), so that a master that stopped is
+// replaced before its addresses go, and at least 3 s, as the kernel counts
+// lifetimes in seconds and expires them up to a second late.
+func vipLifetime(interval time.Duration) time.Duration {
+	d := 4*interval + time.Second
+	return max(3*time.Second, (d + time.Second - 1).Truncate(time.Second))
 }
 
 // addrChanged puts back a virtual IP that something else took off a

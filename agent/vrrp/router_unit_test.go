@@ -222,3 +222,17 @@ func TestPriorityGaugeFromTheFirstStep(t *testing.T) {
 		t.Errorf("lbpair_vrrp_priority = %v after a change to 120", got)
 	}
 }
+
+func TestVIPLifetime(t *testing.T) {
+	for _, tc := range []struct{ interval, want time.Duration }{
+		{100 * time.Millisecond, 3 * time.Second},     // the kernel's least useful lifetime
+		{time.Second, 5 * time.Second},                // a backup waits up to 4s
+		{1500 * time.Millisecond, 7 * time.Second},    // 6s and a second, rounded up
+		{255 * time.Second, 1021 * time.Second},       // VRRPv2's longest interval
+		{40950 * time.Millisecond, 165 * time.Second}, // VRRPv3's: 163.8s and a second
+	} {
+		if got := vipLifetime(tc.interval); got != tc.want {
+			t.Errorf("vipLifetime(%v) = %v, want %v", tc.interval, got, tc.want)
+		}
+	}
+}

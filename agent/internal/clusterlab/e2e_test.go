@@ -118,8 +118,18 @@ func TestClusterE2E(t *testing.T) {
 	}
 
 	t.Run("agent crash", func(t *testing.T) {
+		crashed := time.Now()
 		failover("agent crash (kill -9)", func() { must(t, l.SignalAgent(lb1, syscall.SIGKILL)) }, lb2)
 		<-lb1.Agent.Done()
+		// Nothing listens behind the VIP a killed agent left on lb1; its
+		// lifetime (3s at this advert interval) takes it off.
+		netlab.Eventually(t, "the killed agent's VIP gone from lb1", 8*time.Second, func() error {
+			if h := l.VIPHolders(); !slices.Equal(h, []string{lb2.Name}) {
+				return fmt.Errorf("VIP on %v", h)
+			}
+			return nil
+		})
+		t.Logf("agent crash: the VIP left lb1 %v after the kill", time.Since(crashed).Round(100*time.Millisecond))
 		must(t, l.StartAgent(lb1, quiet))
 		waitHolder(t, l, "lb1 back after restart", lb1.Name, 30*time.Second)
 		netlab.Eventually(t, "the restarted agent removed the stale VIP and lb2 released", 15*time.Second, func() error { return onlyOn(l, VIP, lb1) })
