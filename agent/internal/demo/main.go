@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -158,11 +159,14 @@ func run(ctx context.Context) error {
 	outage, failed := probe.Outage(p.Results(), killed)
 	say("The VIP moved to %s %v after the kill; status.holder followed %v later. The client's longest outage: %v (%d failed connections)",
 		holder(), moved.Sub(killed).Round(time.Millisecond), followed.Sub(moved).Round(time.Millisecond), outage.Round(time.Millisecond), failed)
-	fmt.Printf("    (%s keeps a stale VIP on its link until its agent restarts: a killed process cannot remove it; the new holder's announcements moved the clients)\n", old)
 	kubectl("get", "lbpair", "-o", "wide")
 	kubectl("get", "events", "--field-selector", "reason=Failover")
+	if err := wait("the killed agent's VIP to expire", 15*time.Second, func() bool { return !slices.Contains(l.VIPHolders(), old) }); err != nil {
+		return err
+	}
+	say("The VIP left %s %v after the kill: the killed agent no longer renews its lifetime, and the kernel took it off", old, time.Since(killed).Round(100*time.Millisecond))
 
-	say("Restarting the agent on %s: it removes the stale VIP, joins as backup and, with the higher priority, takes the VIP back", old)
+	say("Restarting the agent on %s: it joins as backup and, with the higher priority, takes the VIP back", old)
 	if err := l.StartAgent(victim, true); err != nil {
 		return err
 	}
