@@ -164,12 +164,19 @@ func (m *Manager) Close() error {
 // the address, its proxy having died with it, and a node that still
 // answered ARP or neighbour solicitations for it would take some of the new
 // holder's clients.
-func (m *Manager) SetLifetime(d time.Duration) { m.lifetime = d }
+func (m *Manager) SetLifetime(d time.Duration) {
+	if d != m.lifetime {
+		m.lifetime = d
+		m.added = time.Time{} // due: the addresses carry the old one
+	}
+}
 
 // Refresh renews the virtual IPs' lifetime once a third of it has passed
-// since they were last added; the router calls it on its master's ticks.
+// since they were last added, or at once after SetLifetime changed it; the
+// router calls it on its master's ticks. Forever needs no renewal, but
+// going to it from a lifetime does.
 func (m *Manager) Refresh(now time.Time) error {
-	if m.lifetime <= 0 || now.Sub(m.added) < m.lifetime/3 {
+	if !m.added.IsZero() && (m.lifetime <= 0 || now.Sub(m.added) < m.lifetime/3) {
 		return nil
 	}
 	return m.Add()

@@ -380,12 +380,21 @@ func TestLifetime(t *testing.T) {
 				return nil
 			})
 			t.Logf("expired %v after the renewals stopped", time.Since(start).Round(100*time.Millisecond))
-			m.SetLifetime(0)
+			// A new lifetime (a new advert interval) is renewed at once.
 			if err := m.Add(); err != nil {
 				t.Fatal(err)
 			}
-			if got := validFor(); got != "forever" {
-				t.Errorf("added with no lifetime: valid_lft %s", got)
+			for _, tc := range []struct {
+				lifetime time.Duration
+				want     string
+			}{{10 * time.Second, "10sec"}, {0, "forever"}} {
+				m.SetLifetime(tc.lifetime)
+				if err := m.Refresh(time.Now()); err != nil {
+					t.Fatal(err)
+				}
+				if got := validFor(); got != tc.want {
+					t.Errorf("renewed just after the lifetime became %v: valid_lft %s, want %s", tc.lifetime, got, tc.want)
+				}
 			}
 		})
 	}

@@ -352,6 +352,13 @@ func (r *Router) Run(ctx context.Context) error {
 				// waiting an interval, then the addresses and their announcements.
 				r.exec(Step{Actions: []Action{{Kind: SendAdvert, Priority: r.m.Config().Priority}, {Kind: TakeVIPs}}})
 			}
+			if r.m.State() == Master {
+				// A new interval gives a new lifetime, due now: the one the
+				// addresses have may run out before the next renewal.
+				if err := r.b.vips.Refresh(time.Now()); err != nil {
+					r.log.Error(err, "Renewing the virtual IPs' lifetime")
+				}
+			}
 			r.log.Info("VRRP reconfigured", "priority", prio, "interval", cfg.AdvertInterval, "preempt", cfg.Preempt, "peers", cfg.Peers, "virtualIPs", cfg.VIPs)
 		}
 	}
