@@ -101,11 +101,9 @@ func (lc *lastConfig) inputs() config.Inputs {
 // lastConfigStore reads and writes the last configuration in a directory.
 type lastConfigStore struct {
 	path string
-	// written is the content of the file as last written or read, and kept
-	// what it holds, so that syncs that change nothing neither encode nor
-	// write.
-	written []byte
-	kept    *lastConfig
+	// kept is what the file holds as last written or read, so that syncs
+	// that change nothing neither encode nor write.
+	kept *lastConfig
 }
 
 func newLastConfigStore(dir string) *lastConfigStore {
@@ -115,16 +113,12 @@ func newLastConfigStore(dir string) *lastConfigStore {
 // save writes lc unless the file already holds it. The file is replaced in
 // one rename, so a crash mid-write leaves the previous one.
 func (s *lastConfigStore) save(lc *lastConfig) error {
-	if s.written != nil && reflect.DeepEqual(lc, s.kept) {
+	if reflect.DeepEqual(lc, s.kept) {
 		return nil
 	}
 	data, err := json.Marshal(lc)
 	if err != nil {
 		return fmt.Errorf("encoding the last configuration: %w", err)
-	}
-	if bytes.Equal(data, s.written) {
-		s.kept = lc
-		return nil
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(s.path), lastConfigFile+".*")
 	if err != nil {
@@ -141,7 +135,7 @@ func (s *lastConfigStore) save(lc *lastConfig) error {
 	if err := os.Rename(tmp.Name(), s.path); err != nil {
 		return fmt.Errorf("keeping the last configuration: %w", err)
 	}
-	s.written, s.kept = data, lc
+	s.kept = lc
 	return nil
 }
 
@@ -172,14 +166,14 @@ func (s *lastConfigStore) load(namespace, pair, node string) (*lastConfig, time.
 	if lc.Node != nil && lc.Node.Name != node {
 		return nil, time.Time{}, fmt.Errorf("%s holds the configuration of node %s, not %s", s.path, lc.Node.Name, node)
 	}
-	s.written, s.kept = data, &lc
+	s.kept = &lc
 	return &lc, fi.ModTime(), nil
 }
 
 // remove deletes the kept configuration, so that a restarted agent does not
 // serve a pair that has left its node.
 func (s *lastConfigStore) remove() error {
-	s.written, s.kept = nil, nil
+	s.kept = nil
 	if err := os.Remove(s.path); err != nil && !os.IsNotExist(err) {
 		return fmt.Errorf("removing the last configuration: %w", err)
 	}
