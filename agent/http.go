@@ -18,8 +18,8 @@ import (
 )
 
 // serveHealth starts the HTTP endpoints: /healthz (the process answers and
-// its router has not failed), /readyz (the router has joined the group and every listener
-// is up, so this agent can take over) and /metrics.
+// its router has not failed), /readyz (the router has joined the group and
+// every listener is up, so this agent can take over) and /metrics.
 func serveHealth(addr string, a *Agent, reg *prometheus.Registry, log logr.Logger) (*http.Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

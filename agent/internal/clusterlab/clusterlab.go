@@ -502,7 +502,7 @@ func (l *Lab) StartPairAgent(n *Node, pair string, quiet bool) (*netlab.Proc, er
 	for _, c := range sc.Capabilities.Add {
 		caps = append(caps, string(c))
 	}
-	args, err := l.mountVolumes(pod["metadata.name"], ds.Spec.Template.Spec.Volumes, c)
+	args, err := l.mountVolumes(n, pair, ds.Spec.Template.Spec.Volumes, c)
 	if err != nil {
 		return nil, fmt.Errorf("pair %s's DaemonSet: %w", pair, err)
 	}
@@ -512,25 +512,23 @@ func (l *Lab) StartPairAgent(n *Node, pair string, quiet bool) (*netlab.Proc, er
 // podName names the lab's pod of pair on n.
 func podName(n *Node, pair string) string { return "lbpair-" + pair + "-" + n.Name }
 
-func (l *Lab) volumeDir(pod, volume string) string { return filepath.Join(l.dir, "pods", pod, volume) }
-
 // VolumeDir is the directory of a volume of the pod of pair on n.
 func (l *Lab) VolumeDir(n *Node, pair, volume string) string {
-	return l.volumeDir(podName(n, pair), volume)
+	return filepath.Join(l.dir, "pods", podName(n, pair), volume)
 }
 
 // mountVolumes gives the container's emptyDir volumes a directory of the
 // pod's own, which outlives the agent's restarts as an emptyDir outlives its
 // container's, and returns the container's arguments with each mount path
 // replaced by its directory: the agents share the lab's file system.
-func (l *Lab) mountVolumes(podName string, volumes []corev1.Volume, c corev1.Container) ([]string, error) {
+func (l *Lab) mountVolumes(n *Node, pair string, volumes []corev1.Volume, c corev1.Container) ([]string, error) {
 	args := slices.Clone(c.Args)
 	for _, m := range c.VolumeMounts {
 		i := slices.IndexFunc(volumes, func(v corev1.Volume) bool { return v.Name == m.Name })
 		if i < 0 || volumes[i].EmptyDir == nil {
 			return nil, fmt.Errorf("volume %q: the lab gives only emptyDir volumes", m.Name)
 		}
-		dir := l.volumeDir(podName, m.Name)
+		dir := l.VolumeDir(n, pair, m.Name)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, err
 		}
