@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -54,6 +55,8 @@ type clusterSource struct {
 	last        *lastConfigStore
 	keepFailing bool
 	resolver    *heldResolver
+	// servingKept is 1 while keptRunning, for the metrics.
+	servingKept prometheus.Gauge
 
 	mu      sync.Mutex
 	secret  *corev1.Secret
@@ -110,6 +113,13 @@ func runCluster(ctx context.Context, o Options, a *Agent, st *statusReporter, lo
 		resolver: newHeldResolver(net.DefaultResolver, log.WithName("resolver"))}
 	if o.StateDir != "" {
 		src.last = newLastConfigStore(o.StateDir)
+	}
+	src.servingKept = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "lbpair_agent_configuration_kept",
+		Help: "1 while the agent serves the configuration it kept for a restart, the apiserver not having answered since it started.",
+	})
+	if err := a.reg.Register(src.servingKept); err != nil {
+		return fmt.Errorf("registering the agent's metrics: %w", err)
 	}
 	if ip, err := netip.ParseAddr(os.Getenv("POD_IP")); err == nil {
 		src.podIP = ip.Unmap()
@@ -329,6 +339,11 @@ func (s *clusterSource) started(settings *config.Settings, kept bool, keysAndVal
 		s.log.Info("The apiserver answered: its configuration replaces the kept one")
 	}
 	s.running, s.keptRunning, s.applied = true, kept, settings
+	serving := 0.0
+	if kept {
+		serving = 1
+	}
+	s.servingKept.Set(serving)
 }
 
 func (s *clusterSource) isRunning() bool {
@@ -444,6 +459,7 @@ func (s *clusterSource) deactivate(reason string) {
 	s.mu.Lock()
 	running := s.running
 	s.running, s.keptRunning = false, false
+	s.servingKept.Set(0)
 	s.mu.Unlock()
 	if !running {
 		return

@@ -297,6 +297,9 @@ func TestClusterE2E(t *testing.T) {
 				return nil
 			})
 			t.Logf("%s restarted while the apiserver was unreachable: listening after %v", n.Name, time.Since(began).Round(time.Millisecond))
+			if err := servingKept(hc, base, "1"); err != nil {
+				t.Errorf("%s: %v", n.Name, err)
+			}
 		}
 		restart(lb2)
 		start := time.Now()
@@ -324,6 +327,14 @@ func TestClusterE2E(t *testing.T) {
 		netlab.Eventually(t, "client served by lb1", 15*time.Second, func() error { return p.LastOK(10) })
 		resume()
 		waitHolder(t, l, "lb1 in the status once the apiserver answers", lb1.Name, 90*time.Second)
+		// Once their watches are back (client-go's backoff), the agents
+		// run the apiserver's configuration again.
+		for _, n := range l.Nodes {
+			base := fmt.Sprintf("http://%s:%d", n.IP, pair.Status.AgentPort)
+			netlab.Eventually(t, n.Name+" serves the apiserver's configuration again", 90*time.Second, func() error {
+				return servingKept(hc, base, "0")
+			})
+		}
 	})
 
 	t.Run("service scaled under load", func(t *testing.T) {
@@ -970,6 +981,25 @@ func brief(as []lbv1.AgentStatus) []string {
 		out = append(out, fmt.Sprintf("%s=%s(%s)", a.Node, a.State, a.Reason))
 	}
 	return out
+}
+
+// servingKept checks the agent's lbpair_agent_configuration_kept metric.
+func servingKept(hc *http.Client, base, want string) error {
+	resp, err := hc.Get(base + "/metrics")
+	if err != nil {
+		return err
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, "lbpair_agent_configuration_kept "); ok {
+			if v != want {
+				return fmt.Errorf("lbpair_agent_configuration_kept %s, want %s", v, want)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("no lbpair_agent_configuration_kept in %s/metrics", base)
 }
 
 // expectStatus GETs url and wants the status code want.
