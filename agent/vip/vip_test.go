@@ -42,12 +42,19 @@ func openIn(t *testing.T, h *netlab.Host, vips ...netip.Addr) *Manager {
 // neighbourMAC is the link-layer address h's neighbour table holds for addr, or "".
 func neighbourMAC(t *testing.T, h *netlab.Host, addr netip.Addr) string {
 	t.Helper()
-	out, err := h.Exec("ip", "neigh", "show", addr.String(), "dev", netlab.HostLink)
+	return ipField(t, h, "lladdr", "neigh", "show", addr.String(), "dev", netlab.HostLink)
+}
+
+// ipField runs `ip args` on h and returns the word after key in its output,
+// or "" when key is not there.
+func ipField(t *testing.T, h *netlab.Host, key string, args ...string) string {
+	t.Helper()
+	out, err := h.Exec("ip", args...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f := strings.Fields(out)
-	if i := slices.Index(f, "lladdr"); i >= 0 && i+1 < len(f) {
+	if i := slices.Index(f, key); i >= 0 && i+1 < len(f) {
 		return f[i+1]
 	}
 	return ""
@@ -344,13 +351,8 @@ func TestLifetime(t *testing.T) {
 			m := openIn(t, h, tc.vip)
 			validFor := func() string {
 				t.Helper()
-				out, err := h.Exec("ip", "-o", "addr", "show", "dev", netlab.HostLink, "to", tc.vip.String())
-				if err != nil {
-					t.Fatal(err)
-				}
-				f := strings.Fields(out)
-				if i := slices.Index(f, "valid_lft"); i >= 0 && i+1 < len(f) {
-					return f[i+1]
+				if v := ipField(t, h, "valid_lft", "-o", "addr", "show", "dev", netlab.HostLink, "to", tc.vip.String()); v != "" {
+					return v
 				}
 				return "absent"
 			}
