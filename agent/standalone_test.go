@@ -34,6 +34,16 @@ var (
 	buildErr  error
 )
 
+// TestMain removes the lbpair command lbpairBinary built, once every test
+// of the package is done with it.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
 // lbpairBinary builds the lbpair command once per test run.
 func lbpairBinary(t *testing.T) string {
 	t.Helper()
