@@ -367,9 +367,7 @@ func (s *clusterSource) applyLast(ctx context.Context) {
 		return
 	}
 	s.resolver.hold(lc.Resolved)
-	in := lc.inputs()
-	in.Resolver = s.resolver
-	settings, err := config.Build(ctx, in)
+	settings, err := config.Build(ctx, lc.inputs(s.resolver))
 	if err == nil {
 		err = s.agent.Apply(ctx, settings)
 	}

@@ -89,9 +89,10 @@ func newLastConfig(in config.Inputs, backends map[string][]proxy.Backend, resolv
 	return lc
 }
 
-// inputs are Build's inputs as they were when the configuration was kept.
-func (lc *lastConfig) inputs() config.Inputs {
-	in := config.Inputs{Pair: &lc.Pair, Node: lc.Node, Peers: lc.Peers}
+// inputs are Build's inputs as they were when the configuration was kept,
+// resolving host names with r.
+func (lc *lastConfig) inputs(r config.Resolver) config.Inputs {
+	in := config.Inputs{Pair: &lc.Pair, Node: lc.Node, Peers: lc.Peers, Resolver: r}
 	if lc.Secret != nil {
 		in.Secrets = []corev1.Secret{*lc.Secret}
 	}

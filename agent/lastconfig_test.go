@@ -102,9 +102,7 @@ func TestLastConfigServesAsTheApplied(t *testing.T) {
 	}
 	restarted := newHeldResolver(fakeResolver{}, logr.Discard())
 	restarted.hold(lc.Resolved)
-	kept := lc.inputs()
-	kept.Resolver = restarted
-	got, err := config.Build(ctx, kept)
+	got, err := config.Build(ctx, lc.inputs(restarted))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,9 +73,6 @@ func (r *heldResolver) LookupNetIP(ctx context.Context, network, host string) ([
 func (r *heldResolver) answers() map[string][]netip.Addr {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.held) == 0 {
-		return nil
-	}
 	return maps.Clone(r.held)
 }
 

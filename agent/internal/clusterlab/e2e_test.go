@@ -187,12 +187,8 @@ func TestClusterE2E(t *testing.T) {
 		})
 		// Not ready in Fault: a rolling update would stop at lb1.
 		readyz := fmt.Sprintf("http://%s:%d/readyz", lb1.IP, pair.Status.AgentPort)
-		resp, err := hc.Get(readyz)
-		must(t, err)
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "Fault") {
-			t.Errorf("GET %s in Fault: %s %q, want 503 naming the Fault", readyz, resp.Status, body)
+		if body, err := getBody(hc, readyz, http.StatusServiceUnavailable); err != nil || !strings.Contains(body, "Fault") {
+			t.Errorf("in Fault: %v %q, want a 503 naming the Fault", err, body)
 		}
 		blackhole(false)
 		restored = true
@@ -985,13 +981,11 @@ func brief(as []lbv1.AgentStatus) []string {
 
 // servingKept checks the agent's lbpair_agent_configuration_kept metric.
 func servingKept(hc *http.Client, base, want string) error {
-	resp, err := hc.Get(base + "/metrics")
+	body, err := getBody(hc, base+"/metrics", http.StatusOK)
 	if err != nil {
 		return err
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	for _, line := range strings.Split(string(body), "\n") {
+	for _, line := range strings.Split(body, "\n") {
 		if v, ok := strings.CutPrefix(line, "lbpair_agent_configuration_kept "); ok {
 			if v != want {
 				return fmt.Errorf("lbpair_agent_configuration_kept %s, want %s", v, want)
@@ -1004,16 +998,22 @@ func servingKept(hc *http.Client, base, want string) error {
 
 // expectStatus GETs url and wants the status code want.
 func expectStatus(hc *http.Client, url string, want int) error {
+	_, err := getBody(hc, url, want)
+	return err
+}
+
+// getBody GETs url and returns the body of an answer with status code want.
+func getBody(hc *http.Client, url string, want int) (string, error) {
 	resp, err := hc.Get(url)
 	if err != nil {
-		return err
+		return "", err
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != want {
-		return fmt.Errorf("GET %s: %s %q, want %d", url, resp.Status, body, want)
+		return "", fmt.Errorf("GET %s: %s %q, want %d", url, resp.Status, body, want)
 	}
-	return nil
+	return string(body), nil
 }
 
 func contains(s []string, v string) bool {
