@@ -94,10 +94,14 @@ type Machine struct {
 	state      State
 	since      time.Time
 	reason     string
-	startedAt  time.Time
 	masterAddr netip.Addr
+	// preemptAt ends the preemption delay: a backup follows a lower master
+	// until then. As keepalived's preempt_delay, the delay runs from the
+	// start, and again from the first lower advert after a master that was
+	// not lower; zero when no delay runs.
+	preemptAt time.Time
 	// masterInterval is Master_Adver_Interval: the master's, learnt from
-	// its adverts in VRRPv3 (then learnt is set).
+	// its adverts (then learnt is set).
 	masterInterval time.Duration
 	learnt         bool
 	masterDown     time.Time
@@ -197,7 +201,7 @@ func (m *Machine) Start(now time.Time) Step {
 	if m.state != Init {
 		return step
 	}
-	m.startedAt = now
+	m.preemptAt = now.Add(m.cfg.PreemptDelay)
 	m.masterInterval, m.learnt = m.cfg.Interval, false
 	if m.cfg.Priority == 255 {
 		m.becomeMaster(now, "address owner (priority 255)", &step)
@@ -247,8 +251,12 @@ func (m *Machine) Receive(now time.Time, p *Packet, from netip.Addr) Step {
 			m.masterLeft = true
 			return step
 		}
-		inPreemptDelay := now.Sub(m.startedAt) < m.cfg.PreemptDelay
-		if !m.cfg.Preempt || inPreemptDelay || p.Priority >= m.cfg.Priority {
+		if p.Priority >= m.cfg.Priority {
+			m.preemptAt = time.Time{}
+		} else if m.preemptAt.IsZero() {
+			m.preemptAt = now.Add(m.cfg.PreemptDelay)
+		}
+		if !m.cfg.Preempt || now.Before(m.preemptAt) || p.Priority >= m.cfg.Priority {
 			m.learn(p)
 			m.masterAddr = from
 			m.masterDown = now.Add(m.MasterDownInterval())
@@ -301,12 +309,12 @@ func (m *Machine) Receive(now time.Time, p *Packet, from netip.Addr) Step {
 	return step
 }
 
-// learn takes Master_Adver_Interval from a VRRPv3 advert; VRRPv2 adverts
-// carry the group's fixed interval, which the router already checked.
+// learn takes Master_Adver_Interval from an advert. A VRRPv2 advert carries
+// the group's interval, which the router checked; only while the group
+// changes its interval may it carry the previous one (see configGrace), and
+// the master keeps that schedule until it has the new one.
 func (m *Machine) learn(p *Packet) {
-	if m.cfg.Version == 3 {
-		m.masterInterval, m.learnt = p.Interval, true
-	}
+	m.masterInterval, m.learnt = p.Interval, true
 }
 
 // SetPriority changes the effective priority (tracking). A master
@@ -377,19 +385,29 @@ func (m *Machine) Stop(now time.Time, reason string) Step {
 }
 
 // Reconfigure changes interval, preemption and priority in place.
-// Master_Adver_Interval follows the new interval unless a VRRPv3 backup
-// learnt the master's own. A backup's master-down timer keeps counting from
-// the last advert it heard, moved by the change of Master_Down_Interval
-// only: a reconfiguration, however frequent, never postpones a takeover.
+// Master_Adver_Interval follows the new interval unless a backup learnt the
+// master's own: the master keeps its schedule until it has the change too,
+// and then advertises at once, so that backups learn the new interval before
+// their timers, set for the old one, run out. A backup's master-down timer
+// keeps counting from the last advert it heard, moved by the change of
+// Master_Down_Interval only: a reconfiguration, however frequent, never
+// postpones a takeover.
 func (m *Machine) Reconfigure(now time.Time, cfg MachineConfig) Step {
 	before := m.MasterDownInterval()
+	intervalChanged := cfg.Interval != m.cfg.Interval
 	step := m.SetPriority(now, cfg.Priority)
 	m.cfg.Interval, m.cfg.Preempt, m.cfg.PreemptDelay = cfg.Interval, cfg.Preempt, cfg.PreemptDelay
-	if m.state == Master || m.cfg.Version == 2 || !m.learnt {
+	if m.state == Master || !m.learnt {
 		m.masterInterval, m.learnt = cfg.Interval, false
 	}
-	if m.state == Backup {
+	switch m.state {
+	case Backup:
 		m.masterDown = m.masterDown.Add(m.MasterDownInterval() - before)
+	case Master:
+		if intervalChanged && len(step.Actions) == 0 {
+			step.Actions = append(step.Actions, Action{Kind: SendAdvert, Priority: m.cfg.Priority})
+			m.adver = now.Add(m.cfg.Interval)
+		}
 	}
 	return step
 }

@@ -214,6 +214,37 @@ func TestMachine(t *testing.T) {
 			{down100at100ms - time.Millisecond, tick(), Backup, nil},
 			{down100at100ms, tick(), Master, []Action{send100, take}},
 		}},
+		// A group changing its interval: the agents apply it one at a time.
+		{"VRRPv2 backup with a shorter interval waits for the master's old schedule", cfg2(100, 5*time.Second), "started", []event{
+			{0, start(), Backup, nil},
+			{0, recv(advert2(150, 5*time.Second), upper), Backup, nil},
+			{time.Second, reconf(cfg2(100, time.Second)), Backup, nil},
+			{4 * time.Second, tick(), Backup, nil},
+			// The master's next advert on its old schedule, accepted during the change.
+			{5 * time.Second, recv(advert2(150, 5*time.Second), upper), Backup, nil},
+			// The master has the change: it advertises at once.
+			{6 * time.Second, recv(advert2(150, time.Second), upper), Backup, nil},
+			{9 * time.Second, tick(), Backup, nil},
+		}},
+		{"a master with a new interval advertises at once", cfg2(255, 5*time.Second), "address owner (priority 255)", []event{
+			{0, start(), Master, []Action{send255, take}},
+			{time.Second, reconf(cfg2(255, time.Second)), Master, []Action{send255}},
+			{2*time.Second - time.Millisecond, tick(), Master, nil},
+			{2 * time.Second, tick(), Master, []Action{send255}},
+		}},
+		{"preempt delay runs again when a master drops below us", MachineConfig{Version: 3, Priority: 100, Interval: time.Second, Preempt: true, PreemptDelay: 10 * time.Second, Self: self}, "preempting master 198.18.0.12: its priority 50 is below our 100", []event{
+			{0, start(), Backup, nil},
+			{time.Second, recv(advert(150, time.Second), upper), Backup, nil},
+			{20 * time.Second, recv(advert(150, time.Second), upper), Backup, nil},
+			// Long after the start, the master's priority falls (tracking).
+			{21 * time.Second, recv(advert(50, time.Second), upper), Backup, nil},
+			{24 * time.Second, recv(advert(50, time.Second), upper), Backup, nil},
+			{27 * time.Second, recv(advert(50, time.Second), upper), Backup, nil},
+			{30 * time.Second, recv(advert(50, time.Second), upper), Backup, nil},
+			{30*time.Second + down100 - time.Millisecond, tick(), Backup, nil},
+			{31 * time.Second, recv(advert(50, time.Second), upper), Backup, nil},
+			{30*time.Second + down100, tick(), Master, []Action{send100, take}},
+		}},
 		{"a backup raising its priority preempts a lower master", cfg(100), "preempting master 198.18.0.12: its priority 120 is below our 150", []event{
 			{0, start(), Backup, nil},
 			{time.Second, recv(advert(120, time.Second), upper), Backup, nil},
@@ -287,8 +318,9 @@ func TestReconfigureRefreshesMasterDownInterval(t *testing.T) {
 			wantMDI: 6*time.Second + 156*time.Second/256, wantNext: 6*time.Second + 156*time.Second/256,
 		},
 		{
-			name: "VRRPv2 backup takes it even after adverts", config: cfg2(100, time.Second), learn: advert2(150, time.Second), newIntv: 2 * time.Second,
-			wantMDI: 6*time.Second + 156*time.Second/256, wantNext: 6*time.Second + 156*time.Second/256,
+			// The master still advertises every second until it has the change.
+			name: "VRRPv2 backup keeps the master's interval after adverts", config: cfg2(100, time.Second), learn: advert2(150, time.Second), newIntv: 2 * time.Second,
+			wantMDI: 3*time.Second + 156*time.Second/256, wantNext: 3*time.Second + 156*time.Second/256,
 		},
 		{
 			name: "VRRPv3 backup that learnt nothing takes the new interval", config: cfg(100), newIntv: 100 * time.Millisecond,
