@@ -103,21 +103,51 @@ type Router struct {
 	// publishedPrio is the priority last set in the metrics and status;
 	// 0, which no machine has, until the first step.
 	publishedPrio uint8
-	// prevPassword is the VRRPv2 password before the last change, still
-	// accepted until prevUntil (see passwordGrace).
-	prevPassword string
-	prevUntil    time.Time
+	// prev holds settings peers may still advertise after a change.
+	prev previous
 }
 
 // dadWait bounds how long NewRouter waits for the interface's address to
 // pass duplicate address detection (one probe a second by default).
 const dadWait = 5 * time.Second
 
-// passwordGrace is how long adverts with the previous VRRPv2 password are
-// still accepted after a change. The routers of a group learn a new password
-// one at a time (each agent reads the Secret, each keepalived is reloaded);
-// in between, a backup that dropped the master's adverts would take over.
-const passwordGrace = time.Minute
+// configGrace is how long adverts that carry a setting's previous value (the
+// VRRPv2 password or interval, the virtual IPs) are still accepted after a
+// change. The routers of a group learn a change one at a time (each agent
+// reads the pair and its Secret, each keepalived is reloaded); in between, a
+// backup that dropped the master's adverts would take over.
+const configGrace = time.Minute
+
+// previous holds the settings a peer may still advertise after a change, and
+// until when each is accepted.
+type previous struct {
+	password      string
+	passwordUntil time.Time
+	interval      time.Duration
+	intervalUntil time.Time
+	vips          []netip.Addr
+	vipsUntil     time.Time
+}
+
+// remember keeps, for configGrace from now, the settings old had that cfg
+// changes; it returns their names.
+func (p *previous) remember(old, cfg Config, now time.Time) []string {
+	until := now.Add(configGrace)
+	var changed []string
+	if cfg.AuthPassword != old.AuthPassword {
+		p.password, p.passwordUntil = old.AuthPassword, until
+		changed = append(changed, "password")
+	}
+	if cfg.AdvertInterval != old.AdvertInterval {
+		p.interval, p.intervalUntil = old.AdvertInterval, until
+		changed = append(changed, "interval")
+	}
+	if !sameAddrs(cfg.VIPs, old.VIPs) {
+		p.vips, p.vipsUntil = old.VIPs, until
+		changed = append(changed, "virtualIPs")
+	}
+	return changed
+}
 
 // NewRouter opens the router's sockets on the interface: it must run in
 // the network namespace of that interface; the router may then run from any
@@ -335,12 +365,12 @@ func (r *Router) Run(ctx context.Context) error {
 					continue
 				}
 			}
-			req.errc <- nil
-			if cfg.AuthPassword != r.cfg.AuthPassword {
-				r.prevPassword, r.prevUntil = r.cfg.AuthPassword, time.Now().Add(passwordGrace)
-				r.log.Info("VRRP password changed; the previous one is accepted for a while", "for", passwordGrace)
+			if changed := r.prev.remember(r.cfg, cfg, time.Now()); len(changed) > 0 {
+				r.log.Info("Peers' adverts with the previous settings are accepted for a while", "settings", changed, "for", configGrace)
 			}
+			// Before the answer: the caller reads r.cfg in its next Reconfigure.
 			r.cfg = cfg
+			req.errc <- nil
 			r.b.vips.SetLifetime(vipLifetime(cfg.AdvertInterval))
 			prio, fault, why := r.effective(cfg.Priority)
 			mc := r.m.Config()
@@ -649,17 +679,18 @@ func (r *Router) check(p received) *Packet {
 		r.drop("version", p.src, fmt.Errorf("VRRPv%d advert, this group runs VRRPv%d", pkt.Version, r.cfg.Version))
 		return nil
 	}
+	now := time.Now()
 	if pkt.Version == 2 {
-		if !authMatches(pkt, r.cfg.AuthPassword) && (time.Now().After(r.prevUntil) || !authMatches(pkt, r.prevPassword)) {
+		if !authMatches(pkt, r.cfg.AuthPassword) && !(now.Before(r.prev.passwordUntil) && authMatches(pkt, r.prev.password)) {
 			r.drop("auth", p.src, errors.New("authentication does not match"))
 			return nil
 		}
-		if pkt.Interval != r.cfg.AdvertInterval {
+		if pkt.Interval != r.cfg.AdvertInterval && !(now.Before(r.prev.intervalUntil) && pkt.Interval == r.prev.interval) {
 			r.drop("interval", p.src, fmt.Errorf("advert interval %v, this group uses %v", pkt.Interval, r.cfg.AdvertInterval))
 			return nil
 		}
 	}
-	if pkt.Priority != 255 && !sameAddrs(pkt.Addrs, r.cfg.VIPs) {
+	if pkt.Priority != 255 && !sameAddrs(pkt.Addrs, r.cfg.VIPs) && !(now.Before(r.prev.vipsUntil) && sameAddrs(pkt.Addrs, r.prev.vips)) {
 		r.drop("addresses", p.src, fmt.Errorf("virtual IPs %v, this group has %v", pkt.Addrs, r.cfg.VIPs))
 		return nil
 	}

@@ -368,38 +368,63 @@ func TestReconfigureLive(t *testing.T) {
 // TestPasswordRotation: the routers of a group learn a new VRRPv2 password one at a
 // time. A backup that has it already still accepts the master's adverts with the
 // previous one, and does not take over.
-func TestPasswordRotation(t *testing.T) {
-	h := lab(t, "lb1", "lb2")
-	cfg := func(prio uint8, password string) Config {
+// TestSettingsChangeOneRouterAtATime: the routers of a group learn a change one at a
+// time. The backup that has it first keeps following the master that has it not.
+func TestSettingsChangeOneRouterAtATime(t *testing.T) {
+	v2 := func(prio uint8) Config {
 		c := baseConfig(prio)
-		c.Version, c.AdvertInterval, c.AuthPassword = 2, time.Second, password
+		c.Version, c.AdvertInterval = 2, time.Second
 		return c
 	}
-	lb1 := startRouter(t, h[0], cfg(150, "old"))
-	lb2 := startRouter(t, h[1], cfg(100, "old"))
-	waitFor(t, "lb1 elected", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+	for _, tt := range []struct {
+		name string
+		from func(prio uint8) Config
+		// change makes the new configuration from the old.
+		change func(Config) Config
+		// lag is how long lb1 runs the old configuration: longer than lb2's
+		// master-down interval.
+		lag  time.Duration
+		drop string
+	}{
+		{"VRRPv2 password", func(prio uint8) Config { c := v2(prio); c.AuthPassword = "old"; return c },
+			func(c Config) Config { c.AuthPassword = "new"; return c }, 5 * time.Second, "auth"},
+		{"VRRPv2 shorter interval", func(prio uint8) Config { c := v2(prio); c.AdvertInterval = 2 * time.Second; return c },
+			func(c Config) Config { c.AdvertInterval = time.Second; return c }, 5 * time.Second, "interval"},
+		{"virtual IPs", baseConfig,
+			func(c Config) Config {
+				c.VIPs = append(slices.Clone(c.VIPs), netip.MustParseAddr("198.18.0.101"))
+				return c
+			}, time.Second, "addresses"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := lab(t, "lb1", "lb2")
+			lb1 := startRouter(t, h[0], tt.from(150))
+			lb2 := startRouter(t, h[1], tt.from(100))
+			waitFor(t, "lb1 elected", testVIP, map[*node]State{lb1: Master, lb2: Backup})
 
-	// steady fails the test if lb2 leaves Backup within d: its master-down interval
-	// is about 3.6 s.
-	steady := func(what string, d time.Duration) {
-		t.Helper()
-		for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-			if s := lb2.state(); s != Backup {
-				t.Fatalf("%s: lb2 became %v", what, s)
+			// steady fails the test if lb2 leaves Backup within d.
+			steady := func(what string, d time.Duration) {
+				t.Helper()
+				for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+					if s := lb2.state(); s != Backup {
+						t.Fatalf("%s: lb2 became %v", what, s)
+					}
+				}
 			}
-		}
-	}
-	if err := lb2.router.Reconfigure(cfg(100, "new")); err != nil {
-		t.Fatal(err)
-	}
-	steady("lb2 has the new password, lb1 the old one", 5*time.Second)
-	if err := lb1.router.Reconfigure(cfg(150, "new")); err != nil {
-		t.Fatal(err)
-	}
-	steady("both have the new password", 2*time.Second)
-	waitFor(t, "after the rotation", testVIP, map[*node]State{lb1: Master, lb2: Backup})
-	if n := metricValue(t, lb2.router.metrics.dropped.WithLabelValues("auth")); n != 0 {
-		t.Errorf("lb2 dropped %v adverts for their authentication", n)
+			dropped := metricValue(t, lb2.router.metrics.dropped.WithLabelValues(tt.drop))
+			if err := lb2.router.Reconfigure(tt.change(tt.from(100))); err != nil {
+				t.Fatal(err)
+			}
+			steady("lb2 has the change, lb1 not", tt.lag)
+			if err := lb1.router.Reconfigure(tt.change(tt.from(150))); err != nil {
+				t.Fatal(err)
+			}
+			steady("both have the change", 2*time.Second)
+			waitFor(t, "after the change", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+			if n := metricValue(t, lb2.router.metrics.dropped.WithLabelValues(tt.drop)) - dropped; n != 0 {
+				t.Errorf("lb2 dropped %v adverts (%s)", n, tt.drop)
+			}
+		})
 	}
 }
 

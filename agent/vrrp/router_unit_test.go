@@ -66,6 +66,9 @@ func TestCheck(t *testing.T) {
 		}
 		return p
 	}
+	withPassword := func(c Config, pw string) *Config { c.AuthPassword = pw; return &c }
+	withInterval := func(c Config, iv time.Duration) *Config { c.AdvertInterval = iv; return &c }
+	withVIPs := func(c Config, vips ...netip.Addr) *Config { c.VIPs = vips; return &c }
 	tests := []struct {
 		name   string
 		config Config
@@ -74,9 +77,9 @@ func TestCheck(t *testing.T) {
 		corrupt func([]byte) []byte
 		ttl     int
 		src     netip.Addr
-		// prev was the password until a change prevFor ago; accepted
-		// until passwordGrace has passed.
-		prev    string
+		// before was the configuration until a change prevFor ago: its
+		// settings are accepted until configGrace has passed.
+		before  *Config
 		prevFor time.Duration
 		// drop is the reason counted, or "" when the packet is accepted.
 		drop string
@@ -96,15 +99,21 @@ func TestCheck(t *testing.T) {
 		{name: "VRRPv2 PASS with a wrong password", config: v2pass, packet: pkt(2, func(p *Packet) { p.AuthType, p.Auth = AuthSimple, Password("wrong") }), drop: "auth"},
 		{name: "VRRPv2 without authentication to a PASS group", config: v2pass, packet: pkt(2, nil), drop: "auth"},
 		{name: "VRRPv2 PASS to a group without authentication", config: v2, packet: pkt(2, func(p *Packet) { p.AuthType, p.Auth = AuthSimple, Password("s3cret") }), drop: "auth"},
-		{name: "VRRPv2 the previous password just after a change", config: v2pass, prev: "old", prevFor: time.Second, packet: pkt(2, func(p *Packet) { p.AuthType, p.Auth = AuthSimple, Password("old") })},
-		{name: "VRRPv2 the previous password once its grace has passed", config: v2pass, prev: "old", prevFor: passwordGrace + time.Second, packet: pkt(2, func(p *Packet) { p.AuthType, p.Auth = AuthSimple, Password("old") }), drop: "auth"},
-		{name: "VRRPv2 without authentication just after PASS was turned on", config: v2pass, prevFor: time.Second, packet: pkt(2, nil)},
-		{name: "VRRPv2 another password just after a change", config: v2pass, prev: "old", prevFor: time.Second, packet: pkt(2, func(p *Packet) { p.AuthType, p.Auth = AuthSimple, Password("wrong") }), drop: "auth"},
+		{name: "VRRPv2 the previous password just after a change", config: v2pass, before: withPassword(v2pass, "old"), prevFor: time.Second, packet: pkt(2, func(p *Packet) { p.AuthType, p.Auth = AuthSimple, Password("old") })},
+		{name: "VRRPv2 the previous password once its grace has passed", config: v2pass, before: withPassword(v2pass, "old"), prevFor: configGrace + time.Second, packet: pkt(2, func(p *Packet) { p.AuthType, p.Auth = AuthSimple, Password("old") }), drop: "auth"},
+		{name: "VRRPv2 without authentication just after PASS was turned on", config: v2pass, before: &v2, prevFor: time.Second, packet: pkt(2, nil)},
+		{name: "VRRPv2 another password just after a change", config: v2pass, before: withPassword(v2pass, "old"), prevFor: time.Second, packet: pkt(2, func(p *Packet) { p.AuthType, p.Auth = AuthSimple, Password("wrong") }), drop: "auth"},
 		{name: "VRRPv2 unknown authentication type", config: v2, packet: pkt(2, func(p *Packet) { p.AuthType = 2 }), drop: "auth"},
 		{name: "VRRPv2 interval mismatch", config: v2, packet: pkt(2, func(p *Packet) { p.Interval = 2 * time.Second }), drop: "interval"},
+		{name: "VRRPv2 the previous interval just after a change", config: v2, before: withInterval(v2, 2*time.Second), prevFor: time.Second, packet: pkt(2, func(p *Packet) { p.Interval = 2 * time.Second })},
+		{name: "VRRPv2 the previous interval once its grace has passed", config: v2, before: withInterval(v2, 2*time.Second), prevFor: configGrace + time.Second, packet: pkt(2, func(p *Packet) { p.Interval = 2 * time.Second }), drop: "interval"},
+		{name: "VRRPv2 another interval just after a change", config: v2, before: withInterval(v2, 2*time.Second), prevFor: time.Second, packet: pkt(2, func(p *Packet) { p.Interval = 3 * time.Second }), drop: "interval"},
 		{name: "fewer addresses", config: Config{Version: 3, VRID: 51, Priority: 100, AdvertInterval: time.Second, VIPs: []netip.Addr{vip4, other}}, packet: pkt(3, nil), drop: "addresses"},
 		{name: "more addresses", config: v3, packet: pkt(3, func(p *Packet) { p.Addrs = []netip.Addr{vip4, other} }), drop: "addresses"},
 		{name: "other addresses", config: v3, packet: pkt(3, func(p *Packet) { p.Addrs = []netip.Addr{other} }), drop: "addresses"},
+		{name: "the previous addresses just after a change", config: v3, before: withVIPs(v3, vip4, other), prevFor: time.Second, packet: pkt(3, func(p *Packet) { p.Addrs = []netip.Addr{other, vip4} })},
+		{name: "the previous addresses once their grace has passed", config: v3, before: withVIPs(v3, vip4, other), prevFor: configGrace + time.Second, packet: pkt(3, func(p *Packet) { p.Addrs = []netip.Addr{other, vip4} }), drop: "addresses"},
+		{name: "other addresses just after a change", config: v3, before: withVIPs(v3, vip4, other), prevFor: time.Second, packet: pkt(3, func(p *Packet) { p.Addrs = []netip.Addr{other} }), drop: "addresses"},
 		{name: "addresses in another order accepted", config: Config{Version: 3, VRID: 51, Priority: 100, AdvertInterval: time.Second, VIPs: []netip.Addr{vip4, other}}, packet: pkt(3, func(p *Packet) { p.Addrs = []netip.Addr{other, vip4} })},
 		{name: "the address owner's addresses are not checked", config: v3, packet: pkt(3, func(p *Packet) { p.Priority, p.Addrs = 255, []netip.Addr{other} })},
 	}
@@ -112,8 +121,8 @@ func TestCheck(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := socketFreeRouter(tt.config, logr.Discard())
-			if tt.prevFor != 0 {
-				r.prevPassword, r.prevUntil = tt.prev, time.Now().Add(passwordGrace-tt.prevFor)
+			if tt.before != nil {
+				r.prev.remember(*tt.before, tt.config, time.Now().Add(-tt.prevFor))
 			}
 			src := upper
 			if tt.src.IsValid() {
