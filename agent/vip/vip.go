@@ -335,7 +335,12 @@ var ErrTentative = errors.New("its address is still in duplicate address detecti
 
 // PrimaryAddress is the interface's address VRRP sends from: its first
 // IPv4 address that is not a virtual IP, or its IPv6 link-local address,
-// once duplicate address detection has passed.
+// once duplicate address detection has passed. An address with a prefix
+// comes before a host route (a /32 or /128): virtual IPs are host routes,
+// and those of other pairs on the interface, which vips does not list, may
+// come first (the kernel lists a node address added again after them).
+// Some clouds give nodes host routes only; one of them is taken when there
+// is nothing else.
 func PrimaryAddress(ifname string, ipv6 bool, vips []netip.Addr) (netip.Addr, error) {
 	link, err := netlink.LinkByName(ifname)
 	if err != nil {
@@ -350,6 +355,7 @@ func PrimaryAddress(ifname string, ipv6 bool, vips []netip.Addr) (netip.Addr, er
 		return netip.Addr{}, fmt.Errorf("listing addresses of %q: %w", ifname, err)
 	}
 	tentative := false
+	var hostRoute netip.Addr
 	for _, a := range addrs {
 		ip, ok := netip.AddrFromSlice(a.IP)
 		if !ok {
@@ -367,12 +373,16 @@ func PrimaryAddress(ifname string, ipv6 bool, vips []netip.Addr) (netip.Addr, er
 		}
 		// A virtual IP, left by a crashed run, is a host route; the node's own
 		// address, even one named as a virtual IP (which Open refuses), is not.
-		ones, bits := a.Mask.Size()
-		if ones != bits || !slices.Contains(vips, ip) {
+		if ones, bits := a.Mask.Size(); ones != bits {
 			return ip, nil
+		}
+		if !hostRoute.IsValid() && !slices.Contains(vips, ip) {
+			hostRoute = ip
 		}
 	}
 	switch {
+	case hostRoute.IsValid():
+		return hostRoute, nil
 	case tentative:
 		return netip.Addr{}, fmt.Errorf("interface %q: %w", ifname, ErrTentative)
 	case ipv6:

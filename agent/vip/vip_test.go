@@ -215,6 +215,27 @@ func TestPrimaryAddressSkipsVirtualIPs(t *testing.T) {
 	if a, err := primary(); err != nil || a != netip.MustParseAddr("198.18.0.11") {
 		t.Fatalf("primary address %v, %v; want 198.18.0.11", a, err)
 	}
+	// Another pair's virtual IP, which this pair does not know, and the node's
+	// address added again after it.
+	if err := h.AddAddr("198.18.0.200/32"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Exec("ip", "addr", "del", "198.18.0.11/24", "dev", netlab.HostLink); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.AddAddr("198.18.0.11/24"); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := primary(); err != nil || a != netip.MustParseAddr("198.18.0.11") {
+		t.Fatalf("after the node's address came back behind another pair's virtual IP: primary address %v, %v; want 198.18.0.11", a, err)
+	}
+	// A node with host routes only.
+	if _, err := h.Exec("ip", "addr", "del", "198.18.0.11/24", "dev", netlab.HostLink); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := primary(); err != nil || a != netip.MustParseAddr("198.18.0.200") {
+		t.Fatalf("with host routes only: primary address %v, %v; want 198.18.0.200, the one that is not this pair's virtual IP", a, err)
+	}
 	var ll netip.Addr
 	netlab.Eventually(t, "the IPv6 link-local address", 5*time.Second, func() error {
 		return h.Do(func() error {
