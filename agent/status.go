@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-logr/logr"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -83,21 +84,37 @@ func (r *statusReporter) notify(vrrp.Transition) {
 func (r *statusReporter) setConfigError(err error) {
 	msg := ""
 	if err != nil {
-		msg = err.Error()
-		if len(msg) > maxConfigError {
-			msg = msg[:maxConfigError-3] + "..."
-		}
+		msg = shorten(err.Error(), maxConfigError)
 	}
 	if old := r.configErr.Swap(&msg); old == nil || *old != msg {
 		r.notify(vrrp.Transition{})
 	}
 }
 
-// maxConfigError is the CRD's bound on status.agents[].configError.
-const maxConfigError = 1024
+// The CRD's bounds on status.agents[].configError and reason. The apiserver
+// refuses the whole entry when one string is longer, so a long reason (a
+// Fault naming many listeners) would freeze the entry while it lasts.
+const (
+	maxConfigError = 1024
+	maxReason      = 256
+)
 
-// pause stops the writes until resume.
-func (r *statusReporter) pause() { r.paused.Store(true) }
+// shorten cuts s to at most limit bytes, on a UTF-8 boundary, ending it
+// with "..." when it cuts. The CRD counts characters; bytes are never fewer.
+func shorten(s string, limit int) string {
+	if len(s) <= limit {
+		return s
+	}
+	const ellipsis = "..."
+	cut := limit - len(ellipsis)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + ellipsis
+}
+
+// pause stops the writes until resume, and tells whether they were going.
+func (r *statusReporter) pause() bool { return !r.paused.Swap(true) }
 
 // resume starts the writes again, at once if they were paused.
 func (r *statusReporter) resume() {
@@ -173,7 +190,11 @@ func jitter(d time.Duration) time.Duration {
 
 // entry is this agent's status.agents item.
 func (r *statusReporter) entry(now time.Time) lbv1.AgentStatus {
-	st := r.agent.Status()
+	return r.entryOf(r.agent.Status(), now)
+}
+
+// entryOf builds the status.agents item from the agent's status st.
+func (r *statusReporter) entryOf(st Status, now time.Time) lbv1.AgentStatus {
 	if st.Running {
 		r.idleSince = time.Time{}
 	} else if r.idleSince.IsZero() {
@@ -193,7 +214,7 @@ func (r *statusReporter) entry(now time.Time) lbv1.AgentStatus {
 		e.Since = metav1.NewMicroTime(now)
 		e.State = lbv1.VRRPState(st.VRRP.State.String())
 		e.Priority = int32(st.VRRP.EffectivePriority)
-		e.Reason = st.VRRP.Reason
+		e.Reason = shorten(st.VRRP.Reason, maxReason)
 		if !st.VRRP.Since.IsZero() {
 			e.Since = metav1.NewMicroTime(st.VRRP.Since)
 		}
@@ -203,7 +224,7 @@ func (r *statusReporter) entry(now time.Time) lbv1.AgentStatus {
 			e.Address = a.WithZone("").String()
 		}
 	} else if st.Err != nil {
-		e.State, e.Reason = lbv1.StateFault, st.Err.Error()
+		e.State, e.Reason = lbv1.StateFault, shorten(st.Err.Error(), maxReason)
 	}
 	for _, p := range st.Ports {
 		e.Ports = append(e.Ports, lbv1.PortStatus{Name: p.Name, HealthyBackends: int32(p.HealthyBackends), Backends: int32(p.Backends)})
