@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -381,7 +382,13 @@ func (s *clusterSource) applyLast(ctx context.Context) {
 }
 
 // peers lists the addresses of the pair's other agents: hostNetwork pods
-// carry their node's address.
+// carry their node's address. A terminating agent stays a peer while it
+// has an address: a stopping master waits for its successor's advert
+// before it gives up the virtual IPs, and would wait its whole handover
+// timeout, holding them next to the new master, if no one sent it any.
+// The list is sorted and each address appears once (an old and a new pod
+// on one node share it), so that an unchanged pair gives an unchanged
+// configuration: the cache lists in no set order.
 func (s *clusterSource) peers(ctx context.Context) []netip.Addr {
 	var pods corev1.PodList
 	if err := s.cache.List(ctx, &pods, client.InNamespace(s.o.Namespace), client.MatchingLabels{lbv1.PairLabel: lbv1.PairLabelValue(s.o.Pair)}); err != nil {
@@ -390,7 +397,7 @@ func (s *clusterSource) peers(ctx context.Context) []netip.Addr {
 	}
 	var out []netip.Addr
 	for _, p := range pods.Items {
-		if p.Spec.NodeName == s.o.NodeName || p.DeletionTimestamp != nil {
+		if p.Spec.NodeName == s.o.NodeName {
 			continue
 		}
 		for _, ip := range p.Status.PodIPs {
@@ -399,7 +406,8 @@ func (s *clusterSource) peers(ctx context.Context) []netip.Addr {
 			}
 		}
 	}
-	return out
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
 }
 
 // authSecret reads the VRRPv2 password Secret, falling back to the last one
@@ -459,18 +467,22 @@ func (s *clusterSource) deactivate(reason string) {
 	s.running, s.keptRunning = false, false
 	s.servingKept.Set(0)
 	s.mu.Unlock()
-	if !running {
-		return
-	}
-	s.log.Info("Stopping: giving up the virtual IPs and closing the listeners", "reason", reason)
 	// An inactive agent has nothing to report: its entry goes, and comes
 	// back when the pair selects the node again. The writes stop first, so
 	// that the transitions of stopping are not written to a deleted pair.
-	s.status.pause()
-	if err := s.agent.Deactivate(); err != nil {
-		s.log.Error(err, "Stopping the agent")
+	// An agent whose spec never applied has an entry too (Init, with its
+	// configError); it goes once, not at every sync that finds the node
+	// still out of the pair.
+	writing := s.status.pause()
+	if running {
+		s.log.Info("Stopping: giving up the virtual IPs and closing the listeners", "reason", reason)
+		if err := s.agent.Deactivate(); err != nil {
+			s.log.Error(err, "Stopping the agent")
+		}
 	}
-	s.status.remove()
+	if running || writing {
+		s.status.remove()
+	}
 }
 
 func (s *clusterSource) stop() error {
