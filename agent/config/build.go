@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"time"
 
@@ -36,7 +37,7 @@ type Inputs struct {
 	// pair's default priority applies).
 	Node *corev1.Node
 	// Peers are the addresses of the other agents, used for unicast when
-	// the spec enables it without listing peers.
+	// the spec enables it, with the peers it lists.
 	Peers []netip.Addr
 	// Secrets holds the Secrets the pair may reference, by name.
 	Secrets []corev1.Secret
@@ -132,23 +133,32 @@ func Build(ctx context.Context, in Inputs) (*Settings, error) {
 		return nil, err
 	}
 
+	// The agents of the pair send to each other; the listed peers are
+	// routers besides them (a keepalived host during a migration), so they
+	// add to the agents found rather than replace them: listing only the
+	// keepalived host must not leave the agents deaf to each other. Sorted,
+	// so that the same peers make the same configuration.
 	var peers []netip.Addr
 	if spec.Unicast != nil && spec.Unicast.Enabled {
-		if len(spec.Unicast.Peers) > 0 {
-			for i, p := range spec.Unicast.Peers {
-				a, err := netip.ParseAddr(p)
-				if err != nil {
-					return nil, fmt.Errorf("spec.unicast.peers[%d]: %q is not an IP address", i, p)
-				}
-				peers = append(peers, a.Unmap())
-			}
-		} else {
-			for _, p := range in.Peers {
-				if p.Is4() == vips[0].Is4() {
-					peers = append(peers, p)
-				}
+		for _, p := range in.Peers {
+			if p = p.Unmap(); p.Is4() == vips[0].Is4() {
+				peers = append(peers, p)
 			}
 		}
+		for i, p := range spec.Unicast.Peers {
+			a, err := netip.ParseAddr(p)
+			if err != nil {
+				return nil, fmt.Errorf("spec.unicast.peers[%d]: %q is not an IP address", i, p)
+			}
+			// Checked here, where the index is the spec's: the router's
+			// own check sees the merged list.
+			if a = a.Unmap(); a.Is4() != vips[0].Is4() {
+				return nil, fmt.Errorf("spec.unicast.peers[%d]: %s is not of the virtual IPs' family", i, a)
+			}
+			peers = append(peers, a)
+		}
+		slices.SortFunc(peers, netip.Addr.Compare)
+		peers = slices.Compact(peers)
 	}
 
 	s.VRRP = vrrp.Config{

@@ -115,15 +115,29 @@ func TestBuild(t *testing.T) {
 			},
 		},
 		{
-			name: "listed unicast peers win",
+			// The listed peers are routers besides the agents (a keepalived
+			// host): listing them must not leave the agents deaf to each other.
+			name: "listed unicast peers add to the other agents, sorted",
 			edit: func(f *File) {
-				f.Pair.Spec.Unicast = &lbv1.UnicastSpec{Enabled: true, Peers: []string{"198.18.0.13"}}
+				f.Pair.Spec.Unicast = &lbv1.UnicastSpec{Enabled: true, Peers: []string{"198.18.0.13", "198.18.0.10"}}
 			},
 			check: func(t *testing.T, s *Settings) {
-				if got := s.VRRP.Peers; len(got) != 1 || got[0].String() != "198.18.0.13" {
-					t.Errorf("peers = %v, want [198.18.0.13]", got)
-				}
+				checkPeers(t, s, "198.18.0.10", "198.18.0.12", "198.18.0.13")
 			},
+		},
+		{
+			name: "a listed unicast peer that is an agent is sent to once",
+			edit: func(f *File) {
+				f.Pair.Spec.Unicast = &lbv1.UnicastSpec{Enabled: true, Peers: []string{"198.18.0.12"}}
+			},
+			check: func(t *testing.T, s *Settings) { checkPeers(t, s, "198.18.0.12") },
+		},
+		{
+			name: "a listed unicast peer of the other family",
+			edit: func(f *File) {
+				f.Pair.Spec.Unicast = &lbv1.UnicastSpec{Enabled: true, Peers: []string{"198.18.0.13", "fd00:198:18::13"}}
+			},
+			wantErr: "spec.unicast.peers[1]: fd00:198:18::13 is not of the virtual IPs' family",
 		},
 		{
 			name: "multicast ignores discovered peers",
@@ -257,6 +271,18 @@ func TestBuild(t *testing.T) {
 			}
 			tt.check(t, s)
 		})
+	}
+}
+
+// checkPeers checks the unicast peers of s, in order.
+func checkPeers(t *testing.T, s *Settings, want ...string) {
+	t.Helper()
+	var got []string
+	for _, p := range s.VRRP.Peers {
+		got = append(got, p.String())
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("peers (-want +got):\n%s", diff)
 	}
 }
 
