@@ -47,6 +47,7 @@ type Agent struct {
 	mu       sync.Mutex
 	settings *config.Settings
 	health   healthRelay
+	tracker  *track.Tracker // the running router's
 	router   *vrrp.Router
 	cancel   context.CancelFunc
 	done     chan struct{}
@@ -92,13 +93,20 @@ func (a *Agent) Apply(ctx context.Context, s *config.Settings) error {
 		var prev proxy.Config
 		if a.settings != nil {
 			prev = a.settings.Proxy
+			a.setChecksLocked(a.settings.Checks)
 		}
 		if perr := a.proxy.Apply(prev); perr != nil {
 			err = errors.Join(err, fmt.Errorf("restoring the proxy: %w", perr))
 		}
 		return err
 	}
-	restart := a.router == nil || !reflect.DeepEqual(a.settings.Checks, s.Checks)
+	restart := a.router == nil
+	if !restart && !reflect.DeepEqual(a.settings.Checks, s.Checks) {
+		// A new tracking weight changes the effective priority only: the
+		// running router takes it, where a new one would hand the virtual
+		// IPs over and back.
+		a.setChecksLocked(s.Checks)
+	}
 	// Most syncs change nothing (a status write is a watch event too).
 	if !restart && !reflect.DeepEqual(a.settings.VRRP, s.VRRP) {
 		err := a.router.Reconfigure(s.VRRP)
@@ -122,6 +130,16 @@ func (a *Agent) Apply(ctx context.Context, s *config.Settings) error {
 	return nil
 }
 
+// setChecksLocked gives the running router's tracker new checks, and the
+// proxy's last reports, which it ignored for checks it did not have.
+func (a *Agent) setChecksLocked(checks []track.Check) {
+	if a.tracker == nil {
+		return
+	}
+	a.tracker.SetChecks(checks...)
+	a.health.set(a.tracker)
+}
+
 // startRouter replaces the running router, if any, with a new one. The old
 // one leaves the group first (priority 0, virtual IPs removed), so that two
 // routers of this node never run at once.
@@ -137,6 +155,7 @@ func (a *Agent) startRouter(ctx context.Context, s *config.Settings) error {
 	}
 	a.stopRouterLocked()
 	a.health.set(tracker)
+	a.tracker = tracker
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
 	a.router, a.cancel, a.done, a.runErr = r, cancel, done, nil
@@ -164,7 +183,7 @@ func (a *Agent) stopRouterLocked() {
 	case <-time.After(routerStopTimeout):
 		a.log.Info("VRRP router did not stop in time", "timeout", routerStopTimeout)
 	}
-	a.router = nil
+	a.router, a.tracker = nil, nil
 }
 
 func (a *Agent) transition(t vrrp.Transition) {

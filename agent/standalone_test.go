@@ -465,6 +465,15 @@ func TestStandaloneReloadOnSIGHUP(t *testing.T) {
 	at := reload(edited, "Configuration reloaded")
 	servedOnlyBy("after the reload", "web02", at)
 
+	// A tracking weight is the running router's to apply: a new router would hand
+	// the VIP over and back.
+	weighted := strings.Replace(string(edited), "advertisementInterval: 100ms", "advertisementInterval: 100ms\n  tracking: {proxyWeight: 10}", 1)
+	if weighted == string(edited) {
+		t.Fatal("the test's file has no advertisementInterval line to edit")
+	}
+	at = reload([]byte(weighted), "Configuration reloaded")
+	servedOnlyBy("after a new tracking weight", "web02", at)
+
 	at = reload([]byte("apiVersion: lbpair.io/v1alpha1\nkind: LoadBalancerPair\nspec: {virtualIPs: [\n"), "Reload failed; keeping the running configuration")
 	servedOnlyBy("after a file that does not load", "web02", at)
 

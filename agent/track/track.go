@@ -62,6 +62,26 @@ func (t *Tracker) SetHealth(check string, healthy bool, reason string) {
 	}
 }
 
+// SetChecks replaces the tracked checks, keeping the reports of those that
+// stay, and signals Changed: a new weight applies to the running router.
+func (t *Tracker) SetChecks(checks ...Check) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.checks = map[string]Check{}
+	for _, c := range checks {
+		t.checks[c.Name] = c
+	}
+	for n := range t.reports {
+		if _, ok := t.checks[n]; !ok {
+			delete(t.reports, n)
+		}
+	}
+	select {
+	case t.changed <- struct{}{}:
+	default:
+	}
+}
+
 // Changed is signalled after a report changes the picture.
 func (t *Tracker) Changed() <-chan struct{} { return t.changed }
 

@@ -54,3 +54,27 @@ func TestEffective(t *testing.T) {
 		})
 	}
 }
+
+func TestSetChecks(t *testing.T) {
+	tr := New(Check{Name: "proxy"}, Check{Name: "gone", Weight: 5})
+	tr.SetHealth("proxy", false, "down")
+	tr.SetHealth("gone", false, "down")
+	<-tr.Changed()
+	if p, fault, _ := tr.Effective(100); !fault {
+		t.Fatalf("before: priority %d, fault %v; want fault", p, fault)
+	}
+	tr.SetChecks(Check{Name: "proxy", Weight: 30})
+	select {
+	case <-tr.Changed():
+	default:
+		t.Error("new checks did not signal a change")
+	}
+	// The proxy's report stays, with its new weight; the dropped check's goes.
+	if p, fault, why := tr.Effective(100); p != 70 || fault || why != "proxy unhealthy: down" {
+		t.Errorf("after: priority %d, fault %v, reason %q; want 70, no fault, the proxy's", p, fault, why)
+	}
+	tr.SetHealth("gone", false, "down")
+	if p, _, _ := tr.Effective(100); p != 70 {
+		t.Errorf("a report of a check no longer tracked counted: priority %d, want 70", p)
+	}
+}
