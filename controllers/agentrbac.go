@@ -27,26 +27,37 @@ const (
 // namespace's pairs: each pair adds its own owner reference under a field
 // manager of its own, so they are garbage collected with the last pair.
 func (r *LoadBalancerPairReconciler) ensureAgentAccess(ctx context.Context, pair *lbv1.LoadBalancerPair, ns *corev1.Namespace) error {
-	owner := client.FieldOwner(FieldManager + "/" + pair.Name)
-	ref := metav1ac.OwnerReference().
-		WithAPIVersion(lbv1.GroupVersion.String()).
-		WithKind("LoadBalancerPair").
-		WithName(pair.Name).
-		WithUID(pair.UID)
+	// A pair's name may be longer than a field manager may be.
+	owner := client.FieldOwner(lbv1.FieldManagerFor(FieldManager, pair.Name))
+	// Apply decodes the server's answer into the apply configuration, and
+	// so through the pointers an owner reference or subject shares with the
+	// one it was copied from: each object is given references of its own,
+	// or the ServiceAccount's answer, which lists the pairs that owned it
+	// before this one first, would give the RoleBinding another pair's
+	// reference.
+	ref := func() *metav1ac.OwnerReferenceApplyConfiguration {
+		return metav1ac.OwnerReference().
+			WithAPIVersion(lbv1.GroupVersion.String()).
+			WithKind("LoadBalancerPair").
+			WithName(pair.Name).
+			WithUID(pair.UID)
+	}
+	subject := func() *rbacv1ac.SubjectApplyConfiguration {
+		return rbacv1ac.Subject().WithKind("ServiceAccount").WithName(AgentServiceAccount).WithNamespace(pair.Namespace)
+	}
 	labels := map[string]string{managedByLabel: managerName, nameLabel: agentName}
 
 	sa := corev1ac.ServiceAccount(AgentServiceAccount, pair.Namespace).
 		WithLabels(labels).
-		WithOwnerReferences(ref)
+		WithOwnerReferences(ref())
 	if err := r.Apply(ctx, sa, owner, client.ForceOwnership); err != nil {
 		return fmt.Errorf("applying ServiceAccount %s/%s: %w", pair.Namespace, AgentServiceAccount, err)
 	}
-	subject := rbacv1ac.Subject().WithKind("ServiceAccount").WithName(AgentServiceAccount).WithNamespace(pair.Namespace)
 	rb := rbacv1ac.RoleBinding(AgentServiceAccount, pair.Namespace).
 		WithLabels(labels).
-		WithOwnerReferences(ref).
+		WithOwnerReferences(ref()).
 		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup("rbac.authorization.k8s.io").WithKind("ClusterRole").WithName(AgentClusterRole)).
-		WithSubjects(subject)
+		WithSubjects(subject())
 	if err := r.Apply(ctx, rb, owner, client.ForceOwnership); err != nil {
 		return fmt.Errorf("applying RoleBinding %s/%s: %w", pair.Namespace, AgentServiceAccount, err)
 	}
@@ -59,7 +70,7 @@ func (r *LoadBalancerPairReconciler) ensureAgentAccess(ctx context.Context, pair
 		WithLabels(labels).
 		WithOwnerReferences(nsRef).
 		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup("rbac.authorization.k8s.io").WithKind("ClusterRole").WithName(AgentNodesClusterRole)).
-		WithSubjects(subject)
+		WithSubjects(subject())
 	if err := r.Apply(ctx, crb, client.FieldOwner(FieldManager), client.ForceOwnership); err != nil {
 		return fmt.Errorf("applying ClusterRoleBinding %s:%s: %w", AgentNodesClusterRole, pair.Namespace, err)
 	}

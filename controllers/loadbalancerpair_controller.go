@@ -72,12 +72,20 @@ type LoadBalancerPairReconciler struct {
 // it never updates or deletes: garbage collection removes the children. It
 // reads only pairs, DaemonSets, Nodes and the pairs' Namespaces (get, to own
 // the agents' ClusterRoleBinding). rbac_test.go reconciles with
-// exactly these permissions.
+// exactly these permissions, under the OwnerReferencesPermissionEnforcement
+// admission plugin (on in OpenShift), which asks for two more: update on
+// loadbalancerpairs/finalizers to set blockOwnerDeletion on the DaemonSet's
+// owner reference to its pair, and delete on the agents' ServiceAccount and
+// RoleBinding, shared by a namespace's pairs, for each pair that adds its
+// owner reference to them. The manager makes neither request itself.
 // +kubebuilder:rbac:groups=lbpair.io,resources=loadbalancerpairs,verbs=get;list;watch
 // +kubebuilder:rbac:groups=lbpair.io,resources=loadbalancerpairs/status,verbs=patch
+// +kubebuilder:rbac:groups=lbpair.io,resources=loadbalancerpairs/finalizers,verbs=update
 // +kubebuilder:rbac:groups=apps,resources=daemonsets,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=create;patch
+// +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=delete,resourceNames=lbpair-agent
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=rolebindings;clusterrolebindings,verbs=create;patch
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=rolebindings,verbs=delete,resourceNames=lbpair-agent
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles,verbs=bind,resourceNames=lbpair-agent;lbpair-agent-nodes
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -294,4 +295,73 @@ func ownedByNamespace(crb rbacv1.ClusterRoleBinding, ns string) error {
 		return fmt.Errorf("ClusterRoleBinding %s owners = %+v, want namespace %s (uid %s)", crb.Name, o, ns, nsObj.UID)
 	}
 	return nil
+}
+
+// ownerUIDs lists the UIDs of an object's owners.
+func ownerUIDs(o client.Object) []types.UID {
+	var uids []types.UID
+	for _, ref := range o.GetOwnerReferences() {
+		uids = append(uids, ref.UID)
+	}
+	slices.Sort(uids)
+	return uids
+}
+
+// Every pair of a namespace owns the agents' ServiceAccount and RoleBinding,
+// so that they stay while one pair is left. Apply decodes the server's
+// answer into the apply configuration: the ServiceAccount's answer, which
+// lists the owners before this pair, must not change the owner the
+// RoleBinding is then given.
+func TestAgentAccessIsOwnedByEveryPairOfTheNamespace(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	var want []types.UID
+	for i, name := range []string{"web", "api"} {
+		p := newPair(ns, name, ptrTo(int32(233+i)), fmt.Sprintf("198.18.0.%d", 233+i))
+		if err := k8s.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		// One after the other, so that the second pair finds the objects.
+		eventually(t, "DaemonSet of "+name, func() error { _, err := getDaemonSet(ns, name); return err })
+		want = append(want, p.UID)
+	}
+	slices.Sort(want)
+	eventually(t, "both pairs owning the agents' access", func() error {
+		var sa corev1.ServiceAccount
+		var rb rbacv1.RoleBinding
+		for _, o := range []client.Object{&sa, &rb} {
+			if err := k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: AgentServiceAccount}, o); err != nil {
+				return err
+			}
+			if got := ownerUIDs(o); !slices.Equal(got, want) {
+				return fmt.Errorf("%T owners %v, want %v", o, got, want)
+			}
+		}
+		return nil
+	})
+}
+
+// A pair may have a name of 253 characters; the field manager it adds its
+// owner reference to the agents' access under may have 128.
+func TestAPairWithTheLongestNameReconciles(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	name := strings.Repeat("a", 253)
+	p := newPair(ns, name, ptrTo(int32(235)), "198.18.0.235")
+	if err := k8s.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "DaemonSet and agents' access of the pair", func() error {
+		if _, err := getDaemonSet(ns, name); err != nil {
+			return err
+		}
+		var sa corev1.ServiceAccount
+		if err := k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: AgentServiceAccount}, &sa); err != nil {
+			return err
+		}
+		if got := ownerUIDs(&sa); !slices.Equal(got, []types.UID{p.UID}) {
+			return fmt.Errorf("ServiceAccount owners %v, want the pair %s", got, p.UID)
+		}
+		return nil
+	})
 }

@@ -32,3 +32,21 @@ func ExcludedFromLoadBalancers(node *corev1.Node) bool {
 	_, ok := node.Labels[corev1.LabelNodeExcludeBalancers]
 	return ok
 }
+
+// fieldManagerMaxLength is the apiserver's limit on a field manager's length
+// (k8s.io/apimachinery metav1 validation's FieldManagerMaxLength).
+const fieldManagerMaxLength = 128
+
+// FieldManagerFor is the server-side apply field manager prefix+"/"+name,
+// for a manager per pair or per node. Such names run to 253 characters, past
+// the apiserver's 128: a long one is cut and given a hash of the whole name,
+// so that two long names stay apart. Names short enough are kept as they
+// are, so that the fields they already own stay theirs.
+func FieldManagerFor(prefix, name string) string {
+	m := prefix + "/" + name
+	if len(m) <= fieldManagerMaxLength {
+		return m
+	}
+	sum := sha256.Sum256([]byte(name))
+	return m[:fieldManagerMaxLength-11] + "-" + hex.EncodeToString(sum[:])[:10]
+}
