@@ -60,7 +60,10 @@ type vridDecision struct {
 // manager sees. Two pairs of one family may not share a VRID: the first to
 // hold it keeps it (or, when neither holds it yet, the older pair); a loser
 // whose VRID was allocated gets another one, a loser whose spec names the
-// VRID is reported in conflict and not run.
+// VRID is reported in conflict and not run. Another pair's VRID is both the
+// one its spec asks for and the one its agents run with (status): a pair in
+// conflict keeps running with its status.virtualRouterID, and nobody else
+// may take that one, as vipConflicts does for status.virtualIPs.
 func decideVRID(pair *lbv1.LoadBalancerPair, all []lbv1.LoadBalancerPair) vridDecision {
 	var others []*lbv1.LoadBalancerPair
 	for i := range all {
@@ -74,7 +77,7 @@ func decideVRID(pair *lbv1.LoadBalancerPair, all []lbv1.LoadBalancerPair) vridDe
 	if claim != 0 {
 		var rivals []*lbv1.LoadBalancerPair
 		for _, o := range others {
-			if claimedVRID(o) == claim {
+			if claimedVRID(o) == claim || o.Status.VirtualRouterID == claim {
 				rivals = append(rivals, o)
 			}
 		}
@@ -93,6 +96,7 @@ func decideVRID(pair *lbv1.LoadBalancerPair, all []lbv1.LoadBalancerPair) vridDe
 	used := map[int32]bool{claim: claim != 0}
 	for _, o := range others {
 		used[claimedVRID(o)] = true
+		used[o.Status.VirtualRouterID] = true
 	}
 	for v := int32(1); v <= 255; v++ {
 		if !used[v] {
@@ -102,10 +106,21 @@ func decideVRID(pair *lbv1.LoadBalancerPair, all []lbv1.LoadBalancerPair) vridDe
 	return vridDecision{Exhausted: true}
 }
 
-// wins tells whether pair keeps vrid against rivals.
+// wins tells whether pair keeps vrid against rivals. A pair whose agents run
+// with vrid comes first, even one in conflict over the VRID its spec asks
+// for now: its agents keep vrid until it gets that other one, and a newcomer,
+// however old, must not join them. Between pairs that both run it, the
+// holder (not in conflict) comes first, then the older.
 func wins(pair *lbv1.LoadBalancerPair, rivals []*lbv1.LoadBalancerPair, vrid int32) bool {
+	runs := func(p *lbv1.LoadBalancerPair) bool { return p.Status.VirtualRouterID == vrid }
 	holds := func(p *lbv1.LoadBalancerPair) bool { return holdsVRID(p, vrid) }
 	for _, r := range rivals {
+		if runs(pair) != runs(r) {
+			if runs(r) {
+				return false
+			}
+			continue
+		}
 		if !precedes(pair, r, holds) {
 			return false
 		}

@@ -64,6 +64,19 @@ func TestDecideVRID(t *testing.T) {
 		{"an allocated loser moves to a free VRID", pair("b", "198.18.0.2", nil, 9, t1, true),
 			[]lbv1.LoadBalancerPair{pair("a", "198.18.0.1", v(9), 9, t0, false)},
 			vridDecision{VRID: 1, Allocated: true}},
+		// c asks for a's VRID 2 and keeps running with its VRID 1.
+		{"allocation skips the VRID a pair in conflict runs with", pair("d", "198.18.0.4", nil, 0, t1, false),
+			[]lbv1.LoadBalancerPair{pair("a", "198.18.0.1", v(2), 2, t0, false), pair("c", "198.18.0.3", v(2), 1, t0, true)},
+			vridDecision{VRID: 3, Allocated: true}},
+		{"a newcomer asking for the VRID a pair in conflict runs with is in conflict", pair("d", "198.18.0.4", v(1), 0, t1, false),
+			[]lbv1.LoadBalancerPair{pair("a", "198.18.0.1", v(2), 2, t0, false), pair("c", "198.18.0.3", v(2), 1, t0, true)},
+			vridDecision{ConflictWith: []string{"ns/c"}}},
+		{"so is an older one", pair("d", "198.18.0.4", v(1), 0, t0, false),
+			[]lbv1.LoadBalancerPair{pair("a", "198.18.0.1", v(2), 2, t0, false), pair("c", "198.18.0.3", v(2), 1, t1, true)},
+			vridDecision{ConflictWith: []string{"ns/c"}}},
+		{"a pair in conflict asking again for the VRID it runs keeps it", pair("c", "198.18.0.3", v(1), 1, t1, true),
+			[]lbv1.LoadBalancerPair{pair("d", "198.18.0.4", v(1), 0, t0, true)},
+			vridDecision{VRID: 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -241,6 +254,78 @@ func TestVRIDAllocationAndConflictsOnTheAPIServer(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A pair whose spec asks for a VRID another holds is in conflict and keeps
+// running with the VRID it has: a new pair is neither allocated that VRID
+// nor given it when its spec asks for it, which would run two pairs' agents
+// with one VRID and one agent port.
+func TestAPairInVRIDConflictKeepsTheVRIDItRunsWith(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	status := func(name string) lbv1.LoadBalancerPairStatus { return getPair(t, ns, name).Status }
+	running := func(name string) int32 {
+		var vrid int32
+		eventually(t, name+" running", func() error {
+			if vrid = status(name).VirtualRouterID; vrid == 0 {
+				return errors.New("no VRID yet")
+			}
+			_, err := getDaemonSet(ns, name)
+			return err
+		})
+		return vrid
+	}
+	inConflict := func(name string) {
+		eventually(t, name+" in conflict", func() error {
+			if c := apimeta.FindStatusCondition(status(name).Conditions, lbv1.ConditionVRIDConflict); c == nil || c.Status != metav1.ConditionTrue {
+				return fmt.Errorf("VRIDConflict %+v; status.virtualRouterID %d", c, status(name).VirtualRouterID)
+			}
+			return nil
+		})
+	}
+
+	if err := k8s.Create(ctx, newPair(ns, "a", ptrTo(int32(236)), "198.18.0.236")); err != nil {
+		t.Fatal(err)
+	}
+	running("a")
+	if err := k8s.Create(ctx, newPair(ns, "c", nil, "198.18.0.237")); err != nil {
+		t.Fatal(err)
+	}
+	vrid := running("c")
+	updatePair(t, ns, "c", func(p *lbv1.LoadBalancerPair) { p.Spec.VirtualRouterID = ptrTo(int32(236)) })
+	inConflict("c")
+	if got := status("c").VirtualRouterID; got != vrid {
+		t.Fatalf("c in conflict: status.virtualRouterID %d, want the %d it runs with", got, vrid)
+	}
+
+	// A pair asking for c's VRID, and, once that one is gone, a pair
+	// allocated one: c's VRID is the lowest free one unless it is counted.
+	e := newPair(ns, "e", &vrid, "198.18.0.239")
+	if err := k8s.Create(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	var st lbv1.LoadBalancerPairStatus
+	eventually(t, "e's VRID decided", func() error {
+		if st = status("e"); st.VirtualRouterID == 0 && !apimeta.IsStatusConditionTrue(st.Conditions, lbv1.ConditionVRIDConflict) {
+			return errors.New("neither running nor in conflict")
+		}
+		return nil
+	})
+	if st.VirtualRouterID != 0 || !apimeta.IsStatusConditionTrue(st.Conditions, lbv1.ConditionVRIDConflict) {
+		t.Errorf("e, asking for the VRID %d c runs with, runs with VRID %d and no conflict", vrid, st.VirtualRouterID)
+	}
+	if err := k8s.Delete(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Create(ctx, newPair(ns, "d", nil, "198.18.0.238")); err != nil {
+		t.Fatal(err)
+	}
+	if got := running("d"); got == vrid {
+		t.Errorf("d was allocated VRID %d, which c's agents run with", got)
+	}
+	if got := status("c").VirtualRouterID; got != vrid {
+		t.Errorf("c's status.virtualRouterID moved from %d to %d", vrid, got)
+	}
 }
 
 // TestAgentPort: an explicit spec.agentPort wins; otherwise the port follows the VRID,
