@@ -286,11 +286,12 @@ func podSecurityHint(ns *corev1.Namespace) string {
 }
 
 // runsAgentOn tells whether the pair's DaemonSet would run an agent on node:
-// the node matches spec.nodeSelector, and the pair tolerates the taints that
+// the node matches spec.nodeSelector, is not excluded from load balancers
+// (the DaemonSet's node affinity), and the pair tolerates the taints that
 // keep pods off it. The DaemonSet controller itself tolerates the taints of
 // node conditions (node.kubernetes.io/...), which come and go.
 func runsAgentOn(pair *lbv1.LoadBalancerPair, node *corev1.Node) bool {
-	if !labels.SelectorFromSet(pair.Spec.NodeSelector).Matches(labels.Set(node.Labels)) {
+	if !labels.SelectorFromSet(pair.Spec.NodeSelector).Matches(labels.Set(node.Labels)) || lbv1.ExcludedFromLoadBalancers(node) {
 		return false
 	}
 	for i := range node.Spec.Taints {

@@ -224,6 +224,8 @@ func TestRunsAgentOn(t *testing.T) {
 	taint := func(key, value string, effect corev1.TaintEffect) corev1.Taint {
 		return corev1.Taint{Key: key, Value: value, Effect: effect}
 	}
+	excluded := node(true)
+	excluded.Labels[corev1.LabelNodeExcludeBalancers] = ""
 	for _, tt := range []struct {
 		name string
 		node *corev1.Node
@@ -237,6 +239,7 @@ func TestRunsAgentOn(t *testing.T) {
 		{"an untolerated NoExecute taint", node(true, taint("gpu", "", corev1.TaintEffectNoExecute)), false},
 		{"PreferNoSchedule keeps no pod off", node(true, taint("gpu", "", corev1.TaintEffectPreferNoSchedule)), true},
 		{"a node condition's taint, which DaemonSets tolerate", node(true, taint("node.kubernetes.io/unschedulable", "", corev1.TaintEffectNoSchedule)), true},
+		{"excluded from load balancers, which the node affinity keeps out", excluded, false},
 	} {
 		if got := runsAgentOn(pair, tt.node); got != tt.want {
 			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
@@ -259,8 +262,14 @@ func TestTooManyNodes(t *testing.T) {
 	if msg := tooManyNodes(pair, nodes); msg != "" {
 		t.Errorf("%d nodes of which one is tainted: %q, want none too many", len(nodes), msg)
 	}
-	pair.Spec.NodeSelector = nil
 	nodes[0].Spec.Taints = nil
+	// Nor does one excluded from load balancers (the DaemonSet's affinity).
+	nodes[1].Labels[corev1.LabelNodeExcludeBalancers] = "true"
+	if msg := tooManyNodes(pair, nodes); msg != "" {
+		t.Errorf("%d nodes of which one is excluded from load balancers: %q, want none too many", len(nodes), msg)
+	}
+	delete(nodes[1].Labels, corev1.LabelNodeExcludeBalancers)
+	pair.Spec.NodeSelector = nil
 	if msg := tooManyNodes(pair, nodes); !strings.Contains(msg, "spec.nodeSelector is empty, so it selects 65 nodes") || !strings.Contains(msg, "at most 64") {
 		t.Errorf("65 nodes and no selector: %q, want the count, the limit and the field to set", msg)
 	}
