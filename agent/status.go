@@ -36,8 +36,9 @@ const (
 )
 
 // FieldManager is the server-side apply field manager of the agent on node;
-// each agent owns exactly its own entry of status.agents.
-func FieldManager(node string) string { return "lbpair-agent/" + node }
+// each agent owns exactly its own entry of status.agents. A node name may be
+// longer than a field manager may be.
+func FieldManager(node string) string { return lbv1.FieldManagerFor("lbpair-agent", node) }
 
 // statusReporter mirrors the agent's state into its entry of the pair's
 // status.agents. It writes on every transition (signalled by notify, never

@@ -102,3 +102,16 @@ func TestEntryBoundsAreTheCRDs(t *testing.T) {
 		}
 	}
 }
+
+// The apiserver refuses a field manager over 128 bytes: a node name of 253
+// characters must not make every write of its agent fail.
+func TestFieldManagerOfALongNodeName(t *testing.T) {
+	if got := FieldManager("lb1"); got != "lbpair-agent/lb1" {
+		t.Errorf("FieldManager(lb1) = %q: a short name's manager must not change, or it loses the fields it owns", got)
+	}
+	long := strings.Repeat("n", 252)
+	a, b := FieldManager(long+"a"), FieldManager(long+"b")
+	if len(a) > 128 || len(b) > 128 || a == b {
+		t.Errorf("field managers of two long node names: %d and %d bytes, equal %v; want at most 128 and different", len(a), len(b), a == b)
+	}
+}
