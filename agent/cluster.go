@@ -262,7 +262,14 @@ func (s *clusterSource) sync(ctx context.Context) {
 		return
 	}
 	s.status.resume()
-	in := config.Inputs{Pair: &pair, Node: node, Peers: s.peers(ctx), Resolver: s.resolver}
+	peers, err := s.peers(ctx)
+	if err != nil {
+		// No peers would send a unicast pair's adverts to the multicast
+		// group, which the other agents may not hear: keep the running one.
+		s.log.Error(err, "Listing the pair's agent pods; keeping the running configuration")
+		return
+	}
+	in := config.Inputs{Pair: &pair, Node: node, Peers: peers, Resolver: s.resolver}
 	if pair.Spec.Authentication != nil {
 		in.Secrets = s.authSecret(ctx, pair.Spec.Authentication.PasswordSecretRef.Name)
 	}
@@ -389,11 +396,10 @@ func (s *clusterSource) applyLast(ctx context.Context) {
 // The list is sorted and each address appears once (an old and a new pod
 // on one node share it), so that an unchanged pair gives an unchanged
 // configuration: the cache lists in no set order.
-func (s *clusterSource) peers(ctx context.Context) []netip.Addr {
+func (s *clusterSource) peers(ctx context.Context) ([]netip.Addr, error) {
 	var pods corev1.PodList
 	if err := s.cache.List(ctx, &pods, client.InNamespace(s.o.Namespace), client.MatchingLabels{lbv1.PairLabel: lbv1.PairLabelValue(s.o.Pair)}); err != nil {
-		s.log.Error(err, "Listing the pair's agent pods")
-		return nil
+		return nil, err
 	}
 	var out []netip.Addr
 	for _, p := range pods.Items {
@@ -407,7 +413,7 @@ func (s *clusterSource) peers(ctx context.Context) []netip.Addr {
 		}
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
-	return slices.Compact(out)
+	return slices.Compact(out), nil
 }
 
 // authSecret reads the VRRPv2 password Secret, falling back to the last one

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"testing"
 
 	"github.com/go-logr/logr"
@@ -23,11 +24,12 @@ import (
 type podCache struct {
 	cache.Cache
 	pods []corev1.Pod
+	err  error
 }
 
 func (c podCache) List(_ context.Context, list client.ObjectList, _ ...client.ListOption) error {
 	list.(*corev1.PodList).Items = c.pods
-	return nil
+	return c.err
 }
 
 func agentPod(node string, ips ...string) corev1.Pod {
@@ -53,13 +55,23 @@ func TestPeers(t *testing.T) {
 		agentPod("lb5"),
 		renewed,
 	}}}
+	peers, err := s.peers(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
 	var got []string
-	for _, a := range s.peers(context.Background()) {
+	for _, a := range peers {
 		got = append(got, a.String())
 	}
 	want := []string{"198.18.0.11", "198.18.0.13", "198.18.0.14", "fd00:198:18::13"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("peers (-want +got):\n%s", diff)
+	}
+
+	// No list is no peers: a unicast pair would advertise to the multicast group.
+	s.cache = podCache{err: errors.New("the cache is not synced")}
+	if peers, err := s.peers(context.Background()); err == nil {
+		t.Errorf("peers without a pod list: %v and no error", peers)
 	}
 }
 
