@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -71,8 +72,17 @@ func runStandalone(ctx context.Context, o Options, a *Agent, log logr.Logger) er
 		if len(s.Services) > 0 {
 			return nil, fmt.Errorf("%s: port %q has a Service backend, which needs cluster mode; give static backends in standalone mode", o.ConfigFile, s.Services[0].Listener)
 		}
+		if err := checkStandalone(f, o.NodeName, s); err != nil {
+			return nil, fmt.Errorf("%s: %w", o.ConfigFile, err)
+		}
 		return s, nil
 	}
+	// Before the first load, which may take seconds (DNS): a SIGHUP not
+	// asked for ends the process, and a reload sent just after a start
+	// (systemctl enable --now, then reload) must not stop the agent.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	current, err := load()
 	if err != nil {
 		return err
@@ -83,9 +93,6 @@ func runStandalone(ctx context.Context, o Options, a *Agent, log logr.Logger) er
 	}
 	log.Info("Agent started", "mode", "standalone", "vrid", s.VRRP.VRID, "virtualIPs", s.VRRP.VIPs, "priority", s.VRRP.Priority, "listeners", len(s.Proxy.Listeners))
 
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	for {
 		select {
 		case <-hup:
@@ -106,4 +113,24 @@ func runStandalone(ctx context.Context, o Options, a *Agent, log logr.Logger) er
 			return a.Stop(drainCtx)
 		}
 	}
+}
+
+// checkStandalone refuses what a file may say that would leave the agent
+// running, but not as its pair: a node name the file's Nodes do not know
+// (the agent would run at the default priority, silently out of the order
+// the file gives), and unicast without an address to send to (the adverts
+// would go to the multicast group, which the network may drop: both nodes
+// would then hold the virtual IPs).
+func checkStandalone(f *config.File, nodeName string, s *config.Settings) error {
+	if len(f.Nodes) > 0 && f.Node(nodeName) == nil {
+		names := make([]string, len(f.Nodes))
+		for i, n := range f.Nodes {
+			names[i] = n.Name
+		}
+		return fmt.Errorf("--node-name %q is none of the file's Nodes (%s): set --node-name to this node's metadata.name, or name its Node so", nodeName, strings.Join(names, ", "))
+	}
+	if u := f.Pair.Spec.Unicast; u != nil && u.Enabled && len(s.VRRP.Peers) == 0 {
+		return fmt.Errorf("spec.unicast.enabled: no peer to send to: give the other nodes' Nodes an InternalIP in status.addresses, or list spec.unicast.peers")
+	}
+	return nil
 }
