@@ -245,6 +245,10 @@ func (lp *loop) commands() {
 		case cmdTimeout:
 			lp.timeout(cmd.p, cmd.attempt)
 		case cmdSetup:
+			if cmd.p.closed {
+				// Aborted before its setup came: finish has closed it already.
+				continue
+			}
 			lp.add(cmd.p)
 			if cmd.p.setup != nil {
 				lp.startSetup(cmd.p)
@@ -269,6 +273,12 @@ func (lp *loop) add(p *pair) {
 	}
 	lp.gens[p.slot] = (lp.gens[p.slot] + 1) & (1<<genBits - 1)
 	lp.pairs[p.slot] = p
+}
+
+// added reports whether p holds its slot: a pair not yet added has slot 0, which may
+// hold another pair or none.
+func (lp *loop) added(p *pair) bool {
+	return int(p.slot) < len(lp.pairs) && lp.pairs[p.slot] == p
 }
 
 // pump moves data both ways as far as readiness allows.
@@ -385,14 +395,18 @@ func (lp *loop) put(b []byte) {
 	}
 }
 
-// finish closes a pair and completes its connection.
+// finish closes a pair and completes its connection. The pair may not have been added
+// yet (an abort that came before its setup): it has no slot to free then, and its setup,
+// when it comes, finds it closed.
 func (lp *loop) finish(p *pair, reason endReason) {
 	if p.closed {
 		return
 	}
 	p.closed = true
-	lp.pairs[p.slot] = nil
-	lp.free = append(lp.free, p.slot)
+	if lp.added(p) {
+		lp.pairs[p.slot] = nil
+		lp.free = append(lp.free, p.slot)
+	}
 	for d := range p.dir {
 		if p.dir[d].buf != nil {
 			lp.release(&p.dir[d])

@@ -47,17 +47,37 @@ func newLoopFixture(t *testing.T) *loopFixture {
 	t.Helper()
 	s := New(testr.New(t))
 	t.Cleanup(func() { _ = s.Shutdown(t.Context()) })
-	l := newListener(s, "loop")
-	cfd, client := socketPair(t)
-	bfd, backend := socketPair(t)
-	c := &conn{l: l, clientFD: -1, start: time.Now()}
-	l.active.Add(1)
-	s.wg.Add(1)
-	s.register(c)
-	c.pair = &pair{c: c, fd: [2]int{cfd, bfd}}
-	c.loop = s.loops[0]
+	c, client, backend := handOver(t, newListener(s, "loop"), s.loops[0])
 	c.loop.post(command{p: c.pair, kind: cmdSetup})
 	return &loopFixture{s: s, lp: c.loop, c: c, client: client, backend: backend}
+}
+
+// handOver makes a connection over socket pairs, both sides connected, handed to lp as
+// serve hands one over, but with its setup not yet posted.
+func handOver(t *testing.T, l *listener, lp *loop) (c *conn, client, backend *net.UnixConn) {
+	t.Helper()
+	cfd, client := socketPair(t)
+	bfd, backend := socketPair(t)
+	c = &conn{l: l, clientFD: -1, start: time.Now()}
+	l.active.Add(1)
+	l.s.wg.Add(1)
+	l.s.register(c)
+	c.pair = &pair{c: c, fd: [2]int{cfd, bfd}}
+	c.loop = lp
+	return c, client, backend
+}
+
+// relayed checks that what the client writes reaches the backend.
+func relayed(t *testing.T, client, backend *net.UnixConn, msg string) {
+	t.Helper()
+	_ = backend.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(client, msg); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(backend, buf); err != nil || string(buf) != msg {
+		t.Fatalf("backend read %q, %v; want %q", buf, err, msg)
+	}
 }
 
 // closed waits until the loop has completed the connection.
@@ -177,6 +197,77 @@ func TestLoopAbortAndReset(t *testing.T) {
 		}
 		if _, err := f.client.Read(make([]byte, 1)); err != io.EOF {
 			t.Fatalf("client read after shutdown = %v, want EOF", err)
+		}
+	})
+}
+
+// TestLoopAbortBeforeSetup has a connection's abort reach its loop before its setup, as
+// when a drain aborts a connection while serve hands it over. The loop must close that
+// connection, once, without touching the slot it never had: it used to free slot 0
+// (panicking on an empty loop, or dropping the live pair there) and then register the
+// closed sockets.
+func TestLoopAbortBeforeSetup(t *testing.T) {
+	t.Run("another pair in slot 0", func(t *testing.T) {
+		f := newLoopFixture(t)
+		relayed(t, f.client, f.backend, "one")
+		c2, client2, _ := handOver(t, f.c.l, f.lp)
+		c2.abort(endDrained)
+		f.lp.post(command{p: c2.pair, kind: cmdSetup})
+		_ = client2.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := client2.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("aborted client read = %v, want EOF", err)
+		}
+		// Commands are handled in order: once a pair set up after it proxies, the loop
+		// has handled the aborted one's setup too.
+		c3, client3, backend3 := handOver(t, f.c.l, f.lp)
+		f.lp.post(command{p: c3.pair, kind: cmdSetup})
+		relayed(t, client3, backend3, "three")
+		relayed(t, f.client, f.backend, "two")
+		if n := len(f.s.snapshotConns()); n != 2 {
+			t.Errorf("%d connections open, want 2", n)
+		}
+		c2.mu.Lock()
+		reason := c2.reason
+		c2.mu.Unlock()
+		if reason != endDrained {
+			t.Errorf("aborted connection's end reason %v, want drained", reason)
+		}
+	})
+	t.Run("empty loop", func(t *testing.T) {
+		s := New(testr.New(t))
+		t.Cleanup(func() {
+			if !t.Failed() { // else the connection may never end, and Shutdown wait for it
+				_ = s.Shutdown(t.Context())
+			}
+		})
+		lp, err := newLoop(s.newSocket) // not run: the test handles its commands
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = lp.file.Close()
+			unix.Close(lp.wake)
+		})
+		c, client, _ := handOver(t, newListener(s, "loop"), lp)
+		c.abort(endDrained)
+		lp.post(command{p: c.pair, kind: cmdSetup})
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					t.Fatalf("the loop panicked: %v", r)
+				}
+			}()
+			lp.commands()
+		}()
+		_ = client.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := client.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("aborted client read = %v, want EOF", err)
+		}
+		if len(lp.pairs) != 0 || len(lp.free) != 0 {
+			t.Errorf("loop holds %d slots, %d free; want none", len(lp.pairs), len(lp.free))
+		}
+		if n := len(s.snapshotConns()); n != 0 {
+			t.Errorf("%d connections open, want 0", n)
 		}
 	})
 }
