@@ -159,27 +159,34 @@ type twoChoices struct {
 }
 
 func (t *twoChoices) Pick(_ []byte, usable func(int) bool, load func(int) int64) int {
+	// Usability is read once per backend: it changes under us (health checks, other
+	// loops' connects), and the count and the draws must agree on it, or a draw finds
+	// nothing (-1) or a weight the total does not hold.
+	var small [128]bool
+	ok := small[:0]
+	if len(t.weights) > len(small) {
+		ok = make([]bool, 0, len(t.weights))
+	}
 	// Usable weight, and a draw over it, skipping unusable backends.
-	total, count := 0, 0
+	total, count, only := 0, 0, -1
 	for i, w := range t.weights {
-		if usable(i) {
+		u := usable(i)
+		ok = append(ok, u)
+		if u {
 			total += w
 			count++
+			only = i
 		}
 	}
 	switch count {
 	case 0:
 		return -1
 	case 1:
-		for i := range t.weights {
-			if usable(i) {
-				return i
-			}
-		}
+		return only
 	}
 	t.mu.Lock()
-	a := t.draw(total, usable, -1)
-	b := t.draw(total-t.weights[a], usable, a)
+	a := t.draw(total, ok, -1)
+	b := t.draw(total-t.weights[a], ok, a)
 	t.mu.Unlock()
 	la, lb := load(a)*int64(t.weights[b]), load(b)*int64(t.weights[a])
 	if lb < la {
@@ -188,13 +195,13 @@ func (t *twoChoices) Pick(_ []byte, usable func(int) bool, load func(int) int64)
 	return a
 }
 
-// draw picks a usable backend other than skip with probability proportional to weight;
-// total is the usable weight without skip's.
-func (t *twoChoices) draw(total int, usable func(int) bool, skip int) int {
+// draw picks a backend other than skip among those usable says are, with probability
+// proportional to weight; total is their weight without skip's.
+func (t *twoChoices) draw(total int, usable []bool, skip int) int {
 	x := t.rnd.IntN(total)
 	last := -1
 	for i, w := range t.weights {
-		if i == skip || !usable(i) {
+		if i == skip || !usable[i] {
 			continue
 		}
 		last = i

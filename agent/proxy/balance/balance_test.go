@@ -156,6 +156,56 @@ func TestRandomTwoChoicesWeights(t *testing.T) {
 	}
 }
 
+// TestPickReadsUsabilityOnce changes each backend's usability once Pick has read it, as
+// health checks and the other event loops' connects do while it runs: every policy must
+// read it at most once per backend and pick a backend usable at that read, or return -1
+// when none was. RandomTwoChoices read it again for its draws, which then found none
+// (index -1) or a weight its total did not hold, and panicked.
+func TestPickReadsUsabilityOnce(t *testing.T) {
+	scenarios := []struct {
+		name         string
+		weights      []int
+		first, later []bool
+	}{
+		{"one goes down", []int{1, 1}, []bool{true, true}, []bool{true, false}},
+		{"the only one goes down", []int{1, 1, 1}, []bool{false, true, false}, []bool{false, false, false}},
+		{"a heavy one comes up", []int{1, 1, 10}, []bool{true, true, false}, []bool{false, true, true}},
+	}
+	for _, p := range []Policy{RoundRobin, LeastConnections, RandomTwoChoices, SourceHash} {
+		for _, sc := range scenarios {
+			t.Run(p.String()+"/"+sc.name, func(t *testing.T) {
+				b := mustNew(t, p, weighted(sc.weights...))
+				for k := range 100 {
+					reads := make([]int, len(sc.weights))
+					usable := func(i int) bool {
+						reads[i]++
+						if reads[i] == 1 {
+							return sc.first[i]
+						}
+						return sc.later[i]
+					}
+					got := func() (got int) {
+						defer func() {
+							if r := recover(); r != nil {
+								t.Fatalf("pick %d panicked: %v", k, r)
+							}
+						}()
+						return b.Pick([]byte{byte(k)}, usable, noLoad)
+					}()
+					for i, n := range reads {
+						if n > 1 {
+							t.Fatalf("pick %d read backend %d's usability %d times", k, i, n)
+						}
+					}
+					if got < 0 || !sc.first[got] {
+						t.Fatalf("pick %d = %d, want a backend usable when read (%v)", k, got, sc.first)
+					}
+				}
+			})
+		}
+	}
+}
+
 func clients(n int) [][]byte {
 	out := make([][]byte, n)
 	for i := range n {
