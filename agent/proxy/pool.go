@@ -33,7 +33,8 @@ type backend struct {
 	passive health.Passive
 	active  health.Active
 
-	// prober runs the active check; guarded by the listener's s.mu.
+	// prober runs the active check. Written with both the listener's s.mu and mu held,
+	// read under either: probe results are recorded only for the current prober.
 	prober *prober
 
 	selections                                       prometheus.Counter
@@ -73,9 +74,7 @@ func (b *backend) configure(p PassiveCheck, a *ActiveCheck) {
 		b.passiveDownUntil.Store(0)
 	}
 	if a == nil {
-		b.active = health.Active{}
-		b.activeUp.Store(true)
-		return
+		return // check, which stops the prober, resets the active state
 	}
 	b.active.Rise, b.active.Fall = a.Rise, a.Fall
 }
@@ -130,10 +129,16 @@ func (b *backend) connectSucceeded() {
 	b.mu.Unlock()
 }
 
-// probed records an active probe; it returns true when the state changed.
-func (b *backend) probed(ok bool) bool {
+// probed records an active probe of pr; it returns true when the state changed. The
+// result of a prober stopped or replaced since (it may finish its probe just as check
+// cancels it) is dropped: it would count against the new settings, or mark down a
+// backend that no prober brings back.
+func (b *backend) probed(pr *prober, ok bool) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.prober != pr {
+		return false
+	}
 	changed := b.active.Observe(ok)
 	b.activeUp.Store(b.active.Up())
 	return changed
@@ -192,25 +197,32 @@ func (b *backend) check(l *listener, a *ActiveCheck) {
 	if b.prober != nil && a != nil && b.prober.cfg == *a {
 		return
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.prober != nil {
 		b.prober.cancel()
 		b.prober = nil
 	}
 	if a == nil {
+		// Under b.mu with the prober's end, so that no result of it lands after this.
+		b.active = health.Active{}
+		b.activeUp.Store(true)
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	b.prober = &prober{cfg: *a, cancel: cancel}
+	pr := &prober{cfg: *a, cancel: cancel}
+	b.prober = pr
 	l.s.wg.Add(1)
 	go func() {
 		defer l.s.wg.Done()
-		b.probeLoop(ctx, l, *a)
+		b.probeLoop(ctx, l, pr)
 	}()
 }
 
 // probeLoop probes the backend until ctx ends. The first probe comes at a random offset
 // within the interval, so that checks of many backends do not come in bursts.
-func (b *backend) probeLoop(ctx context.Context, l *listener, a ActiveCheck) {
+func (b *backend) probeLoop(ctx context.Context, l *listener, pr *prober) {
+	a := pr.cfg
 	t := time.NewTimer(rand.N(a.Interval))
 	defer t.Stop()
 	for {
@@ -228,7 +240,7 @@ func (b *backend) probeLoop(ctx context.Context, l *listener, a ActiveCheck) {
 			t.Reset(a.Interval)
 			continue
 		}
-		if b.probed(err == nil) {
+		if b.probed(pr, err == nil) {
 			if err != nil {
 				l.s.log.Info("Backend down: active check failed", "listener", l.name, "backend", b.name, "fall", a.Fall, "error", err.Error())
 			} else {

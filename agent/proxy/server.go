@@ -133,6 +133,10 @@ type Server struct {
 	loops    []*loop
 	loopErr  error
 	loopNext atomic.Uint32
+
+	// testHookAccepting, set by tests, runs once a socket's accept loop has started, so
+	// that a test can have a connection accepted at that very point.
+	testHookAccepting func(*socket)
 }
 
 // New returns a server with no listeners; Apply starts it. Its event loops run from
@@ -246,10 +250,15 @@ func (s *Server) Apply(cfg Config) error {
 	}
 	for _, sock := range opened {
 		s.sockets[sock.addr] = sock
-		s.startAccepting(sock)
 	}
 	for a, name := range wanted {
 		s.sockets[a].owner.Store(s.listeners[name])
+	}
+	// Only now that every socket has its owner: a connection already queued on a new
+	// socket (the node holds the address, or a restarted agent finds it still up) is
+	// accepted at once, and served by the owner.
+	for _, sock := range opened {
+		s.startAccepting(sock)
 	}
 	s.accessOn.Store(cfg.AccessLog)
 	if !s.started {

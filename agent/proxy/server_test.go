@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/testr"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // loopbackListener is a listener configuration on a free loopback port, so that Apply
@@ -193,4 +194,102 @@ func TestUnchangedSyncKeepsState(t *testing.T) {
 	if now := probers("svc"); now[a] == before["svc"][a] || now[a] == nil || now[a].cfg != *svc.Active {
 		t.Errorf("svc: active check of %v not restarted with the new settings", a)
 	}
+}
+
+// TestApplySetsOwnerBeforeAccepting has a connection accepted the moment each new
+// socket's accept loop starts, as when the node already holds the address (ports added
+// while master, or an agent restarted with the virtual IP still up): the connection must
+// be served by the socket's listener, not by a nil owner, which crashed the agent.
+func TestApplySetsOwnerBeforeAccepting(t *testing.T) {
+	s := newTestServer(t)
+	a := loopbackListener(t, "a", "127.0.0.1:1")
+	b := loopbackListener(t, "b", "127.0.0.1:1")
+	names := map[netip.AddrPort]string{a.Addrs[0]: "a", b.Addrs[0]: "b"}
+	s.testHookAccepting = func(sk *socket) {
+		// Runs within Apply, which holds s.mu: s.listeners is stable.
+		l := s.listeners[names[sk.addr]]
+		// An error is no failure: the proxy may refuse the connection (its backend does not
+		// exist) with a reset before the dial has returned.
+		if c, err := net.Dial("tcp", sk.addr.String()); err == nil {
+			defer c.Close()
+		}
+		waitFor(t, "the connection to "+sk.addr.String()+" to be accepted", func() bool {
+			return testutil.ToFloat64(l.m.accepted) == 1
+		})
+	}
+	// At start, then with a listener added.
+	if err := s.Apply(Config{Listeners: []ListenerConfig{a}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Apply(Config{Listeners: []ListenerConfig{a, b}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLateProbeResultIgnored records a failed probe of an active check after Apply
+// stopped or replaced the check: the probe had passed its cancel check just before the
+// cancel. It must not mark the backend down, where no prober would bring it back up.
+func TestLateProbeResultIgnored(t *testing.T) {
+	addr := netip.MustParseAddrPort("127.0.0.1:1")
+	// Probes far apart: the test records the results itself.
+	active := &ActiveCheck{Interval: time.Hour, Timeout: time.Second, Rise: 1, Fall: 1}
+	setup := func(t *testing.T) (*Server, ListenerConfig, *backend) {
+		s := newTestServer(t)
+		lc := loopbackListener(t, "svc", addr.String())
+		lc.Active = active
+		if err := s.Apply(Config{Listeners: []ListenerConfig{lc}}); err != nil {
+			t.Fatal(err)
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s, lc, s.listeners["svc"].backends[addr]
+	}
+	prober := func(s *Server, be *backend) *prober {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return be.prober
+	}
+	usable := func(t *testing.T, be *backend) {
+		t.Helper()
+		if !be.usable(time.Now().UnixNano()) {
+			t.Errorf("backend down after a late failed probe")
+		}
+	}
+
+	t.Run("check stopped", func(t *testing.T) {
+		s, lc, be := setup(t)
+		pr := prober(s, be)
+		lc.Active = nil
+		if err := s.Apply(Config{Listeners: []ListenerConfig{lc}}); err != nil {
+			t.Fatal(err)
+		}
+		be.probed(pr, false)
+		usable(t, be)
+	})
+	t.Run("check stopped, result between configure and check", func(t *testing.T) {
+		s, _, be := setup(t)
+		pr := prober(s, be)
+		// Apply's steps for a backend whose check goes, with the result in between.
+		s.mu.Lock()
+		be.configure(PassiveCheck{}, nil)
+		be.probed(pr, false)
+		be.check(s.listeners["svc"], nil)
+		s.mu.Unlock()
+		usable(t, be)
+	})
+	t.Run("check restarted", func(t *testing.T) {
+		s, lc, be := setup(t)
+		pr := prober(s, be)
+		changed := *active
+		changed.Interval = 2 * time.Hour
+		lc.Active = &changed
+		if err := s.Apply(Config{Listeners: []ListenerConfig{lc}}); err != nil {
+			t.Fatal(err)
+		}
+		if prober(s, be) == pr {
+			t.Fatal("the check was not restarted")
+		}
+		be.probed(pr, false)
+		usable(t, be)
+	})
 }

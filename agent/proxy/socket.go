@@ -98,7 +98,8 @@ func (sk *socket) close() {
 	_ = sk.file.Close()
 }
 
-// startAccepting runs the socket's accept loop. It accepts with accept4(2) through the
+// startAccepting runs the socket's accept loop; the socket's owner must be set, as the
+// first connection may be accepted at once. It accepts with accept4(2) through the
 // listener's raw connection, so that client sockets never enter Go's poller: the event
 // loop takes them as they are. Temporary errors (out of file descriptors) back off as
 // net/http does, rather than spinning.
@@ -144,6 +145,9 @@ func (s *Server) startAccepting(sk *socket) {
 			sk.owner.Load().serve(a.fd, a.remote, s.nextLoop())
 		}
 	}()
+	if s.testHookAccepting != nil {
+		s.testHookAccepting(sk)
+	}
 }
 
 // acceptor is the body of one accept4(2); accept is passed to RawConn.Read, which waits
