@@ -79,6 +79,14 @@ func runManager(ctx context.Context, args []string) error {
 	fs.StringVar(&pullPolicy, "agent-image-pull-policy", "", "pull policy of the agents' image: Always, IfNotPresent or Never (default: Kubernetes' own)")
 	defaultResources, _ := json.Marshal(controllers.DefaultAgentResources())
 	fs.StringVar(&agentResources, "agent-resources", "", fmt.Sprintf("resources of the agents' container, as JSON; replaces the default %s", defaultResources))
+	var pullSecrets []string
+	fs.Func("agent-image-pull-secret", "a Secret, in each pair's namespace, to pull the agents' image with; repeat it for several", func(name string) error {
+		if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
+			return fmt.Errorf("%q is not a Secret name: %s", name, strings.Join(errs, "; "))
+		}
+		pullSecrets = append(pullSecrets, name)
+		return nil
+	})
 	fs.StringVar(&priorityClass, "agent-priority-class", "", "priority class of the agents' pods, such as system-node-critical, which the kubelet never evicts for want of memory or disk (default: the cluster's default priority)")
 	ctrlconfig.RegisterFlags(fs)
 	logOpts.BindFlags(fs)
@@ -137,6 +145,7 @@ func runManager(ctx context.Context, args []string) error {
 			ImagePullPolicy:   corev1.PullPolicy(pullPolicy),
 			Resources:         resources,
 			PriorityClassName: priorityClass,
+			ImagePullSecrets:  pullSecrets,
 		},
 		WatchNamespace: watchNamespace,
 	}

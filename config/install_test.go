@@ -261,28 +261,50 @@ func TestChartPassesAgentResourcesToTheManager(t *testing.T) {
 	}
 }
 
-// agentPriorityClassName in the chart's values reaches the manager as
-// --agent-priority-class; it is not passed when empty.
-func TestChartPassesAgentPriorityClassToTheManager(t *testing.T) {
-	flags := func(set ...string) []string {
+// The chart's values for the agents reach the manager as its flags, and are not
+// passed when empty: agentPriorityClassName as --agent-priority-class, the image's
+// pull policy and pull secrets as --agent-image-pull-policy and
+// --agent-image-pull-secret (the manager's own pod pulls with the secrets too).
+func TestChartPassesAgentSettingsToTheManager(t *testing.T) {
+	render := func(set ...string) (flags, secrets []string) {
 		objs := parseManifest(t, "helm template", helmTemplate(t, set...))
-		containers, _, _ := unstructured.NestedSlice(managerDeployment(t, "helm template", objs), "spec", "template", "spec", "containers")
-		var out []string
+		spec, _, _ := unstructured.NestedMap(managerDeployment(t, "helm template", objs), "spec", "template", "spec")
+		containers, _, _ := unstructured.NestedSlice(spec, "containers")
 		if len(containers) == 1 {
 			args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args")
 			for _, a := range args {
-				if strings.HasPrefix(a, "--agent-priority-class") {
-					out = append(out, a)
+				if strings.HasPrefix(a, "--agent-priority-class") || strings.HasPrefix(a, "--agent-image-pull") {
+					flags = append(flags, a)
 				}
 			}
 		}
-		return out
+		refs, _, _ := unstructured.NestedSlice(spec, "imagePullSecrets")
+		for _, r := range refs {
+			secrets = append(secrets, r.(map[string]any)["name"].(string))
+		}
+		return flags, secrets
 	}
-	if got := flags("--set", "agentPriorityClassName=system-node-critical"); !slices.Equal(got, []string{"--agent-priority-class=system-node-critical"}) {
-		t.Errorf("with agentPriorityClassName set, the manager's flags are %q", got)
-	}
-	if got := flags(); len(got) != 0 {
-		t.Errorf("by default, the manager's flags are %q, want none", got)
+	for _, tt := range []struct {
+		name        string
+		set         []string
+		wantFlags   []string
+		wantSecrets []string
+	}{
+		{"by default", nil, []string{"--agent-image-pull-policy=IfNotPresent"}, nil},
+		{"a priority class", []string{"--set", "agentPriorityClassName=system-node-critical"},
+			[]string{"--agent-priority-class=system-node-critical", "--agent-image-pull-policy=IfNotPresent"}, nil},
+		{"pull secrets and policy", []string{"--set", "image.pullSecrets={registry,mirror}", "--set", "image.pullPolicy=Always"},
+			[]string{"--agent-image-pull-policy=Always", "--agent-image-pull-secret=registry", "--agent-image-pull-secret=mirror"}, []string{"registry", "mirror"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			flags, secrets := render(tt.set...)
+			if !slices.Equal(flags, tt.wantFlags) {
+				t.Errorf("the manager's flags are %q, want %q", flags, tt.wantFlags)
+			}
+			if !slices.Equal(secrets, tt.wantSecrets) {
+				t.Errorf("the manager's pull secrets are %q, want %q", secrets, tt.wantSecrets)
+			}
+		})
 	}
 }
 

@@ -55,6 +55,9 @@ type AgentSettings struct {
 	// PriorityClassName is the agents' pods' priority class; empty leaves
 	// them at the cluster's default.
 	PriorityClassName string
+	// ImagePullSecrets name Secrets, in each pair's namespace, that the
+	// agents' pods pull the image with (a private registry).
+	ImagePullSecrets []string
 }
 
 // DefaultAgentResources are the agents' resources unless the manager is
@@ -173,6 +176,10 @@ func desiredDaemonSet(pair *lbv1.LoadBalancerPair, port int32, s AgentSettings) 
 	if s.ImagePullPolicy != "" {
 		container.WithImagePullPolicy(s.ImagePullPolicy)
 	}
+	pullSecrets := make([]*corev1ac.LocalObjectReferenceApplyConfiguration, len(s.ImagePullSecrets))
+	for i, name := range s.ImagePullSecrets {
+		pullSecrets[i] = corev1ac.LocalObjectReference().WithName(name)
+	}
 	podSpec := corev1ac.PodSpec().
 		WithHostNetwork(true).
 		WithDNSPolicy(corev1.DNSClusterFirstWithHostNet).
@@ -183,6 +190,7 @@ func desiredDaemonSet(pair *lbv1.LoadBalancerPair, port int32, s AgentSettings) 
 		WithSecurityContext(corev1ac.PodSecurityContext().
 			WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault))).
 		WithContainers(container).
+		WithImagePullSecrets(pullSecrets...).
 		// The agent keeps its last configuration here, to serve with it when
 		// its container restarts while the apiserver is unreachable. An
 		// emptyDir lives as long as the pod, and so covers the restarts the

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -360,5 +361,26 @@ func TestAgentPriorityClass(t *testing.T) {
 	}
 	if err := k8s.Create(ctx, pod("no-such-class"), client.DryRunAll); err == nil || !strings.Contains(err.Error(), "no-such-class") {
 		t.Errorf("an agent pod of a priority class that does not exist: %v, want a refusal naming it", err)
+	}
+}
+
+// TestAgentImagePullSecrets: pull secrets set for the agents reach their pods; none set
+// leaves the template as it was, so that an upgrade of the manager rolls no agent.
+func TestAgentImagePullSecrets(t *testing.T) {
+	pair := newPair("ns", "web", ptrTo(int32(51)), "198.18.0.100")
+	b, err := json.Marshal(desiredDaemonSet(pair, 9451, AgentSettings{Image: testImage}).Spec.Template.Spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "imagePullSecrets") {
+		t.Errorf("imagePullSecrets in the pod spec with none set: %s", b)
+	}
+	spec := desiredDaemonSet(pair, 9451, AgentSettings{Image: testImage, ImagePullSecrets: []string{"registry", "mirror"}}).Spec.Template.Spec
+	var got []string
+	for _, r := range spec.ImagePullSecrets {
+		got = append(got, ptr.Deref(r.Name, ""))
+	}
+	if want := []string{"registry", "mirror"}; !slices.Equal(got, want) {
+		t.Errorf("imagePullSecrets %v, want %v", got, want)
 	}
 }

@@ -31,7 +31,12 @@ image:
   repository: ghcr.io/lbpair/lbpair
   # Defaults to the chart's appVersion.
   tag: ""
+  # For the manager and the agents alike.
   pullPolicy: IfNotPresent
+  # Secrets to pull the image with, from a private registry: the manager's, in
+  # the release's namespace, and the agents', which must exist under the same
+  # names in the namespace of every pair.
+  pullSecrets: []
 
 # Manager replicas; with more than one, leader election picks the active one.
 replicas: 2
@@ -128,6 +133,12 @@ spec:
         app.kubernetes.io/name: lbpair-manager
     spec:
       serviceAccountName: lbpair-manager
+      {{- with .Values.image.pullSecrets }}
+      imagePullSecrets:
+      {{- range . }}
+      - name: {{ . }}
+      {{- end }}
+      {{- end }}
       securityContext:
         runAsNonRoot: true
         seccompProfile:
@@ -157,6 +168,12 @@ spec:
         {{- end }}
         {{- with .Values.agentPriorityClassName }}
         - --agent-priority-class={{ . }}
+        {{- end }}
+        {{- with .Values.image.pullPolicy }}
+        - --agent-image-pull-policy={{ . }}
+        {{- end }}
+        {{- range .Values.image.pullSecrets }}
+        - --agent-image-pull-secret={{ . }}
         {{- end }}
         env:
         - name: AGENT_IMAGE
