@@ -198,8 +198,8 @@ func TestChartDeploymentMatchesConfigDefault(t *testing.T) {
 	chart := managerDeployment(t, "helm template", parseManifest(t, "helm template", helmTemplate(t)))
 	kustomize := managerDeployment(t, "kubectl kustomize config/default", parseManifest(t, "kubectl kustomize config/default", kustomizeDefault(t)))
 
-	// What the manager runs with; the chart adds labels and an
-	// imagePullPolicy of its own, which are left out.
+	// What the manager runs with; the chart adds labels, and an
+	// imagePullPolicy when its values give one, which are left out.
 	fields := func(d map[string]any) map[string]any {
 		pod, _, _ := unstructured.NestedMap(d, "spec", "template", "spec")
 		containers, _, _ := unstructured.NestedSlice(pod, "containers")
@@ -290,9 +290,9 @@ func TestChartPassesAgentSettingsToTheManager(t *testing.T) {
 		wantFlags   []string
 		wantSecrets []string
 	}{
-		{"by default", nil, []string{"--agent-image-pull-policy=IfNotPresent"}, nil},
+		{"by default", nil, nil, nil},
 		{"a priority class", []string{"--set", "agentPriorityClassName=system-node-critical"},
-			[]string{"--agent-priority-class=system-node-critical", "--agent-image-pull-policy=IfNotPresent"}, nil},
+			[]string{"--agent-priority-class=system-node-critical"}, nil},
 		{"pull secrets and policy", []string{"--set", "image.pullSecrets={registry,mirror}", "--set", "image.pullPolicy=Always"},
 			[]string{"--agent-image-pull-policy=Always", "--agent-image-pull-secret=registry", "--agent-image-pull-secret=mirror"}, []string{"registry", "mirror"}},
 	} {

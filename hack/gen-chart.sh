@@ -31,8 +31,9 @@ image:
   repository: ghcr.io/lbpair/lbpair
   # Defaults to the chart's appVersion.
   tag: ""
-  # For the manager and the agents alike.
-  pullPolicy: IfNotPresent
+  # For the manager and the agents alike: Always, IfNotPresent or Never; empty
+  # leaves Kubernetes' default (IfNotPresent, or Always for a tag "latest").
+  pullPolicy: ""
   # Secrets to pull the image with, from a private registry: the manager's, in
   # the release's namespace, and the agents', which must exist under the same
   # names in the namespace of every pair.
@@ -146,7 +147,9 @@ spec:
       containers:
       - name: manager
         image: {{ $image }}
-        imagePullPolicy: {{ .Values.image.pullPolicy }}
+        {{- with .Values.image.pullPolicy }}
+        imagePullPolicy: {{ . }}
+        {{- end }}
         args:
         - manager
         {{- if .Values.leaderElection }}
