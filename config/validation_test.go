@@ -98,6 +98,8 @@ func TestBadInputIsRejectedNamingTheField(t *testing.T) {
 			[]string{"spec.ports[0].proxyProtocol", "supported values"}},
 		{"active check timeout above interval", "    port: 88\n", "    port: 88\n    healthCheck: {active: {interval: 1s, timeout: 2s}}\n",
 			[]string{"spec.ports[0].healthCheck.active", "active.timeout must not exceed active.interval"}},
+		{"agentPort one of the ports", "  ports:\n  - name: http\n    port: 88\n", "  agentPort: 1088\n  ports:\n  - name: http\n    port: 1088\n",
+			[]string{"spec.agentPort", "spec.agentPort must differ from every spec.ports[].port", "cannot share a TCP port"}},
 		{"duration that is not one", "advertisementInterval: 1s", "advertisementInterval: 1s\n  drainTimeout: 5 seconds",
 			[]string{"spec.drainTimeout", "should match"}},
 		{"unknown field", "advertisementInterval: 1s", "advertisementInterval: 1s\n  virtualIP: 198.18.0.1",
@@ -135,6 +137,7 @@ func TestGoodInputIsAccepted(t *testing.T) {
 		{"IPv6 VIPs with VRRPv3", "[198.18.0.100]", "['fd00::100', 'fd00::101']\n  vrrpVersion: 3"},
 		{"IPv6 VIP with the default version", "[198.18.0.100]", "['fd00::100']"},
 		{"IPv4 VIPs with VRRPv2", "[198.18.0.100]", "[198.18.0.100, 198.18.0.101]\n  vrrpVersion: 2"},
+		{"agentPort none of the ports", "advertisementInterval: 1s", "advertisementInterval: 1s\n  agentPort: 1088"},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -170,7 +170,7 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 	d := decideVRID(pair, all.Items)
 	switch {
 	case d.Exhausted:
-		r.setCondition(pair, lbv1.ConditionVRIDConflict, true, "NoFreeVRID", "all 255 virtual router IDs of this address family are in use; set spec.virtualRouterID or delete an unused pair")
+		r.setCondition(pair, lbv1.ConditionVRIDConflict, true, "NoFreeVRID", "all 255 virtual router IDs of this address family are in use, or derive an agent port that a pair proxies or uses; set spec.virtualRouterID (and spec.agentPort) or delete an unused pair")
 		r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "NoFreeVRID", "AllocateVRID", "no virtual router ID is free")
 		return ctrl.Result{RequeueAfter: resync}, nil
 	case len(d.ConflictWith) > 0:
@@ -184,14 +184,25 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 		// bad input never disturbs a running pair.
 		return r.updateFromAgents(ctx, pair)
 	}
+	r.setCondition(pair, lbv1.ConditionVRIDConflict, false, "VRIDUnique", fmt.Sprintf("virtual router ID %d is not used by another pair of this address family", d.VRID))
+	port := agentPort(pair, d.VRID)
+	if msg := portConflicts(pair, d.VRID, all.Items, nodes.Items); msg != "" {
+		if !apimeta.IsStatusConditionTrue(pair.Status.Conditions, lbv1.ConditionPortConflict) {
+			r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "PortConflict", "CheckPorts", "%s", msg)
+		}
+		r.setCondition(pair, lbv1.ConditionPortConflict, true, "AgentPortInUse", msg)
+		log.Info("Agent port conflict; leaving the agents as they are", "agentPort", port, "vrid", d.VRID)
+		// As for a VRID conflict: the agents of a running pair keep their
+		// VRID and agent port, a new pair's are not started.
+		return r.updateFromAgents(ctx, pair)
+	}
+	r.setCondition(pair, lbv1.ConditionPortConflict, false, "PortsUnique", fmt.Sprintf("agent port %d is none of the pair's ports, nor a port or agent port of another pair on its nodes", port))
 	if d.Allocated && pair.Status.VirtualRouterID != d.VRID {
 		r.Recorder.Eventf(pair, nil, corev1.EventTypeNormal, "VRIDAllocated", "AllocateVRID", "allocated virtual router ID %d", d.VRID)
 	}
-	// Cleared on both counts: the agents run with these.
+	// Cleared on all counts: the agents run with these.
 	pair.Status.VirtualRouterID = d.VRID
 	pair.Status.VirtualIPs = slices.Clone(pair.Spec.VirtualIPs)
-	r.setCondition(pair, lbv1.ConditionVRIDConflict, false, "VRIDUnique", fmt.Sprintf("virtual router ID %d is not used by another pair of this address family", d.VRID))
-	port := agentPort(pair, d.VRID)
 	pair.Status.AgentPort = port
 
 	// Read from the apiserver, not the cache, which would watch every
@@ -288,7 +299,7 @@ func (r *LoadBalancerPairReconciler) updateFromAgents(ctx context.Context, pair 
 	if s.Holder == "" {
 		// No agent serves: a conflict that keeps them from starting is the
 		// reason to show first.
-		for _, t := range []string{lbv1.ConditionVIPConflict, lbv1.ConditionVRIDConflict} {
+		for _, t := range []string{lbv1.ConditionVIPConflict, lbv1.ConditionVRIDConflict, lbv1.ConditionPortConflict} {
 			if c := apimeta.FindStatusCondition(pair.Status.Conditions, t); c != nil && c.Status == metav1.ConditionTrue {
 				r.setCondition(pair, lbv1.ConditionReady, false, t, "no agent holds the virtual IPs: "+c.Message)
 				break
@@ -470,24 +481,27 @@ func (r *LoadBalancerPairReconciler) SetupWithManager(mgr ctrl.Manager) error {
 }
 
 // conflictInputsChanged tells whether an update of a pair can change another
-// pair's VRID or virtual IP decision: decideVRID and vipConflicts read the
-// spec, status.virtualRouterID, status.virtualIPs and the VRIDConflict
-// condition. Two pairs allocated together may both see the
-// other without a VRID yet and take the same one; the later status write of
-// each makes the other recheck, and the loser moves.
+// pair's VRID, virtual IP or port decision: decideVRID, vipConflicts and
+// portConflicts read the spec, status.virtualRouterID, status.virtualIPs,
+// status.agentPort and the VRIDConflict and PortConflict conditions. Two
+// pairs allocated together may both see the other without a VRID yet and
+// take the same one; the later status write of each makes the other
+// recheck, and the loser moves.
 func conflictInputsChanged(oldObj, newObj client.Object) bool {
 	o, okOld := oldObj.(*lbv1.LoadBalancerPair)
 	n, okNew := newObj.(*lbv1.LoadBalancerPair)
 	if !okOld || !okNew {
 		return true
 	}
-	inConflict := func(p *lbv1.LoadBalancerPair) bool {
-		return apimeta.IsStatusConditionTrue(p.Status.Conditions, lbv1.ConditionVRIDConflict)
+	inConflict := func(p *lbv1.LoadBalancerPair, t string) bool {
+		return apimeta.IsStatusConditionTrue(p.Status.Conditions, t)
 	}
 	return o.Generation != n.Generation ||
 		o.Status.VirtualRouterID != n.Status.VirtualRouterID ||
 		!slices.Equal(o.Status.VirtualIPs, n.Status.VirtualIPs) ||
-		inConflict(o) != inConflict(n)
+		o.Status.AgentPort != n.Status.AgentPort ||
+		inConflict(o, lbv1.ConditionVRIDConflict) != inConflict(n, lbv1.ConditionVRIDConflict) ||
+		inConflict(o, lbv1.ConditionPortConflict) != inConflict(n, lbv1.ConditionPortConflict)
 }
 
 // liveReader reads from the apiserver when the reconciler has an APIReader.

@@ -12,7 +12,9 @@ import (
 )
 
 // Agent ports derived from the VRID when spec.agentPort is unset. VRIDs are
-// unique per address family, so these never collide between pairs.
+// unique per address family, so these never collide with each other; the
+// VRIDs the manager allocates skip those whose port a pair proxies (see
+// portsInUse).
 const (
 	agentPortBaseIPv4 = 9400
 	agentPortBaseIPv6 = 9700
@@ -98,8 +100,13 @@ func decideVRID(pair *lbv1.LoadBalancerPair, all []lbv1.LoadBalancerPair) vridDe
 		used[claimedVRID(o)] = true
 		used[o.Status.VirtualRouterID] = true
 	}
+	// A new VRID fixes the agent port too, unless the spec sets one: skip
+	// the VRIDs whose agent port a pair listens on. A VRID allocated
+	// earlier is kept above even if its port got taken since: portConflicts
+	// reports that, and moving it would disturb running agents.
+	inUse := portsInUse(pair, all)
 	for v := int32(1); v <= 255; v++ {
-		if !used[v] {
+		if !used[v] && (pair.Spec.AgentPort != nil || !inUse[agentPort(pair, v)]) {
 			return vridDecision{VRID: v, Allocated: true}
 		}
 	}

@@ -116,6 +116,10 @@ func TestConflictInputsChanged(t *testing.T) {
 	agentsOnly.Status.Holder = "lb1"
 	vipsCleared := held(1, false)
 	vipsCleared.Status.VirtualIPs = []string{"198.18.0.100"}
+	portMoved := held(1, false)
+	portMoved.Status.AgentPort = 19000
+	portConflict := held(1, false)
+	apimeta.SetStatusCondition(&portConflict.Status.Conditions, metav1.Condition{Type: lbv1.ConditionPortConflict, Status: metav1.ConditionTrue, Reason: "Test"})
 	for _, tc := range []struct {
 		name     string
 		old, new *lbv1.LoadBalancerPair
@@ -127,6 +131,8 @@ func TestConflictInputsChanged(t *testing.T) {
 		{"conflict raised", held(1, false), held(1, true), true},
 		{"conflict cleared", held(1, true), held(1, false), true},
 		{"virtual IPs cleared to run", held(1, false), vipsCleared, true},
+		{"agent port moved", held(1, false), portMoved, true},
+		{"port conflict raised", held(1, false), portConflict, true},
 		{"only the agents' status changed", held(1, false), agentsOnly, false},
 	} {
 		if got := conflictInputsChanged(tc.old, tc.new); got != tc.want {

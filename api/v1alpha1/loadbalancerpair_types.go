@@ -48,6 +48,7 @@ type LoadBalancerPair struct {
 // +kubebuilder:validation:XValidation:rule="self.vrrpVersion == 3 || (duration(self.advertisementInterval) >= duration('1s') && duration(self.advertisementInterval) <= duration('255s') && duration(self.advertisementInterval).getMilliseconds() % 1000 == 0)",message="advertisementInterval must be whole seconds from 1s to 255s with vrrpVersion 2"
 // +kubebuilder:validation:XValidation:rule="self.vrrpVersion != 2 || self.virtualIPs.all(v, !isIP(v) || ip(v).family() == 4)",fieldPath=".vrrpVersion",message="spec.vrrpVersion 2 (RFC 3768) carries IPv4 only: set spec.vrrpVersion to 3 for IPv6 spec.virtualIPs"
 // +kubebuilder:validation:XValidation:rule="!has(self.unicast) || !has(self.unicast.peers) || !self.virtualIPs.all(v, isIP(v)) || !self.unicast.peers.all(p, isIP(p)) || self.unicast.peers.all(p, ip(p).family() == ip(self.virtualIPs[0]).family())",message="unicast.peers must be of the same address family as virtualIPs"
+// +kubebuilder:validation:XValidation:rule="!has(self.agentPort) || self.ports.all(p, p.port != self.agentPort)",fieldPath=".agentPort",message="spec.agentPort must differ from every spec.ports[].port: the agents' health and metrics listener on the node and the proxy's listener on the virtual IPs cannot share a TCP port"
 type LoadBalancerPairSpec struct {
 	// virtualIPs are the addresses the holder adds to its interface and announces, as
 	// keepalived's virtual_ipaddress. All must be of one family (IPv4 or IPv6) and usable
@@ -172,8 +173,12 @@ type LoadBalancerPairSpec struct {
 	// agentPort is the port on each node where the agent serves /healthz, /readyz and
 	// /metrics. Agents use the host network, so pairs sharing nodes need distinct ports.
 	// When unset the manager derives one from the virtual router ID: 9400+VRID for IPv4
-	// pairs and 9700+VRID for IPv6 pairs (VRIDs are unique per family), and reports it
-	// in status.agentPort.
+	// pairs and 9700+VRID for IPv6 pairs (VRIDs are unique per family; a VRID the manager
+	// allocates is one whose port no pair proxies or uses), and reports it in
+	// status.agentPort. It must differ from the pair's ports: on a node, the agent's listener
+	// and a proxy listener on a virtual IP cannot share a TCP port. A port that another pair
+	// proxies, or uses as its agent port, on a node both pairs run on sets the PortConflict
+	// condition, and the agents are not started (or updated) with it.
 	// +optional
 	// +kubebuilder:validation:Minimum=1024
 	// +kubebuilder:validation:Maximum=65535
@@ -565,11 +570,11 @@ type LoadBalancerPairStatus struct {
 	Agents []AgentStatus `json:"agents,omitempty"`
 
 	// conditions: Ready (a holder exists and serves; when none does and a conflict keeps the
-	// agents from starting, its reason is VIPConflict or VRIDConflict), Available (the
-	// agents are running; reason PodSecurity when the namespace's Pod Security level
-	// forbids their pods), Degraded (fewer healthy agents than selected nodes, or backends
-	// down), SplitBrain (more than one agent holds the virtual IPs), VRIDConflict and
-	// VIPConflict.
+	// agents from starting, its reason is VIPConflict, VRIDConflict or PortConflict),
+	// Available (the agents are running; reason PodSecurity when the namespace's Pod
+	// Security level forbids their pods), Degraded (fewer healthy agents than selected nodes,
+	// or backends down), SplitBrain (more than one agent holds the virtual IPs),
+	// VRIDConflict, VIPConflict and PortConflict.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -680,6 +685,10 @@ const (
 	// ConditionVIPConflict is true when another pair already uses one of the pair's
 	// virtual IPs, or a node has it as its address.
 	ConditionVIPConflict = "VIPConflict"
+	// ConditionPortConflict is true when the pair's agent port is also one of its ports,
+	// or, on a node the pair shares with another pair, that pair's agent port or one of its
+	// ports, or one of the pair's ports is that pair's agent port.
+	ConditionPortConflict = "PortConflict"
 )
 
 // +kubebuilder:object:root=true
