@@ -404,8 +404,11 @@ func (m *Machine) Reconfigure(now time.Time, cfg MachineConfig) Step {
 	case Backup:
 		m.masterDown = m.masterDown.Add(m.MasterDownInterval() - before)
 	case Master:
-		if intervalChanged && len(step.Actions) == 0 {
-			step.Actions = append(step.Actions, Action{Kind: SendAdvert, Priority: m.cfg.Priority})
+		if intervalChanged {
+			// SetPriority may have advertised already, but on the old schedule.
+			if len(step.Actions) == 0 {
+				step.Actions = append(step.Actions, Action{Kind: SendAdvert, Priority: m.cfg.Priority})
+			}
 			m.adver = now.Add(m.cfg.Interval)
 		}
 	}
