@@ -98,7 +98,8 @@ func (l *listener) serve(fd int, remote netip.AddrPort, lp *loop) {
 		st.key = remote.Addr().Unmap().AsSlice()
 	}
 	// Under c.mu, so that abort either sees the pair (and asks the loop to close it) or
-	// is seen here, and the setup is queued before an abort that saw the pair.
+	// is seen here. Its abort may still reach the loop before the setup: the loop
+	// handles either order.
 	c.mu.Lock()
 	if c.aborted.Load() {
 		c.mu.Unlock()
@@ -109,8 +110,8 @@ func (l *listener) serve(fd int, remote netip.AddrPort, lp *loop) {
 	c.pair = &pair{c: c, fd: [2]int{fd, -1}, setup: st}
 	c.loop = lp
 	c.clientFD = -1 // the loop's now
-	lp.post(command{p: c.pair, kind: cmdSetup})
 	c.mu.Unlock()
+	lp.post(command{p: c.pair, kind: cmdSetup})
 }
 
 // closeClient closes the client socket before any hand-off; reset sends a reset, so the
