@@ -55,7 +55,11 @@ type clusterSource struct {
 	// the sync loop only.
 	last        *lastConfigStore
 	keepFailing bool
-	resolver    *heldResolver
+	// agentPeers are the other agents' addresses as last listed; listed
+	// tells whether they ever were. Used by the sync loop only.
+	agentPeers []netip.Addr
+	listed     bool
+	resolver   *heldResolver
 	// servingKept is 1 while keptRunning, for the metrics.
 	servingKept prometheus.Gauge
 
@@ -262,14 +266,17 @@ func (s *clusterSource) sync(ctx context.Context) {
 		return
 	}
 	s.status.resume()
-	peers, err := s.peers(ctx)
-	if err != nil {
+	if peers, err := s.peers(ctx); err == nil {
+		s.agentPeers, s.listed = peers, true
+	} else if u := pair.Spec.Unicast; !s.listed && u != nil && u.Enabled {
 		// No peers would send a unicast pair's adverts to the multicast
-		// group, which the other agents may not hear: keep the running one.
-		s.log.Error(err, "Listing the pair's agent pods; keeping the running configuration")
+		// group, which the other agents may not hear.
+		s.log.Error(err, "Listing the pair's agent pods; waiting for the list to start")
 		return
+	} else {
+		s.log.Error(err, "Listing the pair's agent pods; using the peers listed before")
 	}
-	in := config.Inputs{Pair: &pair, Node: node, Peers: peers, Resolver: s.resolver}
+	in := config.Inputs{Pair: &pair, Node: node, Peers: s.agentPeers, Resolver: s.resolver}
 	if pair.Spec.Authentication != nil {
 		in.Secrets = s.authSecret(ctx, pair.Spec.Authentication.PasswordSecretRef.Name)
 	}
