@@ -339,8 +339,8 @@ var ErrTentative = errors.New("its address is still in duplicate address detecti
 // comes before a host route (a /32 or /128): virtual IPs are host routes,
 // and those of other pairs on the interface, which vips does not list, may
 // come first (the kernel lists a node address added again after them).
-// Some clouds give nodes host routes only; one of them is taken when there
-// is nothing else.
+// Some clouds give nodes host routes only; a permanent one is taken then,
+// as a virtual IP always has a lifetime (see SetLifetime), else the first.
 func PrimaryAddress(ifname string, ipv6 bool, vips []netip.Addr) (netip.Addr, error) {
 	link, err := netlink.LinkByName(ifname)
 	if err != nil {
@@ -355,7 +355,7 @@ func PrimaryAddress(ifname string, ipv6 bool, vips []netip.Addr) (netip.Addr, er
 		return netip.Addr{}, fmt.Errorf("listing addresses of %q: %w", ifname, err)
 	}
 	tentative := false
-	var hostRoute netip.Addr
+	var hostRoute, permanentHostRoute netip.Addr
 	for _, a := range addrs {
 		ip, ok := netip.AddrFromSlice(a.IP)
 		if !ok {
@@ -376,11 +376,19 @@ func PrimaryAddress(ifname string, ipv6 bool, vips []netip.Addr) (netip.Addr, er
 		if ones, bits := a.Mask.Size(); ones != bits {
 			return ip, nil
 		}
-		if !hostRoute.IsValid() && !slices.Contains(vips, ip) {
+		if slices.Contains(vips, ip) {
+			continue
+		}
+		if !hostRoute.IsValid() {
 			hostRoute = ip
+		}
+		if !permanentHostRoute.IsValid() && uint32(a.ValidLft) == math.MaxUint32 {
+			permanentHostRoute = ip
 		}
 	}
 	switch {
+	case permanentHostRoute.IsValid():
+		return permanentHostRoute, nil
 	case hostRoute.IsValid():
 		return hostRoute, nil
 	case tentative:

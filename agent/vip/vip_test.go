@@ -215,9 +215,9 @@ func TestPrimaryAddressSkipsVirtualIPs(t *testing.T) {
 	if a, err := primary(); err != nil || a != netip.MustParseAddr("198.18.0.11") {
 		t.Fatalf("primary address %v, %v; want 198.18.0.11", a, err)
 	}
-	// Another pair's virtual IP, which this pair does not know, and the node's
-	// address added again after it.
-	if err := h.AddAddr("198.18.0.200/32"); err != nil {
+	// Another pair's virtual IP, which this pair does not know, with the lifetime
+	// virtual IPs have, and the node's address added again after it.
+	if _, err := h.Exec("ip", "addr", "add", "198.18.0.200/32", "dev", netlab.HostLink, "valid_lft", "60", "preferred_lft", "60"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := h.Exec("ip", "addr", "del", "198.18.0.11/24", "dev", netlab.HostLink); err != nil {
@@ -229,12 +229,22 @@ func TestPrimaryAddressSkipsVirtualIPs(t *testing.T) {
 	if a, err := primary(); err != nil || a != netip.MustParseAddr("198.18.0.11") {
 		t.Fatalf("after the node's address came back behind another pair's virtual IP: primary address %v, %v; want 198.18.0.11", a, err)
 	}
-	// A node with host routes only.
+	// A node with host routes only (some clouds): its own is permanent.
 	if _, err := h.Exec("ip", "addr", "del", "198.18.0.11/24", "dev", netlab.HostLink); err != nil {
 		t.Fatal(err)
 	}
+	if err := h.AddAddr("198.18.0.11/32"); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := primary(); err != nil || a != netip.MustParseAddr("198.18.0.11") {
+		t.Fatalf("with host routes only: primary address %v, %v; want 198.18.0.11, the permanent one", a, err)
+	}
+	// With a lifetime too (DHCP), the first that is not this pair's virtual IP.
+	if _, err := h.Exec("ip", "addr", "change", "198.18.0.11/32", "dev", netlab.HostLink, "valid_lft", "600", "preferred_lft", "600"); err != nil {
+		t.Fatal(err)
+	}
 	if a, err := primary(); err != nil || a != netip.MustParseAddr("198.18.0.200") {
-		t.Fatalf("with host routes only: primary address %v, %v; want 198.18.0.200, the one that is not this pair's virtual IP", a, err)
+		t.Fatalf("with host routes with lifetimes only: primary address %v, %v; want 198.18.0.200, listed first", a, err)
 	}
 	var ll netip.Addr
 	netlab.Eventually(t, "the IPv6 link-local address", 5*time.Second, func() error {
