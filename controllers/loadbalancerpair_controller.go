@@ -186,21 +186,28 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 	}
 	r.setCondition(pair, lbv1.ConditionVRIDConflict, false, "VRIDUnique", fmt.Sprintf("virtual router ID %d is not used by another pair of this address family", d.VRID))
 	port := agentPort(pair, d.VRID)
-	if msg := portConflicts(pair, d.VRID, all.Items, nodes.Items); msg != "" {
+	if msg, holdBack := portConflicts(pair, d.VRID, all.Items, nodes.Items); msg != "" {
 		if !apimeta.IsStatusConditionTrue(pair.Status.Conditions, lbv1.ConditionPortConflict) {
 			r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "PortConflict", "CheckPorts", "%s", msg)
 		}
 		r.setCondition(pair, lbv1.ConditionPortConflict, true, "AgentPortInUse", msg)
-		log.Info("Agent port conflict; leaving the agents as they are", "agentPort", port, "vrid", d.VRID)
-		// As for a VRID conflict: the agents of a running pair keep their
-		// VRID and agent port, a new pair's are not started.
-		return r.updateFromAgents(ctx, pair)
+		if holdBack {
+			log.Info("Agent port conflict; leaving the agents as they are", "agentPort", port, "vrid", d.VRID)
+			// As for a VRID conflict: the agents of a running pair keep
+			// their VRID and agent port, a new pair's are not started.
+			return r.updateFromAgents(ctx, pair)
+		}
+		// The agents already listen on the agent port, or it is free:
+		// holding the update back would protect nothing and only keep
+		// new images and template changes from the agents.
+		log.Info("Port conflict; updating the agents as usual", "agentPort", port, "vrid", d.VRID)
+	} else {
+		r.setCondition(pair, lbv1.ConditionPortConflict, false, "PortsUnique", fmt.Sprintf("agent port %d is none of the pair's ports, nor a port or agent port of another pair on its nodes", port))
 	}
-	r.setCondition(pair, lbv1.ConditionPortConflict, false, "PortsUnique", fmt.Sprintf("agent port %d is none of the pair's ports, nor a port or agent port of another pair on its nodes", port))
 	if d.Allocated && pair.Status.VirtualRouterID != d.VRID {
 		r.Recorder.Eventf(pair, nil, corev1.EventTypeNormal, "VRIDAllocated", "AllocateVRID", "allocated virtual router ID %d", d.VRID)
 	}
-	// Cleared on all counts: the agents run with these.
+	// Cleared on every count that holds agents back: they run with these.
 	pair.Status.VirtualRouterID = d.VRID
 	pair.Status.VirtualIPs = slices.Clone(pair.Spec.VirtualIPs)
 	pair.Status.AgentPort = port

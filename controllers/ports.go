@@ -55,27 +55,18 @@ func portsInUse(pair *lbv1.LoadBalancerPair, all []lbv1.LoadBalancerPair) map[in
 	return used
 }
 
-// runsPort tells whether a pair's agents listen on port now: it is the
-// agent port they run with (status), or, once they run, one of the pair's
-// ports (the agents read spec.ports themselves).
-func runsPort(p *lbv1.LoadBalancerPair, port int32) bool {
-	if p.Status.AgentPort == 0 {
-		return false
-	}
-	_, proxied := proxiedPort(p, port)
-	return p.Status.AgentPort == port || proxied
-}
-
-// keepsPort tells whether pair keeps port against o when both want to listen
-// on it on a node. A pair whose agents listen on it comes first, so that a
-// newcomer, however old, never disturbs running agents; between two that
-// both do (or neither), the one not in a port conflict, then the older.
-func keepsPort(pair, o *lbv1.LoadBalancerPair, port int32) bool {
-	if rp, ro := runsPort(pair, port), runsPort(o, port); rp != ro {
+// keepsAgentPort tells whether pair keeps port, the agent port it runs with
+// or asks for, against o, whose agents listen on it or ask to. Agents that
+// listen on it now come first, so that a newcomer, however old, never
+// disturbs running agents; between two that both do (or neither), the one
+// not in a port conflict, then the older.
+func keepsAgentPort(pair, o *lbv1.LoadBalancerPair, port int32) bool {
+	runs := func(p *lbv1.LoadBalancerPair) bool { return p.Status.AgentPort == port }
+	if rp, ro := runs(pair), runs(o); rp != ro {
 		return rp
 	}
 	holds := func(p *lbv1.LoadBalancerPair) bool {
-		return runsPort(p, port) && !apimeta.IsStatusConditionTrue(p.Status.Conditions, lbv1.ConditionPortConflict)
+		return runs(p) && !apimeta.IsStatusConditionTrue(p.Status.Conditions, lbv1.ConditionPortConflict)
 	}
 	return precedes(pair, o, holds)
 }
@@ -95,15 +86,28 @@ func sharedNode(a, b *lbv1.LoadBalancerPair, nodes []corev1.Node) string {
 	return slices.Min(names)
 }
 
-// portConflicts explains why pair's agents may not run with the agent port
-// of VRID vrid, given every pair and node the manager sees; "" when they
-// may. The port may not be one of the pair's own ports; and on a node that
-// also runs another pair's agents, it may not be that pair's agent port or
-// one of its ports, nor may one of the pair's ports be that pair's agent
-// port, unless the pair keeps the port against the other (keepsPort): the
-// other is the one reported then.
-func portConflicts(pair *lbv1.LoadBalancerPair, vrid int32, all []lbv1.LoadBalancerPair, nodes []corev1.Node) string {
+// portConflicts explains why pair's agents, run with the agent port of VRID
+// vrid, would meet another listener on a port, given every pair and node the
+// manager sees; "" when they would not. The agent port may not be one of the
+// pair's own ports. On a node that also runs another pair's agents:
+//   - the agent port may be a port the other pair proxies only if the pair's
+//     agents listen on it already (status.agentPort): a new or changed agent
+//     port must not take a proxied port, while a port added to spec.ports
+//     later is the other pair's to give up;
+//   - it may be the other pair's agent port only if the pair keeps it
+//     (keepsAgentPort);
+//   - none of the pair's ports may be the agent port the other pair's agents
+//     listen on; one the other only asks for is the other's conflict.
+//
+// holdBack tells whether the DaemonSet must not be applied: the agent port
+// is taken and the agents do not listen on it yet, so rolling them onto it
+// would start agents that cannot bind it. In every other conflict the agent
+// port is the agents' own already, or free, so holding the update back would
+// protect nothing and would keep new images and template changes from the
+// pair.
+func portConflicts(pair *lbv1.LoadBalancerPair, vrid int32, all []lbv1.LoadBalancerPair, nodes []corev1.Node) (msg string, holdBack bool) {
 	port := agentPort(pair, vrid)
+	runs := pair.Status.AgentPort == port
 	var agentClashes, portClashes []string
 	if name, ok := proxiedPort(pair, port); ok {
 		agentClashes = append(agentClashes, fmt.Sprintf("spec.ports[%s] of this pair", name))
@@ -127,14 +131,14 @@ func portConflicts(pair *lbv1.LoadBalancerPair, vrid int32, all []lbv1.LoadBalan
 			}
 		}
 		var mine, ours []string
-		if name, ok := proxiedPort(o, port); ok && !keepsPort(pair, o, port) {
+		if name, ok := proxiedPort(o, port); ok && !runs {
 			mine = append(mine, fmt.Sprintf("port %d (%s) of %s/%s", port, name, o.Namespace, o.Name))
 		}
-		if slices.Contains(theirs, port) && !keepsPort(pair, o, port) {
+		if slices.Contains(theirs, port) && !keepsAgentPort(pair, o, port) {
 			mine = append(mine, fmt.Sprintf("the agent port of %s/%s", o.Namespace, o.Name))
 		}
 		for _, sp := range pair.Spec.Ports {
-			if slices.Contains(theirs, sp.Port) && !keepsPort(pair, o, sp.Port) {
+			if o.Status.AgentPort == sp.Port {
 				ours = append(ours, fmt.Sprintf("spec.ports[%s] %d is the agent port of %s/%s", sp.Name, sp.Port, o.Namespace, o.Name))
 			}
 		}
@@ -155,7 +159,7 @@ func portConflicts(pair *lbv1.LoadBalancerPair, vrid int32, all []lbv1.LoadBalan
 		}
 	}
 	if len(agentClashes)+len(portClashes) == 0 {
-		return ""
+		return "", false
 	}
 	var parts, fixes []string
 	if len(agentClashes) > 0 {
@@ -170,6 +174,11 @@ func portConflicts(pair *lbv1.LoadBalancerPair, vrid int32, all []lbv1.LoadBalan
 		parts = append(parts, portClashes...)
 		fixes = append(fixes, "change spec.ports, or set the other pair's spec.agentPort to a free port")
 	}
-	return fmt.Sprintf("%s; an agent listens on its agent port on every address of its node, so no agent port may be a port a pair proxies on that node, or another pair's agent port; the agents are not started (or updated) until the ports differ: %s",
-		strings.Join(parts, "; "), strings.Join(fixes, "; "))
+	holdBack = len(agentClashes) > 0 && !runs
+	effect := "the agents are updated as usual, but on that node one of the two listeners cannot bind the port"
+	if holdBack {
+		effect = "the agents are not started (or updated)"
+	}
+	return fmt.Sprintf("%s; an agent listens on its agent port on every address of its node, so no agent port may be a port a pair proxies on that node, or another pair's agent port; %s until the ports differ: %s",
+		strings.Join(parts, "; "), effect, strings.Join(fixes, "; ")), holdBack
 }

@@ -14,6 +14,9 @@ import (
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
@@ -111,57 +114,74 @@ func TestPortConflicts(t *testing.T) {
 		self   *lbv1.LoadBalancerPair
 		others []*lbv1.LoadBalancerPair
 		want   []string // substrings of the message; none for no conflict
+		hold   bool     // the DaemonSet is not applied
 	}{
-		{"alone", portPair("b", "198.18.0.2", 42, 0, "shared", 88), nil, nil},
+		{"alone", portPair("b", "198.18.0.2", 42, 0, "shared", 88), nil, nil, false},
 		{"its VRID's agent port is one of its ports", portPair("b", "198.18.0.2", 43, 0, "shared", 9443), nil,
-			[]string{"agent port 9443 (9400+virtualRouterID 43) is also spec.ports[p0] of this pair", "set spec.agentPort to a free port"}},
+			[]string{"agent port 9443 (9400+virtualRouterID 43) is also spec.ports[p0] of this pair", "set spec.agentPort to a free port", "the agents are not started (or updated) until the ports differ"}, true},
+		{"its running agent port is one of its new ports", portPair("b", "198.18.0.2", 43, 9443, "shared", 88, 9443), nil,
+			[]string{"agent port 9443 (9400+virtualRouterID 43) is also spec.ports[p1] of this pair", "the agents are updated as usual"}, false},
 		{"another pair proxies it on a shared node", portPair("b", "198.18.0.2", 43, 0, "shared", 88),
 			[]*lbv1.LoadBalancerPair{portPair("a", "198.18.0.1", 41, 9441, "shared", 9443)},
-			[]string{"agent port 9443 (9400+virtualRouterID 43) is also port 9443 (p0) of ns/a (both run on node lb1)", "set spec.agentPort to a free port"}},
+			[]string{"agent port 9443 (9400+virtualRouterID 43) is also port 9443 (p0) of ns/a (both run on node lb1)", "set spec.agentPort to a free port"}, true},
 		{"another pair of the other family proxies it", portPair("b", "198.18.0.2", 43, 0, "shared", 88),
 			[]*lbv1.LoadBalancerPair{portPair("a", "fd00::1", 41, 9741, "shared", 9443)},
-			[]string{"port 9443 (p0) of ns/a"}},
+			[]string{"port 9443 (p0) of ns/a"}, true},
 		{"another pair proxies it on other nodes", portPair("b", "198.18.0.2", 43, 0, "shared", 88),
-			[]*lbv1.LoadBalancerPair{portPair("a", "198.18.0.1", 41, 9441, "other", 9443)}, nil},
+			[]*lbv1.LoadBalancerPair{portPair("a", "198.18.0.1", 41, 9441, "other", 9443)}, nil, false},
 		{"a running pair keeps its agent port against a newer pair", portPair("b", "198.18.0.2", 43, 9443, "shared", 88),
-			[]*lbv1.LoadBalancerPair{portPair("a", "198.18.0.1", 41, 0, "shared", 9443)}, nil},
+			[]*lbv1.LoadBalancerPair{portPair("a", "198.18.0.1", 41, 0, "shared", 9443)}, nil, false},
 		{"even against an older one", portPair("b", "198.18.0.2", 43, 9443, "shared", 88),
-			[]*lbv1.LoadBalancerPair{older(portPair("a", "198.18.0.1", 41, 0, "shared", 9443))}, nil},
+			[]*lbv1.LoadBalancerPair{older(portPair("a", "198.18.0.1", 41, 0, "shared", 9443))}, nil, false},
+		{"even against an older running one that adds the port", portPair("b", "198.18.0.2", 43, 9443, "shared", 88),
+			[]*lbv1.LoadBalancerPair{older(portPair("a", "198.18.0.1", 41, 9441, "shared", 88, 9443))}, nil, false},
+		{"an older running pair adding another's running agent port", older(portPair("a", "198.18.0.1", 41, 9441, "shared", 88, 9443)),
+			[]*lbv1.LoadBalancerPair{portPair("b", "198.18.0.2", 43, 9443, "shared", 88)},
+			[]string{"spec.ports[p1] 9443 is the agent port of ns/b (both run on node lb1)", "change spec.ports, or set the other pair's spec.agentPort to a free port", "the agents are updated as usual"}, false},
 		{"a new pair proxying another's agent port", portPair("a", "198.18.0.1", 41, 0, "shared", 9443),
 			[]*lbv1.LoadBalancerPair{portPair("b", "198.18.0.2", 43, 9443, "shared", 88)},
-			[]string{"spec.ports[p0] 9443 is the agent port of ns/b (both run on node lb1)", "change spec.ports, or set the other pair's spec.agentPort to a free port"}},
-		{"a new pair asking for the agent port of a pair that is not started yet", portPair("a", "198.18.0.1", 41, 0, "shared", 9443),
-			[]*lbv1.LoadBalancerPair{older(portPair("b", "198.18.0.2", 43, 0, "shared", 88))},
-			[]string{"spec.ports[p0] 9443 is the agent port of ns/b"}},
+			[]string{"spec.ports[p0] 9443 is the agent port of ns/b (both run on node lb1)", "change spec.ports, or set the other pair's spec.agentPort to a free port"}, false},
+		{"a new pair proxying the agent port a pair not started yet asks for", portPair("a", "198.18.0.1", 41, 0, "shared", 9443),
+			[]*lbv1.LoadBalancerPair{older(portPair("b", "198.18.0.2", 43, 0, "shared", 88))}, nil, false},
+		{"a pair asking for a port a new pair proxies", older(portPair("b", "198.18.0.2", 43, 0, "shared", 88)),
+			[]*lbv1.LoadBalancerPair{portPair("a", "198.18.0.1", 41, 0, "shared", 9443)},
+			[]string{"agent port 9443 (9400+virtualRouterID 43) is also port 9443 (p0) of ns/a"}, true},
 		{"an explicit agent port another pair runs with", explicit(portPair("b", "198.18.0.2", 42, 0, "shared", 88), 19000),
 			[]*lbv1.LoadBalancerPair{explicit(portPair("a", "198.18.0.1", 41, 19000, "shared", 89), 19000)},
-			[]string{"agent port 19000 (spec.agentPort) is also the agent port of ns/a"}},
+			[]string{"agent port 19000 (spec.agentPort) is also the agent port of ns/a"}, true},
+		{"the running one keeps it", explicit(portPair("a", "198.18.0.1", 41, 19000, "shared", 89), 19000),
+			[]*lbv1.LoadBalancerPair{older(explicit(portPair("b", "198.18.0.2", 42, 0, "shared", 88), 19000))}, nil, false},
+		{"neither runs: the older keeps it", older(explicit(portPair("b", "198.18.0.2", 42, 0, "shared", 88), 19000)),
+			[]*lbv1.LoadBalancerPair{explicit(portPair("a", "198.18.0.1", 41, 0, "shared", 89), 19000)}, nil, false},
+		{"neither runs: the newer is reported", explicit(portPair("a", "198.18.0.1", 41, 0, "shared", 89), 19000),
+			[]*lbv1.LoadBalancerPair{older(explicit(portPair("b", "198.18.0.2", 42, 0, "shared", 88), 19000))},
+			[]string{"agent port 19000 (spec.agentPort) is also the agent port of ns/b"}, true},
 		{"a running pair changed to an agent port another runs with", explicit(older(portPair("b", "198.18.0.2", 42, 9442, "shared", 88)), 19000),
 			[]*lbv1.LoadBalancerPair{portPair("a", "198.18.0.1", 41, 19000, "shared", 89)},
-			[]string{"agent port 19000 (spec.agentPort) is also the agent port of ns/a"}},
-		{"both run: the older keeps the port", older(portPair("a", "198.18.0.1", 41, 9441, "shared", 9443)),
-			[]*lbv1.LoadBalancerPair{portPair("b", "198.18.0.2", 43, 9443, "shared", 88)}, nil},
-		{"both run: the newer is reported", portPair("b", "198.18.0.2", 43, 9443, "shared", 88),
-			[]*lbv1.LoadBalancerPair{older(portPair("a", "198.18.0.1", 41, 9441, "shared", 9443))},
-			[]string{"port 9443 (p0) of ns/a"}},
-		{"both run: the one reported stays reported", older(inConflict(portPair("a", "198.18.0.1", 41, 9441, "shared", 9443))),
-			[]*lbv1.LoadBalancerPair{portPair("b", "198.18.0.2", 43, 9443, "shared", 88)},
-			[]string{"spec.ports[p0] 9443 is the agent port of ns/b"}},
+			[]string{"agent port 19000 (spec.agentPort) is also the agent port of ns/a"}, true},
+		{"both run it: the older keeps it", older(explicit(portPair("a", "198.18.0.1", 41, 19000, "shared", 89), 19000)),
+			[]*lbv1.LoadBalancerPair{explicit(portPair("b", "198.18.0.2", 42, 19000, "shared", 88), 19000)}, nil, false},
+		{"both run it: the newer is reported, and updated", explicit(portPair("b", "198.18.0.2", 42, 19000, "shared", 88), 19000),
+			[]*lbv1.LoadBalancerPair{older(explicit(portPair("a", "198.18.0.1", 41, 19000, "shared", 89), 19000))},
+			[]string{"agent port 19000 (spec.agentPort) is also the agent port of ns/a", "the agents are updated as usual"}, false},
+		{"both run it: the one reported stays reported", older(inConflict(explicit(portPair("a", "198.18.0.1", 41, 19000, "shared", 89), 19000))),
+			[]*lbv1.LoadBalancerPair{explicit(portPair("b", "198.18.0.2", 42, 19000, "shared", 88), 19000)},
+			[]string{"agent port 19000 (spec.agentPort) is also the agent port of ns/b"}, false},
 		{"equal derived agent ports are the VRID check's", portPair("b", "198.18.0.2", 43, 0, "shared", 88),
-			[]*lbv1.LoadBalancerPair{older(portPair("a", "198.18.0.1", 43, 0, "shared", 89))}, nil},
+			[]*lbv1.LoadBalancerPair{older(portPair("a", "198.18.0.1", 43, 0, "shared", 89))}, nil, false},
 		{"a pair being deleted gives its ports up", portPair("b", "198.18.0.2", 43, 0, "shared", 88),
 			[]*lbv1.LoadBalancerPair{func() *lbv1.LoadBalancerPair {
 				p := portPair("a", "198.18.0.1", 41, 9441, "shared", 9443)
 				p.DeletionTimestamp = &metav1.Time{Time: time.Now()}
 				return p
-			}()}, nil},
+			}()}, nil, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			all := []lbv1.LoadBalancerPair{*tt.self}
 			for _, o := range tt.others {
 				all = append(all, *o)
 			}
-			got := portConflicts(tt.self, *tt.self.Spec.VirtualRouterID, all, nodes)
+			got, hold := portConflicts(tt.self, *tt.self.Spec.VirtualRouterID, all, nodes)
 			if (got == "") != (len(tt.want) == 0) {
 				t.Fatalf("portConflicts = %q, want a conflict: %v", got, len(tt.want) > 0)
 			}
@@ -170,28 +190,41 @@ func TestPortConflicts(t *testing.T) {
 					t.Errorf("message does not say %q:\n%s", w, got)
 				}
 			}
+			if hold != tt.hold {
+				t.Errorf("holds the DaemonSet back: %v, want %v (%s)", hold, tt.hold, got)
+			}
 		})
 	}
 }
 
 // TestAgentPortsOnTheAPIServer: an allocated VRID's agent port is none of
-// the ports pairs proxy; a pair whose agent port another pair on its nodes
-// proxies (or uses) is reported and not started, or, when it runs, left as
-// it runs; the pair that runs with the port is never the one held back.
+// the ports pairs proxy; a pair whose new agent port another pair on its
+// nodes proxies (or uses) is reported and not started, or, when it runs,
+// left as it runs; a pair whose agents already listen on their agent port
+// keeps it, and a pair that proxies another's running agent port is the one
+// reported; a pair reported while its agent port is its agents' own is
+// still updated.
 func TestAgentPortsOnTheAPIServer(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
 	status := func(name string) lbv1.LoadBalancerPairStatus { return getPair(t, ns, name).Status }
 	// Nodes: lb1 runs the pairs of selector "shared", lb2 those of "other";
-	// lb3 only those of "e" until it is labelled for "f" too.
+	// lb3 only those of "e" until it is labelled for "f" too. Their taint,
+	// which only this test's pairs tolerate, keeps the pairs of other tests
+	// (an empty nodeSelector selects every node) off them.
 	label := "lbpair.io/test-" + ns
 	sel := func(v string) map[string]string { return map[string]string{label + "-" + v: "true"} }
 	for name, labels := range map[string]map[string]string{"lb1": sel("shared"), "lb2": sel("other"), "lb3": sel("e")} {
-		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: ns + "-" + name, Labels: labels}}
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: ns + "-" + name, Labels: labels},
+			Spec: corev1.NodeSpec{Taints: []corev1.Taint{{Key: label, Value: "true", Effect: corev1.TaintEffectNoSchedule}}}}
 		if err := k8s.Create(ctx, node); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = k8s.Delete(context.Background(), node) })
+	}
+	port := func(i int, port int32) lbv1.PortSpec {
+		return lbv1.PortSpec{Name: fmt.Sprint("p", i), Port: port,
+			Backend: lbv1.BackendSpec{Static: []lbv1.StaticBackend{{Address: "198.18.1.10:80"}}}}
 	}
 	vips := 0
 	pair := func(name string, vrid int32, on string, ports ...int32) *lbv1.LoadBalancerPair {
@@ -201,10 +234,10 @@ func TestAgentPortsOnTheAPIServer(t *testing.T) {
 			p.Spec.VirtualRouterID = &vrid
 		}
 		p.Spec.NodeSelector = sel(on)
+		p.Spec.Tolerations = []corev1.Toleration{{Key: label, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}}
 		p.Spec.Ports = nil
-		for i, port := range ports {
-			p.Spec.Ports = append(p.Spec.Ports, lbv1.PortSpec{Name: fmt.Sprint("p", i), Port: port,
-				Backend: lbv1.BackendSpec{Static: []lbv1.StaticBackend{{Address: "198.18.1.10:80"}}}})
+		for i, n := range ports {
+			p.Spec.Ports = append(p.Spec.Ports, port(i, n))
 		}
 		return p
 	}
@@ -336,10 +369,12 @@ func TestAgentPortsOnTheAPIServer(t *testing.T) {
 	})
 	free("b")
 
-	// A new pair proxying a's agent port is the one reported, not a.
+	// A new pair proxying a's agent port is the one reported, not a; its
+	// own agent port is free, so it is started: holding it back would not
+	// free the port, its agents fail to listen on it on lb1 either way.
 	create(pair("c", 244, "shared", 9641))
-	reported("c", "spec.ports[p0] 9641 is the agent port of "+ns+"/a")
-	notStarted("c")
+	reported("c", "spec.ports[p0] 9641 is the agent port of "+ns+"/a", "the agents are updated as usual")
+	running("c")
 	// So is one asking for b's agent port.
 	d := pair("d", 245, "shared", 89)
 	d.Spec.AgentPort = ptrTo(int32(19642))
@@ -355,8 +390,8 @@ func TestAgentPortsOnTheAPIServer(t *testing.T) {
 	unchanged("a", aGen, 9641)
 
 	// e and f run on separate nodes with f's agent port one of e's ports;
-	// when a node comes to run both, f, the newer, is reported and keeps
-	// running as it was.
+	// when a node comes to run both, f, whose agents listen on the port,
+	// keeps it, and e, though older, is reported and keeps running.
 	create(pair("e", 246, "e", 9647))
 	eGen := running("e")
 	create(pair("f", 247, "f", 88))
@@ -373,7 +408,7 @@ func TestAgentPortsOnTheAPIServer(t *testing.T) {
 	// Nodes do not trigger a reconcile (the resync does, in 30s): a
 	// change of an annotation does.
 	touches := 0
-	eventually(t, "f reported once lb3 runs both", func() error {
+	eventually(t, "e reported once lb3 runs both", func() error {
 		touches++
 		for _, name := range []string{"e", "f"} {
 			p := getPair(t, ns, name)
@@ -383,13 +418,74 @@ func TestAgentPortsOnTheAPIServer(t *testing.T) {
 				return err
 			}
 		}
-		if !apimeta.IsStatusConditionTrue(status("f").Conditions, lbv1.ConditionPortConflict) {
-			return errors.New("f not reported yet")
+		if !apimeta.IsStatusConditionTrue(status("e").Conditions, lbv1.ConditionPortConflict) {
+			return errors.New("e not reported yet")
 		}
 		return nil
 	})
-	reported("f", "agent port 9647 (9400+virtualRouterID 247) is also port 9647 (p0) of "+ns+"/e (both run on node "+ns+"-lb3)")
-	unchanged("f", fGen, 9647)
-	free("e")
+	reported("e", "spec.ports[p0] 9647 is the agent port of "+ns+"/f (both run on node "+ns+"-lb3)")
 	unchanged("e", eGen, 9646)
+	free("f")
+	unchanged("f", fGen, 9647)
+
+	// h, older, adds a port that is the agent port i's agents listen on:
+	// h is reported, and i, which changed nothing, is neither reported nor
+	// kept from updates.
+	create(pair("h", 249, "shared", 88))
+	running("h")
+	create(pair("i", 250, "shared", 88))
+	running("i")
+	updatePair(t, ns, "h", func(p *lbv1.LoadBalancerPair) { p.Spec.Ports = append(p.Spec.Ports, port(1, 9650)) })
+	reported("h", "spec.ports[p1] 9650 is the agent port of "+ns+"/i (both run on node "+ns+"-lb1)", "change spec.ports")
+	drained := func(name string) {
+		t.Helper()
+		updatePair(t, ns, name, func(p *lbv1.LoadBalancerPair) { p.Spec.DrainTimeout = &metav1.Duration{Duration: 45 * time.Second} })
+		eventually(t, name+"'s DaemonSet updated", func() error {
+			ds, err := getDaemonSet(ns, name)
+			if err != nil {
+				return err
+			}
+			if got, want := ptr.Deref(ds.Spec.Template.Spec.TerminationGracePeriodSeconds, 0), int64(drainMargin+45); got != want {
+				return fmt.Errorf("terminationGracePeriodSeconds %d, want %d", got, want)
+			}
+			return nil
+		})
+	}
+	drained("i")
+	eventually(t, "i's status written", func() error {
+		if p := getPair(t, ns, "i"); p.Status.ObservedGeneration != p.Generation {
+			return fmt.Errorf("observedGeneration %d of %d", p.Status.ObservedGeneration, p.Generation)
+		}
+		return nil
+	})
+	free("i")
+	if got := status("i").AgentPort; got != 9650 {
+		t.Errorf("i's status.agentPort moved from 9650 to %d", got)
+	}
+	// h, in conflict, is updated too.
+	drained("h")
+
+	// g's agents run with agent port 9648 when it adds 9648 to its own
+	// ports: it is reported, and a new agent image still reaches it.
+	create(pair("g", 248, "shared", 88))
+	running("g")
+	updatePair(t, ns, "g", func(p *lbv1.LoadBalancerPair) { p.Spec.Ports = append(p.Spec.Ports, port(1, 9648)) })
+	reported("g", "agent port 9648 (9400+virtualRouterID 248) is also spec.ports[p1] of this pair", "the agents are updated as usual")
+	// A manager with the next image, reconciling once: the suite's manager
+	// puts its own image back afterwards, so the Event it records is what
+	// tells that it applied the DaemonSet.
+	rec := events.NewFakeRecorder(100)
+	next := &LoadBalancerPairReconciler{Client: k8s, Recorder: rec,
+		Agent: AgentSettings{Image: testImage + "-next", Resources: DefaultAgentResources()}}
+	if _, err := next.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "g"}}); err != nil {
+		t.Fatal(err)
+	}
+	close(rec.Events)
+	var notes []string
+	for e := range rec.Events {
+		notes = append(notes, e)
+	}
+	if want := "Normal Updated updated DaemonSet " + daemonSetName("g"); !slices.Contains(notes, want) {
+		t.Errorf("g, in a port conflict on its running agent port, not updated to a new image: events %q, want %q", notes, want)
+	}
 }

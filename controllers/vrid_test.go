@@ -267,6 +267,28 @@ func TestVRIDAllocationAndConflictsOnTheAPIServer(t *testing.T) {
 // nor given it when its spec asks for it, which would run two pairs' agents
 // with one VRID and one agent port.
 func TestAPairInVRIDConflictKeepsTheVRIDItRunsWith(t *testing.T) {
+	// First on pairs where c's running VRID, 2, is the lowest free one: on
+	// the apiserver, shared with other tests, it need not be, and d could
+	// miss it without its being counted. c's agent port is its spec's, so
+	// that the port check (portsInUse) does not skip VRID 2 either.
+	a := portPair("a", "198.18.0.1", 1, 9401, "x", 88)
+	c := portPair("c", "198.18.0.3", 1, 19000, "x", 88)
+	c.Spec.AgentPort = ptrTo(int32(19000))
+	c.Status.VirtualRouterID = 2
+	apimeta.SetStatusCondition(&c.Status.Conditions, metav1.Condition{Type: lbv1.ConditionVRIDConflict, Status: metav1.ConditionTrue, Reason: "VRIDInUse"})
+	for _, tt := range []struct {
+		name string
+		self *lbv1.LoadBalancerPair
+		want vridDecision
+	}{
+		{"allocated", portPair("d", "198.18.0.4", 0, 0, "x", 88), vridDecision{VRID: 3, Allocated: true}},
+		{"asking for it", portPair("e", "198.18.0.5", 2, 0, "x", 88), vridDecision{ConflictWith: []string{"ns/c"}}},
+	} {
+		if diff := cmp.Diff(tt.want, decideVRID(tt.self, []lbv1.LoadBalancerPair{*a, *c, *tt.self})); diff != "" {
+			t.Errorf("a new pair %s c's running VRID (-want +got):\n%s", tt.name, diff)
+		}
+	}
+
 	ctx := context.Background()
 	ns := newNamespace(t)
 	status := func(name string) lbv1.LoadBalancerPairStatus { return getPair(t, ns, name).Status }
@@ -305,7 +327,7 @@ func TestAPairInVRIDConflictKeepsTheVRIDItRunsWith(t *testing.T) {
 	}
 
 	// A pair asking for c's VRID, and, once that one is gone, a pair
-	// allocated one: c's VRID is the lowest free one unless it is counted.
+	// allocated one, on the apiserver.
 	e := newPair(ns, "e", &vrid, "198.18.0.239")
 	if err := k8s.Create(ctx, e); err != nil {
 		t.Fatal(err)

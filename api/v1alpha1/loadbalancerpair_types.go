@@ -178,7 +178,8 @@ type LoadBalancerPairSpec struct {
 	// status.agentPort. It must differ from the pair's ports: on a node, the agent's listener
 	// and a proxy listener on a virtual IP cannot share a TCP port. A port that another pair
 	// proxies, or uses as its agent port, on a node both pairs run on sets the PortConflict
-	// condition, and the agents are not started (or updated) with it.
+	// condition, and the agents are not started (or updated) with it; agents that already
+	// listen on it keep it, and a pair that adds it to its ports is the one in conflict.
 	// +optional
 	// +kubebuilder:validation:Minimum=1024
 	// +kubebuilder:validation:Maximum=65535
@@ -686,8 +687,10 @@ const (
 	// virtual IPs, or a node has it as its address.
 	ConditionVIPConflict = "VIPConflict"
 	// ConditionPortConflict is true when the pair's agent port is also one of its ports,
-	// or, on a node the pair shares with another pair, that pair's agent port or one of its
-	// ports, or one of the pair's ports is that pair's agent port.
+	// or, on a node the pair shares with another pair, that pair's agent port (unless this
+	// pair keeps it) or, unless the pair's agents already listen on it, one of that pair's
+	// ports; or when one of the pair's ports is the agent port that pair's agents listen on.
+	// The agents are held back only when their agent port is new and taken.
 	ConditionPortConflict = "PortConflict"
 )
 
