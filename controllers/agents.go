@@ -55,20 +55,26 @@ type agentSummary struct {
 
 // summarizeAgents reads the per-node entries. previous is the pair's
 // current holder, so that holderSince does not move while the holder stays.
-// skews says how far each node's clock is behind the manager's (see
-// clockSkews); a node missing from it is taken to agree with the manager.
+// clocks says how far each node's clock is behind the manager's and whether
+// the manager has seen it write (see clockSkews); a node missing from it is
+// taken to agree with the manager, and seen.
 //
 // A master that has not written its entry since another agent became
 // master is superseded: the other took over because it stopped hearing it
 // (it crashed, or lost its link), so it is neither the holder nor a sign of
 // split brain. Masters that keep reporting at once are a split brain; the
-// holder is then the one that became master last.
-func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *metav1.Time, now time.Time, skews map[string]time.Duration) agentSummary {
+// holder is then the one that became master last. A master the manager has
+// not seen write, just after it started, is neither until it writes: a live
+// agent does within 10 s, and one that died before the manager started never
+// does. While no master has been seen, the holder stays the one the status
+// named.
+func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *metav1.Time, now time.Time, clocks map[string]agentClock) agentSummary {
 	var s agentSummary
 	var masters []*lbv1.AgentStatus
 	// Timestamps of the agents' clocks, read by the manager's.
-	updated := func(a *lbv1.AgentStatus) time.Time { return a.LastUpdateTime.Add(skews[a.Node]) }
-	since := func(a *lbv1.AgentStatus) time.Time { return a.Since.Add(skews[a.Node]) }
+	updated := func(a *lbv1.AgentStatus) time.Time { return a.LastUpdateTime.Add(clocks[a.Node].skew) }
+	since := func(a *lbv1.AgentStatus) time.Time { return a.Since.Add(clocks[a.Node].skew) }
+	unseen := func(a *lbv1.AgentStatus) bool { return clocks[a.Node].unseen }
 	for i := range agents {
 		a := &agents[i]
 		age := now.Sub(updated(a))
@@ -95,13 +101,20 @@ func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *
 		}
 	}
 	sort.Slice(masters, func(i, j int) bool {
-		if si, sj := since(masters[i]), since(masters[j]); !si.Equal(sj) {
+		mi, mj := masters[i], masters[j]
+		if ui, uj := unseen(mi), unseen(mj); ui != uj {
+			return uj
+		}
+		if unseen(mi) && (mi.Node == previous) != (mj.Node == previous) {
+			return mi.Node == previous
+		}
+		if si, sj := since(mi), since(mj); !si.Equal(sj) {
 			return sj.Before(si)
 		}
-		return masters[i].Node < masters[j].Node
+		return mi.Node < mj.Node
 	})
 	for i, m := range masters {
-		if i > 0 && updated(m).Before(since(masters[0])) {
+		if i > 0 && (updated(m).Before(since(masters[0])) || unseen(m)) {
 			s.Unknown = append(s.Unknown, m.Node)
 			continue
 		}

@@ -21,41 +21,52 @@ import (
 // clock, as the node lifecycle controller times node leases; a node whose
 // clock steps is followed at its next write. The first sighting of an entry,
 // by a manager that has just started, counts it as fresh: an entry of an
-// agent that stopped long before is removed one AgentStaleAfter later.
+// agent that stopped long before is removed one AgentStaleAfter later. Such
+// an entry is unseen (see agentClock) until it changes.
 type clockSkews struct {
 	mu     sync.Mutex
 	byPair map[types.NamespacedName]map[string]sighting
 }
 
-// sighting is the last lastUpdateTime seen in a node's entry, and the skew
-// read when the manager first saw it.
+// sighting is the last lastUpdateTime seen in a node's entry, and what the
+// manager read of the node's clock when it first saw it.
 type sighting struct {
 	update time.Time
+	clock  agentClock
+}
+
+// agentClock is what the manager knows of an agent's clock: skew is what to
+// add to the agent's timestamps to read them by the manager's clock. unseen
+// is set for an entry the manager found when it started, and has not seen
+// change since: it may be minutes old, whatever its timestamp says, as the
+// entry of a master that died with the manager's previous leader.
+type agentClock struct {
 	skew   time.Duration
+	unseen bool
 }
 
 // observe records the entries of a pair at now, by the manager's clock, and
-// returns each node's skew: what to add to its timestamps to read them by the
-// manager's clock. Nodes without an entry are forgotten.
-func (c *clockSkews) observe(pair types.NamespacedName, agents []lbv1.AgentStatus, now time.Time) map[string]time.Duration {
+// returns each node's clock. Nodes without an entry are forgotten. An entry
+// that appears for a pair the manager already follows was just written.
+func (c *clockSkews) observe(pair types.NamespacedName, agents []lbv1.AgentStatus, now time.Time) map[string]agentClock {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.byPair == nil {
 		c.byPair = map[types.NamespacedName]map[string]sighting{}
 	}
-	old := c.byPair[pair]
+	old, following := c.byPair[pair]
 	seen := make(map[string]sighting, len(agents))
-	skews := make(map[string]time.Duration, len(agents))
+	clocks := make(map[string]agentClock, len(agents))
 	for _, a := range agents {
 		update := a.LastUpdateTime.Time
 		s, known := old[a.Node]
 		if !known || !update.Equal(s.update) {
-			s = sighting{update: update, skew: now.Sub(update)}
+			s = sighting{update: update, clock: agentClock{skew: now.Sub(update), unseen: !known && !following}}
 		}
-		seen[a.Node], skews[a.Node] = s, s.skew
+		seen[a.Node], clocks[a.Node] = s, s.clock
 	}
 	c.byPair[pair] = seen
-	return skews
+	return clocks
 }
 
 // forget drops a deleted pair's sightings.
