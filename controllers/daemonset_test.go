@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -16,7 +17,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -382,5 +386,70 @@ func TestAgentImagePullSecrets(t *testing.T) {
 	}
 	if want := []string{"registry", "mirror"}; !slices.Equal(got, want) {
 		t.Errorf("imagePullSecrets %v, want %v", got, want)
+	}
+}
+
+// TestStatusFollowsTheAgentsWhileTheApplyFails: the agents run on the DaemonSet
+// applied before and fail over while an apply fails; the status follows them, and the
+// failure is one Event, not one for each reconcile that each agent's write brings.
+func TestStatusFollowsTheAgentsWhileTheApplyFails(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	// Another controller's DaemonSet under the pair's name: every apply fails.
+	owner := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "someone-else"}}
+	if err := k8s.Create(ctx, owner); err != nil {
+		t.Fatal(err)
+	}
+	podLabels := map[string]string{"app": "someone-else"}
+	if err := k8s.Create(ctx, &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: daemonSetName("web"), OwnerReferences: []metav1.OwnerReference{{
+			APIVersion: "v1", Kind: "ConfigMap", Name: owner.Name, UID: owner.UID, Controller: ptr.To(true),
+		}}},
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: podLabels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: podLabels},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "registry.example/other"}}},
+			},
+		},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Create(ctx, newPair(ns, "web", ptrTo(int32(212)), "198.18.0.212")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "Available=False/ApplyFailed", func() error {
+		if c := apimeta.FindStatusCondition(getPair(t, ns, "web").Status.Conditions, lbv1.ConditionAvailable); c == nil || c.Reason != "ApplyFailed" {
+			return fmt.Errorf("condition Available = %+v", c)
+		}
+		return nil
+	})
+	now := metav1.NewMicroTime(time.Now())
+	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: "lb1", State: lbv1.StateMaster, Priority: 100, Since: now, LastUpdateTime: now})
+	eventually(t, "the holder while the apply fails", func() error {
+		if h := getPair(t, ns, "web").Status.Holder; h != "lb1" {
+			return fmt.Errorf("holder %q, want lb1", h)
+		}
+		return nil
+	})
+
+	// Reconciles of their own, with a recorder of their own: the failure was
+	// reported already.
+	rec := events.NewFakeRecorder(100)
+	r := &LoadBalancerPairReconciler{Client: k8s, Recorder: rec, Agent: AgentSettings{Image: testImage, Resources: DefaultAgentResources()}}
+	for range 3 {
+		if _, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "web"}}); err == nil {
+			t.Fatal("a reconcile applied the DaemonSet over another controller's")
+		}
+	}
+	close(rec.Events)
+	var failed []string
+	for e := range rec.Events {
+		if strings.Contains(e, "ApplyFailed") {
+			failed = append(failed, e)
+		}
+	}
+	if len(failed) > 0 {
+		t.Errorf("%d ApplyFailed Events for a failure already reported: %q", len(failed), failed)
 	}
 }

@@ -170,8 +170,10 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 	d := decideVRID(pair, all.Items)
 	switch {
 	case d.Exhausted:
+		if c := apimeta.FindStatusCondition(pair.Status.Conditions, lbv1.ConditionVRIDConflict); c == nil || c.Reason != "NoFreeVRID" {
+			r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "NoFreeVRID", "AllocateVRID", "no virtual router ID is free")
+		}
 		r.setCondition(pair, lbv1.ConditionVRIDConflict, true, "NoFreeVRID", "all 255 virtual router IDs of this address family are in use, or derive an agent port that a pair proxies or uses; set spec.virtualRouterID (and spec.agentPort) or delete an unused pair")
-		r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "NoFreeVRID", "AllocateVRID", "no virtual router ID is free")
 		return ctrl.Result{RequeueAfter: resync}, nil
 	case len(d.ConflictWith) > 0:
 		msg := conflictMessage(claimedVRID(pair), d.ConflictWith)
@@ -218,14 +220,30 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 	if err := r.liveReader().Get(ctx, client.ObjectKey{Name: pair.Namespace}, &ns); err != nil {
 		return ctrl.Result{}, fmt.Errorf("reading namespace %s: %w", pair.Namespace, err)
 	}
-	if err := r.ensureAgentAccess(ctx, pair, &ns); err != nil {
-		r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "ApplyFailed", "ApplyAgentAccess", "%v", err)
+	err := r.ensureAgentAccess(ctx, pair, &ns)
+	if err != nil {
+		r.applyFailed(pair, "ApplyAgentAccess", err.Error())
+	} else {
+		err = r.applyDaemonSet(ctx, pair, port, &ns)
+	}
+	// The agents run on whatever was applied before, and fail over: the
+	// status follows them even while an apply fails (a policy webhook that
+	// refuses a new image, say), or it would name a holder long gone.
+	res, uerr := r.updateFromAgents(ctx, pair)
+	if err := errors.Join(err, uerr); err != nil {
 		return ctrl.Result{}, err
 	}
-	if err := r.applyDaemonSet(ctx, pair, port, &ns); err != nil {
-		return ctrl.Result{}, err
+	return res, nil
+}
+
+// applyFailed reports, in the Available condition, an apply of the agents'
+// objects that failed, with a Warning Event only when the failure is new:
+// each status write of an agent reconciles the pair again.
+func (r *LoadBalancerPairReconciler) applyFailed(pair *lbv1.LoadBalancerPair, action, msg string) {
+	if c := apimeta.FindStatusCondition(pair.Status.Conditions, lbv1.ConditionAvailable); c == nil || c.Reason != "ApplyFailed" || c.Message != msg {
+		r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "ApplyFailed", action, "%s", msg)
 	}
-	return r.updateFromAgents(ctx, pair)
+	r.setCondition(pair, lbv1.ConditionAvailable, false, "ApplyFailed", msg)
 }
 
 // applyDaemonSet writes the agents' DaemonSet by server-side apply and
@@ -241,9 +259,7 @@ func (r *LoadBalancerPairReconciler) applyDaemonSet(ctx context.Context, pair *l
 	}
 	ac := desiredDaemonSet(pair, port, r.Agent)
 	if err := r.Apply(ctx, ac, client.FieldOwner(FieldManager), client.ForceOwnership); err != nil {
-		msg := fmt.Sprintf("applying DaemonSet %s: %v", key.Name, err)
-		r.setCondition(pair, lbv1.ConditionAvailable, false, "ApplyFailed", msg)
-		r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "ApplyFailed", "ApplyDaemonSet", "%s", msg)
+		r.applyFailed(pair, "ApplyDaemonSet", fmt.Sprintf("applying DaemonSet %s: %v", key.Name, err))
 		return fmt.Errorf("applying DaemonSet %s: %w", key, err)
 	}
 	// Apply decodes the server's answer into ac: the cache may not have the
