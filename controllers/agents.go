@@ -49,7 +49,7 @@ type agentSummary struct {
 	// PartialPorts those with some backends down.
 	DownPorts, PartialPorts []string
 	// ConfigErrors are the live agents that could not apply the current spec, as
-	// "node: why".
+	// "node, node: why", one item per error (see groupConfigErrors).
 	ConfigErrors []string
 }
 
@@ -71,6 +71,7 @@ type agentSummary struct {
 func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *metav1.Time, now time.Time, clocks map[string]agentClock) agentSummary {
 	var s agentSummary
 	var masters []*lbv1.AgentStatus
+	configErrors := map[string][]string{} // nodes by error
 	// Timestamps of the agents' clocks, read by the manager's.
 	updated := func(a *lbv1.AgentStatus) time.Time { return a.LastUpdateTime.Add(clocks[a.Node].skew) }
 	since := func(a *lbv1.AgentStatus) time.Time { return a.Since.Add(clocks[a.Node].skew) }
@@ -89,7 +90,7 @@ func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *
 		}
 		s.changesAt(updated(a).Add(AgentSilentAfter))
 		if a.ConfigError != "" {
-			s.ConfigErrors = append(s.ConfigErrors, a.Node+": "+a.ConfigError)
+			configErrors[a.ConfigError] = append(configErrors[a.ConfigError], a.Node)
 		}
 		switch a.State {
 		case lbv1.StateMaster:
@@ -100,6 +101,7 @@ func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *
 			s.Faulty = append(s.Faulty, a.Node)
 		}
 	}
+	s.ConfigErrors = groupConfigErrors(configErrors)
 	sort.Slice(masters, func(i, j int) bool {
 		mi, mj := masters[i], masters[j]
 		if ui, uj := unseen(mi), unseen(mj); ui != uj {
@@ -141,6 +143,27 @@ func summarizeAgents(agents []lbv1.AgentStatus, previous string, previousSince *
 		}
 	}
 	return s
+}
+
+// maxConfigErrors bounds the distinct errors the Degraded condition lists:
+// each may be 1 KB, and the apiserver refuses the whole status when a
+// condition's message is over 32 KB.
+const maxConfigErrors = 8
+
+// groupConfigErrors lists each error once, with the nodes that report it
+// (agents on many nodes mostly fail alike, as on a backend name that does not
+// resolve), in the order of their first node, and at most maxConfigErrors.
+func groupConfigErrors(nodes map[string][]string) []string {
+	var out []string
+	for why, ns := range nodes {
+		sort.Strings(ns)
+		out = append(out, strings.Join(ns, ", ")+": "+why)
+	}
+	sort.Strings(out)
+	if len(out) > maxConfigErrors {
+		out = append(out[:maxConfigErrors], fmt.Sprintf("and %d other errors", len(out)-maxConfigErrors))
+	}
+	return out
 }
 
 // changesAt records t as a time the summary changes, keeping the earliest.

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -227,5 +228,36 @@ func TestHolderEventsNameTheReasonWhenThereIsOne(t *testing.T) {
 				t.Errorf("event %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// The Degraded condition lists each configuration error once, and a bounded number of
+// them: the apiserver refuses the whole status when a condition's message is over
+// 32768 characters, and agents on many nodes mostly fail alike.
+func TestConfigErrorsStayWithinTheConditionsBound(t *testing.T) {
+	now := time.Now()
+	var agents []lbv1.AgentStatus
+	for i := range 64 {
+		why := strings.Repeat("x", 1000) + " backend web01 does not resolve"
+		if i%2 == 1 {
+			why = fmt.Sprintf("%s %d", strings.Repeat("y", 1000), i) // all different
+		}
+		agents = append(agents, lbv1.AgentStatus{Node: fmt.Sprintf("lb%02d", i), State: lbv1.StateBackup, ConfigError: why,
+			Since: metav1.NewMicroTime(now), LastUpdateTime: metav1.NewMicroTime(now)})
+	}
+	s := summarizeAgents(agents, "", nil, now, nil)
+	for _, c := range agentConditions(s, 64, 1) {
+		if c.Type != lbv1.ConditionDegraded {
+			continue
+		}
+		if len(c.Message) > 32768 {
+			t.Errorf("Degraded message of %d characters, over the CRD's 32768", len(c.Message))
+		}
+		if n := strings.Count(c.Message, "web01 does not resolve"); n != 1 {
+			t.Errorf("the error 32 agents share is listed %d times, want once", n)
+		}
+		if !strings.Contains(c.Message, "lb00, lb02, lb04") || !strings.Contains(c.Message, "other errors") {
+			t.Errorf("Degraded message does not name the nodes of the shared error, or say errors were left out: %.300s", c.Message)
+		}
 	}
 }
