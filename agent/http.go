@@ -17,6 +17,11 @@ import (
 	"github.com/lbpair/lbpair/agent/vrrp"
 )
 
+// healthIdleTimeout closes a kept-alive connection to the endpoints that
+// sends no request for that long; longer than kubelet probes and Prometheus
+// scrapes need between requests.
+var healthIdleTimeout = 30 * time.Second
+
 // serveHealth starts the HTTP endpoints: /healthz (the process answers and
 // its router has not failed), /readyz (the router has joined the group and
 // every listener is up, so this agent can take over) and /metrics.
@@ -40,14 +45,19 @@ func serveHealth(addr string, a *Agent, reg *prometheus.Registry, log logr.Logge
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
 			if ap, err := netip.ParseAddrPort(local.String()); err == nil && a.isVIP(ap.Addr().Unmap()) {
+				w.Header().Set("Connection", "close")
 				http.NotFound(w, r)
 				return
 			}
 		}
 		mux.ServeHTTP(w, r)
 	})
-	// Addr says where it listens (":0" picks a port).
-	srv := &http.Server{Handler: handler, Addr: ln.Addr().String(), ReadHeaderTimeout: 5 * time.Second}
+	// Addr says where it listens (":0" picks a port). The endpoints are open
+	// to the node's network: no client may hold a connection, and the
+	// agent's memory with it, for longer than a request and a short idle.
+	srv := &http.Server{Handler: handler, Addr: ln.Addr().String(),
+		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second,
+		IdleTimeout: healthIdleTimeout, MaxHeaderBytes: 16 << 10}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error(err, "Health server stopped", "address", addr)

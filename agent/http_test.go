@@ -2,12 +2,15 @@ package agent
 
 import (
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
@@ -106,4 +109,41 @@ func TestEndpointsNotServedOnTheVirtualIPs(t *testing.T) {
 			t.Errorf("GET /metrics on 127.0.0.1 with virtual IPs %v: %d, want %d", tt.vips, got, tt.want)
 		}
 	}
+}
+
+// TestEndpointsDropIdleConnections: the endpoints are open to the node's network, so a
+// client that keeps connections open without asking anything must not keep them, nor
+// the agent's memory: an idle connection is closed, and one on a virtual IP after its
+// answer.
+func TestEndpointsDropIdleConnections(t *testing.T) {
+	defer func(d time.Duration) { healthIdleTimeout = d }(healthIdleTimeout)
+	reg := prometheus.NewRegistry()
+	a := NewAgent(logr.Discard(), reg, nil)
+	// closedWithin asks once on a kept-alive connection, then waits for the server
+	// to close it.
+	closedWithin := func(what string, idle time.Duration) {
+		t.Helper()
+		healthIdleTimeout = idle
+		srv, err := serveHealth("127.0.0.1:0", a, reg, logr.Discard())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Close()
+		c, err := net.Dial("tcp", srv.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: agent\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			t.Errorf("%s: the connection stays open: %v", what, err)
+		}
+	}
+	closedWithin("an idle connection", 200*time.Millisecond)
+	vips := []netip.Addr{netip.MustParseAddr("127.0.0.1")}
+	a.vips.Store(&vips)
+	closedWithin("a connection on a virtual IP", time.Hour)
 }
