@@ -328,6 +328,17 @@ func (r *LoadBalancerPairReconciler) updateFromAgents(ctx context.Context, pair 
 				break
 			}
 		}
+	} else {
+		// A running pair whose spec asks for another pair's VRID or virtual
+		// IP serves on with what it had: it is not ready with the spec it has
+		// now, which kubectl wait and rollout tools read Ready for.
+		for _, t := range []string{lbv1.ConditionVIPConflict, lbv1.ConditionVRIDConflict} {
+			if c := apimeta.FindStatusCondition(pair.Status.Conditions, t); c != nil && c.Status == metav1.ConditionTrue {
+				r.setCondition(pair, lbv1.ConditionReady, false, t, fmt.Sprintf("%s serves the virtual IPs %s with virtual router ID %d, not the spec's: %s",
+					s.Holder, strings.Join(pair.Status.VirtualIPs, ", "), pair.Status.VirtualRouterID, c.Message))
+				break
+			}
+		}
 	}
 	requeue := resync
 	if !s.NextChange.IsZero() {

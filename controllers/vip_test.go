@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -191,7 +192,15 @@ func TestVIPConflictsOnTheAPIServer(t *testing.T) {
 	})
 
 	// A running pair changed to take the other's address keeps its own, and
-	// its DaemonSet stays as it was.
+	// its DaemonSet stays as it was; it is not Ready with its new spec.
+	now := metav1.NewMicroTime(time.Now())
+	reportAgent(t, ns2, "second", lbv1.AgentStatus{Node: "lb1", State: lbv1.StateMaster, Priority: 100, Since: now, LastUpdateTime: now})
+	eventually(t, "the second pair served", func() error {
+		if r := apimeta.FindStatusCondition(status(ns2, "second").Conditions, lbv1.ConditionReady); r == nil || r.Status != metav1.ConditionTrue {
+			return fmt.Errorf("Ready %+v", r)
+		}
+		return nil
+	})
 	ds, err := getDaemonSet(ns2, "second")
 	if err != nil {
 		t.Fatal(err)
@@ -208,6 +217,13 @@ func TestVIPConflictsOnTheAPIServer(t *testing.T) {
 	if got := status(ns2, "second").VirtualIPs; !slices.Equal(got, []string{"198.18.0.121"}) {
 		t.Errorf("status.virtualIPs of the pair in conflict = %q, want the running [198.18.0.121]", got)
 	}
+	eventually(t, "the running pair in conflict not Ready", func() error {
+		r := apimeta.FindStatusCondition(status(ns2, "second").Conditions, lbv1.ConditionReady)
+		if r == nil || r.Status != metav1.ConditionFalse || r.Reason != lbv1.ConditionVIPConflict || !strings.HasPrefix(r.Message, "lb1 serves the virtual IPs 198.18.0.121 ") {
+			return fmt.Errorf("Ready %+v", r)
+		}
+		return nil
+	})
 	if after, err := getDaemonSet(ns2, "second"); err != nil {
 		t.Fatal(err)
 	} else if after.Generation != ds.Generation {

@@ -570,8 +570,10 @@ type LoadBalancerPairStatus struct {
 	// +kubebuilder:validation:MaxItems=64
 	Agents []AgentStatus `json:"agents,omitempty"`
 
-	// conditions: Ready (a holder exists and serves; when none does and a conflict keeps the
-	// agents from starting, its reason is VIPConflict, VRIDConflict or PortConflict),
+	// conditions: Ready (a holder exists and serves the spec; when none does and a conflict
+	// keeps the agents from starting, its reason is VIPConflict, VRIDConflict or
+	// PortConflict, and VIPConflict or VRIDConflict when the holder serves on with the
+	// virtual IPs and VRID it had because the spec asks for another pair's),
 	// Available (the agents are running; reason PodSecurity when the namespace's Pod
 	// Security level forbids their pods), Degraded (fewer healthy agents than selected nodes,
 	// or backends down), SplitBrain (more than one agent holds the virtual IPs),
