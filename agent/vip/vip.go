@@ -63,7 +63,7 @@ func Open(ifname string, vips []netip.Addr, log logr.Logger) (*Manager, error) {
 		h.Close()
 		return nil, fmt.Errorf("finding interface %q: %w", ifname, err)
 	}
-	if err := refuseOwnAddresses(h, vips); err != nil {
+	if err := refuseTaken(h, vips); err != nil {
 		h.Close()
 		return nil, err
 	}
@@ -88,6 +88,43 @@ func Open(ifname string, vips []netip.Addr, log logr.Logger) (*Manager, error) {
 		}
 	}
 	return m, nil
+}
+
+// refuseTaken fails when a virtual IP is an address the node knows another
+// use of: one of its own, or a gateway of its routes.
+func refuseTaken(h *netlink.Handle, vips []netip.Addr) error {
+	if err := refuseOwnAddresses(h, vips); err != nil {
+		return err
+	}
+	return refuseGateways(h, vips)
+}
+
+// refuseGateways fails when a virtual IP is the gateway of one of the node's
+// routes (a slip of the finger: the subnet's .1). The holder would announce
+// it, and every host of the link would send it what they route out of it.
+func refuseGateways(h *netlink.Handle, vips []netip.Addr) error {
+	routes, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return fmt.Errorf("listing the node's routes: %w", err)
+	}
+	for _, r := range routes {
+		gws := []net.IP{r.Gw}
+		for _, nh := range r.MultiPath {
+			gws = append(gws, nh.Gw)
+		}
+		for _, gw := range gws {
+			ip, ok := netip.AddrFromSlice(gw)
+			if !ok || !slices.Contains(vips, ip.Unmap()) {
+				continue
+			}
+			dst := "default"
+			if r.Dst != nil {
+				dst = r.Dst.String()
+			}
+			return fmt.Errorf("virtual IP %s is the gateway of this node's route to %s: use an address no host has", ip.Unmap(), dst)
+		}
+	}
+	return nil
 }
 
 // refuseOwnAddresses fails when a virtual IP is one of the node's own
@@ -124,7 +161,7 @@ func (m *Manager) SetVIPs(vips []netip.Addr) error {
 	if len(vips) == 0 || vips[0].Is4() != m.vips[0].Is4() {
 		return errors.New("the virtual IPs' address family cannot change on an open Manager")
 	}
-	if err := refuseOwnAddresses(m.h, vips); err != nil {
+	if err := refuseTaken(m.h, vips); err != nil {
 		return err
 	}
 	var gone []netip.Addr

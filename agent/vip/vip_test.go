@@ -365,6 +365,40 @@ func TestOpenRefusesTheNodesOwnAddress(t *testing.T) {
 	openIn(t, h, netip.MustParseAddr("198.18.0.100"))
 }
 
+// A virtual IP that is the gateway of one of the node's routes is refused: its holder
+// would take the link's traffic to the gateway.
+func TestOpenRefusesAGateway(t *testing.T) {
+	l := netlab.NewT(t)
+	h := netlab.MustAddHost(t, l, "lb1", "198.18.0.11/24")
+	if _, err := h.Exec("ip", "route", "add", "198.19.0.0/24", "via", "198.18.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	open := func(vips ...netip.Addr) (*Manager, error) {
+		var m *Manager
+		err := h.Do(func() error {
+			var err error
+			m, err = Open(netlab.HostLink, vips, testr.New(t))
+			return err
+		})
+		return m, err
+	}
+	gateway, free := netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.0.100")
+	if m, err := open(gateway); err == nil || !strings.Contains(err.Error(), "is the gateway of this node's route to 198.19.0.0/24") {
+		if m != nil {
+			m.Close()
+		}
+		t.Errorf("Open with the gateway as virtual IP: %v, want a refusal naming the route", err)
+	}
+	m, err := open(free)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := h.Do(func() error { return m.SetVIPs([]netip.Addr{free, gateway}) }); err == nil || !strings.Contains(err.Error(), "gateway") {
+		t.Errorf("SetVIPs with the gateway: %v, want a refusal", err)
+	}
+}
+
 // TestLifetime: virtual IPs added with a lifetime stay while they are
 // renewed, and the kernel takes them off by itself once they are not, as
 // when their holder is killed.
