@@ -2,8 +2,11 @@ package config
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // validPair is a valid pair; each case below breaks one rule of the API.
@@ -148,5 +151,59 @@ func TestGoodInputIsAccepted(t *testing.T) {
 			doc = strings.Replace(doc, tt.old, tt.new, 1)
 			mustKubectl(t, doc, "apply", "-n", ns, "-f", "-")
 		})
+	}
+}
+
+// TestLimitsPolicy: config/policy/lbpair-limits.yaml, bound to the test's namespace
+// only, refuses a virtual IP outside its range and a backend on the node's loopback
+// or a link-local address, and takes the seed's pair.
+func TestLimitsPolicy(t *testing.T) {
+	ns := newNamespace(t, "limits")
+	mustKubectl(t, "", "label", "namespace", ns, "lbpair.io/test-limits=true")
+	policy, err := os.ReadFile(filepath.Join(root, "config", "policy", "lbpair-limits.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The other tests' namespaces are not bound.
+	scoped := strings.NewReplacer(
+		"name: lbpair-limits\n", "name: lbpair-limits-"+ns+"\n",
+		"policyName: lbpair-limits", "policyName: lbpair-limits-"+ns,
+		"{key: lbpair.io/unrestricted, operator: DoesNotExist}", "{key: lbpair.io/test-limits, operator: Exists}",
+	).Replace(string(policy))
+	if strings.Count(scoped, ns) != 3 || !strings.Contains(scoped, "lbpair.io/test-limits") {
+		t.Fatalf("the policy file changed: the test cannot scope it to its namespace:\n%s", scoped)
+	}
+	mustKubectl(t, scoped, "apply", "-f", "-")
+	t.Cleanup(func() { _, _ = kubectl(t, scoped, "delete", "-f", "-") })
+
+	apply := func(name, old, new string) error {
+		pair := strings.Replace(strings.Replace(validPair, "NAME", name, 1), old, new, 1)
+		out, err := kubectl(t, pair, "apply", "--dry-run=server", "-n", ns, "-f", "-")
+		if err != nil {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+		return nil
+	}
+	// The policy takes effect once the apiserver has loaded it.
+	deadline := time.Now().Add(30 * time.Second)
+	for apply("probe", "[198.18.0.100]", "[198.18.5.100]") == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the policy refuses nothing after 30 s")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err := apply("seed", "", ""); err != nil {
+		t.Errorf("the seed's pair refused: %v", err)
+	}
+	for _, tt := range []struct{ name, old, new, want string }{
+		{"vip-outside", "[198.18.0.100]", "[198.18.5.100]", "spec.virtualIPs must be in 198.18.0.0/24"},
+		{"metadata", "198.18.1.10:80", "169.254.169.254:80", "may not be the node's own loopback or a link-local address"},
+		{"loopback", "198.18.1.10:80", "127.0.0.1:10249", "may not be the node's own loopback"},
+		{"localhost", "web02:80", "localhost:2379", "may not be the node's own loopback"},
+		{"ipv6-loopback", "198.18.1.10:80", `"[::1]:80"`, "may not be the node's own loopback"},
+	} {
+		if err := apply(tt.name, tt.old, tt.new); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v, want a refusal saying %q", tt.name, err, tt.want)
+		}
 	}
 }
