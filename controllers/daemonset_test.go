@@ -36,22 +36,18 @@ func TestAgentPodUsesTheRuntimeDefaultSeccompProfile(t *testing.T) {
 	}
 }
 
-// A DaemonSet the manager cannot apply shows in the Available condition, not
-// only in an Event, and the condition recovers once the apply succeeds.
-func TestDaemonSetApplyFailureSetsAvailableFalse(t *testing.T) {
+// foreignDaemonSet creates another controller's DaemonSet under the name of pair's:
+// the manager's apply adds a second controller owner, which the apiserver refuses.
+func foreignDaemonSet(t *testing.T, ns, pair string) *appsv1.DaemonSet {
+	t.Helper()
 	ctx := context.Background()
-	ns := newNamespace(t)
-
-	// Another controller's DaemonSet under the pair's DaemonSet name: the
-	// manager's apply adds a second controller owner, which the apiserver
-	// refuses.
 	owner := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "someone-else"}}
 	if err := k8s.Create(ctx, owner); err != nil {
 		t.Fatal(err)
 	}
 	podLabels := map[string]string{"app": "someone-else"}
-	foreign := &appsv1.DaemonSet{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: daemonSetName("web"), OwnerReferences: []metav1.OwnerReference{{
+	ds := &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: daemonSetName(pair), OwnerReferences: []metav1.OwnerReference{{
 			APIVersion: "v1", Kind: "ConfigMap", Name: owner.Name, UID: owner.UID, Controller: ptr.To(true),
 		}}},
 		Spec: appsv1.DaemonSetSpec{
@@ -62,9 +58,19 @@ func TestDaemonSetApplyFailureSetsAvailableFalse(t *testing.T) {
 			},
 		},
 	}
-	if err := k8s.Create(ctx, foreign); err != nil {
+	if err := k8s.Create(ctx, ds); err != nil {
 		t.Fatal(err)
 	}
+	return ds
+}
+
+// A DaemonSet the manager cannot apply shows in the Available condition, not
+// only in an Event, and the condition recovers once the apply succeeds.
+func TestDaemonSetApplyFailureSetsAvailableFalse(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+
+	foreign := foreignDaemonSet(t, ns, "web")
 	if err := k8s.Create(ctx, newPair(ns, "web", ptrTo(int32(211)), "198.18.0.211")); err != nil {
 		t.Fatal(err)
 	}
@@ -395,26 +401,7 @@ func TestAgentImagePullSecrets(t *testing.T) {
 func TestStatusFollowsTheAgentsWhileTheApplyFails(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
-	// Another controller's DaemonSet under the pair's name: every apply fails.
-	owner := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "someone-else"}}
-	if err := k8s.Create(ctx, owner); err != nil {
-		t.Fatal(err)
-	}
-	podLabels := map[string]string{"app": "someone-else"}
-	if err := k8s.Create(ctx, &appsv1.DaemonSet{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: daemonSetName("web"), OwnerReferences: []metav1.OwnerReference{{
-			APIVersion: "v1", Kind: "ConfigMap", Name: owner.Name, UID: owner.UID, Controller: ptr.To(true),
-		}}},
-		Spec: appsv1.DaemonSetSpec{
-			Selector: &metav1.LabelSelector{MatchLabels: podLabels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: podLabels},
-				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "registry.example/other"}}},
-			},
-		},
-	}); err != nil {
-		t.Fatal(err)
-	}
+	foreignDaemonSet(t, ns, "web")
 	if err := k8s.Create(ctx, newPair(ns, "web", ptrTo(int32(212)), "198.18.0.212")); err != nil {
 		t.Fatal(err)
 	}
