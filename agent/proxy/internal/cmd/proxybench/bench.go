@@ -70,6 +70,7 @@ func runBench(args []string) error {
 	skipMem := fs.Bool("skip-memory", false, "skip the idle-connection memory figure")
 	compare := fs.String("compare", "", "another proxybench binary whose lbpair proxy runs as a fourth proxy, lbpair-b: another build for an A/B comparison of a change, or this one for the noise floor")
 	verbose := fs.Bool("v", false, "print every sample")
+	peerBuf := fs.Int("peer-bufsize", 0, "buffer size of nginx (proxy_buffer_size) and HAProxy (tune.bufsize) in bytes; 0 keeps their defaults, 16 KiB, where lbpair reads 64 KiB at a time")
 	_ = fs.Parse(args)
 
 	var missing []string
@@ -137,12 +138,12 @@ func runBench(args []string) error {
 		ourArgs = append(ourArgs, "-backend", b)
 	}
 	proxies[0].cmd = append([]string{self}, ourArgs...)
-	nginxConf, err := writeNginxStream(dir, proxies[1].port, backends)
+	nginxConf, err := writeNginxStream(dir, proxies[1].port, backends, *peerBuf)
 	if err != nil {
 		return err
 	}
 	proxies[1].cmd = []string{bins["nginx"], "-p", dir, "-c", nginxConf, "-e", "stderr"}
-	haproxyConf, err := writeHAProxy(dir, proxies[2].port, backends)
+	haproxyConf, err := writeHAProxy(dir, proxies[2].port, backends, *peerBuf)
 	if err != nil {
 		return err
 	}
@@ -163,6 +164,9 @@ func runBench(args []string) error {
 	fmt.Printf("lbpair proxy benchmark: %d rounds of %v per run; wrk -t1 on the client, each proxy with one worker (lbpair GOMAXPROCS=%d), two nginx backends\n",
 		*rounds, *duration, *procs)
 	fmt.Printf("CPU: %d cores shared with the client, the backends and anything else on the machine; ratios are the figures to read.\n", runtimeCPUs())
+	if *peerBuf > 0 {
+		fmt.Printf("nginx and HAProxy buffers: %d bytes (proxy_buffer_size, tune.bufsize).\n", *peerBuf)
+	}
 	period := orderPeriod(len(proxies))
 	fmt.Printf("Order within a round: over every %d rounds, each proxy runs equally often in each position and right after each other proxy", period)
 	if *rounds%period != 0 {
@@ -335,10 +339,16 @@ http {
 	return nil
 }
 
-func writeNginxStream(dir string, port int, backends []string) (string, error) {
+// writeNginxStream writes nginx's stream configuration; bufsize, when not 0, sets its
+// proxy_buffer_size.
+func writeNginxStream(dir string, port int, backends []string, bufsize int) (string, error) {
 	var servers strings.Builder
 	for _, b := range backends {
 		fmt.Fprintf(&servers, "\t\tserver %s;\n", b)
+	}
+	buffer := ""
+	if bufsize > 0 {
+		buffer = fmt.Sprintf("\t\tproxy_buffer_size %d;\n", bufsize)
 	}
 	conf := filepath.Join(dir, "nginx-stream.conf")
 	text := fmt.Sprintf(`load_module /usr/lib/nginx/modules/ngx_stream_module.so;
@@ -354,22 +364,28 @@ stream {
 	server {
 		listen %s:%d backlog=4096;
 		proxy_pass backends;
-	}
+%s	}
 }
-`, dir, servers.String(), proxyIP, port)
+`, dir, servers.String(), proxyIP, port, buffer)
 	return conf, os.WriteFile(conf, []byte(text), 0o644)
 }
 
-func writeHAProxy(dir string, port int, backends []string) (string, error) {
+// writeHAProxy writes HAProxy's configuration; bufsize, when not 0, sets its
+// tune.bufsize.
+func writeHAProxy(dir string, port int, backends []string, bufsize int) (string, error) {
 	var servers strings.Builder
 	for i, b := range backends {
 		fmt.Fprintf(&servers, "\tserver b%d %s\n", i+1, b)
+	}
+	buffer := ""
+	if bufsize > 0 {
+		buffer = fmt.Sprintf("\ttune.bufsize %d\n", bufsize)
 	}
 	conf := filepath.Join(dir, "haproxy.cfg")
 	text := fmt.Sprintf(`global
 	nbthread 1
 	maxconn 9000
-defaults
+%sdefaults
 	mode tcp
 	timeout connect 5s
 	timeout client 10m
@@ -379,7 +395,7 @@ frontend bench
 	default_backend backends
 backend backends
 	balance roundrobin
-%s`, proxyIP, port, servers.String())
+%s`, buffer, proxyIP, port, servers.String())
 	return conf, os.WriteFile(conf, []byte(text), 0o644)
 }
 

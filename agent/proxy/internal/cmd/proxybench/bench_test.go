@@ -1,7 +1,9 @@
 package main
 
 import (
+	"os"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -66,6 +68,42 @@ func TestRunOrderBalancesPositionsAndPredecessors(t *testing.T) {
 				if got, want := after[[2]int{prev, k}], period/n; prev != k && got != want {
 					t.Errorf("n=%d: proxy %d runs right after proxy %d in %d of %d rounds, want %d", n, k, prev, got, period, want)
 				}
+			}
+		}
+	}
+}
+
+// The peers' buffer size reaches their configurations, and only when set.
+func TestPeerBufferSize(t *testing.T) {
+	for _, tc := range []struct {
+		bufsize      int
+		nginx, hapxy string
+	}{
+		{0, "", ""},
+		{65536, "proxy_buffer_size 65536;", "tune.bufsize 65536"},
+	} {
+		dir := t.TempDir()
+		for _, c := range []struct {
+			write func() (string, error)
+			want  string
+			key   string
+		}{
+			{func() (string, error) { return writeNginxStream(dir, 8002, []string{"198.18.0.3:8080"}, tc.bufsize) }, tc.nginx, "proxy_buffer_size"},
+			{func() (string, error) { return writeHAProxy(dir, 8003, []string{"198.18.0.3:8080"}, tc.bufsize) }, tc.hapxy, "tune.bufsize"},
+		} {
+			path, err := c.write()
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch conf := string(b); {
+			case c.want == "" && strings.Contains(conf, c.key):
+				t.Errorf("bufsize 0: %s sets %s:\n%s", path, c.key, conf)
+			case c.want != "" && !strings.Contains(conf, c.want):
+				t.Errorf("bufsize %d: %s lacks %q:\n%s", tc.bufsize, path, c.want, conf)
 			}
 		}
 	}
