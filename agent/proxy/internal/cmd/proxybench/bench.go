@@ -70,6 +70,7 @@ func runBench(args []string) error {
 	skipMem := fs.Bool("skip-memory", false, "skip the idle-connection memory figure")
 	compare := fs.String("compare", "", "another proxybench binary whose lbpair proxy runs as a fourth proxy, lbpair-b: another build for an A/B comparison of a change, or this one for the noise floor")
 	verbose := fs.Bool("v", false, "print every sample")
+	pin := fs.Bool("pin", false, "run the proxies on CPU 1, and wrk and the backends on CPU 0, so that latency reflects the proxies more than how the scheduler places them (needs 2 CPUs)")
 	peerBuf := fs.Int("peer-bufsize", 0, "buffer size of nginx (proxy_buffer_size) and HAProxy (tune.bufsize) in bytes; 0 keeps their defaults, 16 KiB, where lbpair reads 64 KiB at a time")
 	_ = fs.Parse(args)
 
@@ -124,7 +125,16 @@ func runBench(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := startBackends(lab, dir, bins["nginx"]); err != nil {
+	// onCPU runs a command on one CPU when asked (-pin); taskset execs it, so its pid,
+	// whose CPU time and switches the figures read, is the command's.
+	onCPU := func(cpu string, cmd ...string) []string {
+		if !*pin {
+			return cmd
+		}
+		return append([]string{"taskset", "-c", cpu}, cmd...)
+	}
+	wrkCmd := onCPU("0", bins["wrk"])
+	if err := startBackends(lab, dir, onCPU("0", bins["nginx"])); err != nil {
 		return err
 	}
 
@@ -137,22 +147,22 @@ func runBench(args []string) error {
 	for _, b := range backends {
 		ourArgs = append(ourArgs, "-backend", b)
 	}
-	proxies[0].cmd = append([]string{self}, ourArgs...)
+	proxies[0].cmd = onCPU("1", append([]string{self}, ourArgs...)...)
 	nginxConf, err := writeNginxStream(dir, proxies[1].port, backends, *peerBuf)
 	if err != nil {
 		return err
 	}
-	proxies[1].cmd = []string{bins["nginx"], "-p", dir, "-c", nginxConf, "-e", "stderr"}
+	proxies[1].cmd = onCPU("1", bins["nginx"], "-p", dir, "-c", nginxConf, "-e", "stderr")
 	haproxyConf, err := writeHAProxy(dir, proxies[2].port, backends, *peerBuf)
 	if err != nil {
 		return err
 	}
-	proxies[2].cmd = []string{bins["haproxy"], "-db", "-f", haproxyConf}
+	proxies[2].cmd = onCPU("1", bins["haproxy"], "-db", "-f", haproxyConf)
 	if *compare != "" {
 		b := &benchProxy{name: "lbpair-b", port: 8004}
 		bArgs := slices.Clone(ourArgs)
 		bArgs[2] = fmt.Sprintf("%s:%d", proxyIP, b.port)
-		b.cmd = append([]string{*compare}, bArgs...)
+		b.cmd = onCPU("1", append([]string{*compare}, bArgs...)...)
 		proxies = append(proxies, b)
 	}
 	for _, p := range proxies {
@@ -164,6 +174,9 @@ func runBench(args []string) error {
 	fmt.Printf("lbpair proxy benchmark: %d rounds of %v per run; wrk -t1 on the client, each proxy with one worker (lbpair GOMAXPROCS=%d), two nginx backends\n",
 		*rounds, *duration, *procs)
 	fmt.Printf("CPU: %d cores shared with the client, the backends and anything else on the machine; ratios are the figures to read.\n", runtimeCPUs())
+	if *pin {
+		fmt.Println("Pinned: the proxies on CPU 1, wrk and the backends on CPU 0.")
+	}
 	if *peerBuf > 0 {
 		fmt.Printf("nginx and HAProxy buffers: %d bytes (proxy_buffer_size, tune.bufsize).\n", *peerBuf)
 	}
@@ -186,7 +199,7 @@ func runBench(args []string) error {
 		}
 	}
 	for _, p := range proxies {
-		if _, err := wrk(client, bins["wrk"], p, 10, "/", time.Second); err != nil {
+		if _, err := wrk(client, wrkCmd, p, 10, "/", time.Second); err != nil {
 			return err
 		}
 	}
@@ -198,7 +211,7 @@ func runBench(args []string) error {
 		for _, sc := range scenarios {
 			for _, k := range runOrder(r, len(proxies)) {
 				p := proxies[k]
-				s, err := wrk(client, bins["wrk"], p, sc.conns, sc.path, *duration)
+				s, err := wrk(client, wrkCmd, p, sc.conns, sc.path, *duration)
 				if err != nil {
 					return err
 				}
@@ -223,7 +236,7 @@ func runBench(args []string) error {
 		if err := p.start(proxyHost, client); err != nil {
 			return err
 		}
-		_, err := wrk(client, bins["wrk"], p, 10, "/", time.Second)
+		_, err := wrk(client, wrkCmd, p, 10, "/", time.Second)
 		return err
 	}
 	for _, p := range proxies {
@@ -281,7 +294,7 @@ func runtimeCPUs() int {
 	return n
 }
 
-func startBackends(lab *netlab.Lab, dir, nginx string) error {
+func startBackends(lab *netlab.Lab, dir string, nginx []string) error {
 	big := filepath.Join(dir, "big.bin")
 	f, err := os.Create(big)
 	if err != nil {
@@ -328,7 +341,7 @@ http {
 		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 			return err
 		}
-		p, err := h.Start(nil, nginx, "-p", dir, "-c", conf, "-e", "stderr")
+		p, err := h.Start(nil, nginx[0], append(nginx[1:], "-p", dir, "-c", conf, "-e", "stderr")...)
 		if err != nil {
 			return err
 		}
@@ -545,12 +558,12 @@ var (
 	reNon2xx   = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
 )
 
-func wrk(client *netlab.Host, bin string, p *benchProxy, conns int, path string, d time.Duration) (sample, error) {
+func wrk(client *netlab.Host, cmd []string, p *benchProxy, conns int, path string, d time.Duration) (sample, error) {
 	cpu0, _ := usage(p)
 	sw0 := contextSwitches(p)
 	seg0 := outSegments(p)
-	out, err := client.Exec(bin, "-t1", fmt.Sprintf("-c%d", conns), fmt.Sprintf("-d%ds", int(d.Seconds())),
-		"--latency", "--timeout", "10s", fmt.Sprintf("http://%s:%d%s", proxyIP, p.port, path))
+	out, err := client.Exec(cmd[0], append(cmd[1:], "-t1", fmt.Sprintf("-c%d", conns), fmt.Sprintf("-d%ds", int(d.Seconds())),
+		"--latency", "--timeout", "10s", fmt.Sprintf("http://%s:%d%s", proxyIP, p.port, path))...)
 	cpu1, _ := usage(p)
 	sw1 := contextSwitches(p)
 	seg1 := outSegments(p)
