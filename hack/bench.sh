@@ -6,7 +6,9 @@
 # stalled download (resident and in the kernel's socket buffers).
 #
 # Needs root (namespaces). Installs its Debian packages with hack/install-lab-deps.sh.
-# Usage: hack/bench.sh [-rounds N] [-duration 4s] [-idle-conns N] [-stalled-conns N] [-gomaxprocs N]
+# Usage: hack/bench.sh [-rounds N] [-duration 4s] [-scenarios small50,...] [-skip-memory]
+#   [-idle-conns N] [-stalled-conns N] [-gomaxprocs N] [-compare BIN] [-pin] [-peer-bufsize N] [-v]
+# (bin/proxybench run -h describes each.)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
