@@ -412,14 +412,17 @@ func TestClusterE2E(t *testing.T) {
 			})
 		}
 		settle()
-		_, failed := probe.Outage(p.Results(), start)
-		t.Logf("rolling restart of both agents: %d failed probes, holder now %v", failed, l.VIPHolders())
+		outage, failed := probe.Outage(p.Results(), start)
+		t.Logf("rolling restart of both agents: %d failed probes (outage %v), holder now %v", failed, outage, l.VIPHolders())
 		// One handover of the VIP happens (the master's restart). A
 		// connection in flight at the instant the client's ARP entry moves
 		// to the new master can only be reset: its packets reach a node
-		// without its socket. At most that one may fail.
-		if failed > 1 {
-			t.Errorf("%d requests failed during the rolling restart, want at most the one in flight at the handover", failed)
+		// without its socket. Only those may fail: one, or two when the
+		// machine is busy enough that a probe outlasts the 10 ms between
+		// probes, all at that instant. A gap in the handover would fail
+		// every probe for its length.
+		if failed > 2 || outage > 50*time.Millisecond {
+			t.Errorf("%d requests failed during the rolling restart (outage %v), want at most those in flight at the handover", failed, outage)
 		}
 	})
 
