@@ -148,16 +148,18 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 	if err := r.List(ctx, &nodes); err != nil {
 		return ctrl.Result{}, fmt.Errorf("listing nodes for virtual IP checks: %w", err)
 	}
-	if conflicts := append(vipConflicts(pair, all.Items), nodeAddressConflicts(pair, nodes.Items)...); len(conflicts) > 0 {
+	conflicts := append(vipConflicts(pair, all.Items), nodeAddressConflicts(pair, nodes.Items)...)
+	if len(conflicts) > 0 {
 		msg := vipConflictMessage(conflicts)
 		if !apimeta.IsStatusConditionTrue(pair.Status.Conditions, lbv1.ConditionVIPConflict) {
 			r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "VIPConflict", "CheckVirtualIPs", "%s", msg)
 		}
 		r.setCondition(pair, lbv1.ConditionVIPConflict, true, "VIPInUse", msg)
-		log.Info("Virtual IP conflict; leaving the agents as they are", "conflicts", conflicts)
-		return r.updateFromAgents(ctx, pair)
+	} else {
+		r.setCondition(pair, lbv1.ConditionVIPConflict, false, "VIPsUnique", "no other pair and no node uses these virtual IPs")
 	}
-	r.setCondition(pair, lbv1.ConditionVIPConflict, false, "VIPsUnique", "no other pair and no node uses these virtual IPs")
+	// Before the conflicts' own handling, which may apply the DaemonSet, whose
+	// node selection this check guards.
 	if msg := tooManyNodes(pair, nodes.Items); msg != "" {
 		if c := apimeta.FindStatusCondition(pair.Status.Conditions, lbv1.ConditionAvailable); c == nil || c.Reason != "TooManyNodes" {
 			r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "TooManyNodes", "CheckNodes", "%s", msg)
@@ -165,6 +167,10 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 		r.setCondition(pair, lbv1.ConditionAvailable, false, "TooManyNodes", msg)
 		log.Info("Too many nodes selected; leaving the agents as they are", "limit", lbv1.MaxAgents)
 		return r.updateFromAgents(ctx, pair)
+	}
+	if len(conflicts) > 0 {
+		log.Info("Virtual IP conflict; the agents keep the virtual IPs they run with", "conflicts", conflicts)
+		return r.keepRunning(ctx, pair)
 	}
 
 	d := decideVRID(pair, all.Items)
@@ -181,10 +187,8 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 			r.Recorder.Eventf(pair, nil, corev1.EventTypeWarning, "VRIDConflict", "CheckVRID", "%s", msg)
 		}
 		r.setCondition(pair, lbv1.ConditionVRIDConflict, true, "VRIDInUse", msg)
-		log.Info("VRID conflict; leaving the agents as they are", "vrid", claimedVRID(pair), "with", d.ConflictWith)
-		// The agents keep running with status.virtualRouterID, if any:
-		// bad input never disturbs a running pair.
-		return r.updateFromAgents(ctx, pair)
+		log.Info("VRID conflict; the agents keep the VRID they run with", "vrid", claimedVRID(pair), "with", d.ConflictWith)
+		return r.keepRunning(ctx, pair)
 	}
 	r.setCondition(pair, lbv1.ConditionVRIDConflict, false, "VRIDUnique", fmt.Sprintf("virtual router ID %d is not used by another pair of this address family", d.VRID))
 	port := agentPort(pair, d.VRID)
@@ -194,10 +198,10 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 		}
 		r.setCondition(pair, lbv1.ConditionPortConflict, true, "AgentPortInUse", msg)
 		if holdBack {
-			log.Info("Agent port conflict; leaving the agents as they are", "agentPort", port, "vrid", d.VRID)
+			log.Info("Agent port conflict; the agents keep the agent port they run with", "agentPort", port, "vrid", d.VRID)
 			// As for a VRID conflict: the agents of a running pair keep
 			// their VRID and agent port, a new pair's are not started.
-			return r.updateFromAgents(ctx, pair)
+			return r.keepRunning(ctx, pair)
 		}
 		// The agents already listen on the agent port, or it is free:
 		// holding the update back would protect nothing and only keep
@@ -214,6 +218,25 @@ func (r *LoadBalancerPairReconciler) reconcile(ctx context.Context, pair *lbv1.L
 	pair.Status.VirtualIPs = slices.Clone(pair.Spec.VirtualIPs)
 	pair.Status.AgentPort = port
 
+	return r.applyAgents(ctx, pair, port)
+}
+
+// keepRunning handles a pair whose spec asks for another pair's VRID or
+// virtual IP: bad input never disturbs a running pair. Its agents read the
+// VRID and virtual IPs the manager cleared from its status, which stays, and
+// its DaemonSet, which holds neither, is still applied with the agent port
+// they run with: new images and template changes reach them. A pair never
+// cleared to run gets no agents.
+func (r *LoadBalancerPairReconciler) keepRunning(ctx context.Context, pair *lbv1.LoadBalancerPair) (ctrl.Result, error) {
+	if pair.Status.AgentPort == 0 {
+		return r.updateFromAgents(ctx, pair)
+	}
+	return r.applyAgents(ctx, pair, pair.Status.AgentPort)
+}
+
+// applyAgents applies the agents' access and DaemonSet, with their agent
+// port, then derives the status from their entries.
+func (r *LoadBalancerPairReconciler) applyAgents(ctx context.Context, pair *lbv1.LoadBalancerPair, port int32) (ctrl.Result, error) {
 	// Read from the apiserver, not the cache, which would watch every
 	// namespace: the manager only needs its pairs' ones.
 	var ns corev1.Namespace
