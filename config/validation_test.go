@@ -45,6 +45,8 @@ func TestBadInputIsRejectedNamingTheField(t *testing.T) {
 			[]string{"spec.virtualIPs", "must all be IPv4 or all IPv6"}},
 		{"no VIP", "[198.18.0.100]", "[]",
 			[]string{"spec.virtualIPs", "should have at least 1 items"}},
+		{"empty priority label", "virtualRouterID: 51", "virtualRouterID: 51\n  priority: {nodeLabel: ''}",
+			[]string{"spec.priority.nodeLabel", "must name a label"}},
 		{"VRID 0", "virtualRouterID: 51", "virtualRouterID: 0",
 			[]string{"spec.virtualRouterID", "greater than or equal to 1"}},
 		{"VRID 256", "virtualRouterID: 51", "virtualRouterID: 256",

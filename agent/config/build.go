@@ -301,7 +301,7 @@ func resolveBackend(ctx context.Context, r Resolver, hostport string) ([]netip.A
 // to the pair's default with a warning when the label is not a valid priority.
 func nodePriority(p *lbv1.PrioritySpec, node *corev1.Node) (uint8, string) {
 	def := uint8(p.Default)
-	if node == nil || p.NodeLabel == "" {
+	if node == nil {
 		return def, ""
 	}
 	v, ok := node.Labels[p.NodeLabel]

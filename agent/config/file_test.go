@@ -73,6 +73,7 @@ func TestParseFileErrors(t *testing.T) {
 		{"other kind", seedPair + "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", `document 2: unsupported object apiVersion "v1" kind "ConfigMap"`},
 		{"bad yaml", seedPair + "---\nkind: [\n", "document 2: reading apiVersion and kind"},
 		{"wrong type", strings.Replace(seedPair, "port: 88", "port: eighty-eight", 1), "document 1: reading the LoadBalancerPair:"},
+		{"empty priority label", strings.Replace(seedPair, "  vrrpVersion: 2\n", "  vrrpVersion: 2\n  priority: {nodeLabel: ''}\n", 1), "spec.priority.nodeLabel must name a label"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -209,10 +209,12 @@ type PrioritySpec struct {
 
 	// nodeLabel names a node label whose value (1 to 254) is the priority of the agent on
 	// that node, so that `kubectl label node lb1 lbpair.io/priority=150` makes lb1 the
-	// preferred holder. A value out of range is ignored with a warning Event.
+	// preferred holder. A value out of range is ignored with a warning Event. To give every
+	// agent spec.priority.default, name a label no node carries.
 	// +optional
 	// +kubebuilder:default="lbpair.io/priority"
 	// +kubebuilder:validation:MaxLength=316
+	// +kubebuilder:validation:XValidation:rule="self.size() > 0",message="spec.priority.nodeLabel must name a label: leave it out for lbpair.io/priority, or name one no node carries to give every agent spec.priority.default"
 	NodeLabel string `json:"nodeLabel,omitempty"`
 }
 
