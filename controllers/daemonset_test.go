@@ -440,3 +440,22 @@ func TestStatusFollowsTheAgentsWhileTheApplyFails(t *testing.T) {
 		t.Errorf("%d ApplyFailed Events for a failure already reported: %q", len(failed), failed)
 	}
 }
+
+// updatesToNextImage reconciles a pair once as a manager with the next agent image,
+// and tells whether that applied the pair's DaemonSet, with the Events it recorded.
+// The suite's manager puts its own image back afterwards, so the Event is what tells.
+func updatesToNextImage(t *testing.T, ns, name string) (bool, []string) {
+	t.Helper()
+	rec := events.NewFakeRecorder(100)
+	next := &LoadBalancerPairReconciler{Client: k8s, Recorder: rec,
+		Agent: AgentSettings{Image: testImage + "-next", Resources: DefaultAgentResources()}}
+	if _, err := next.Reconcile(context.Background(), ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: name}}); err != nil {
+		t.Fatal(err)
+	}
+	close(rec.Events)
+	var notes []string
+	for e := range rec.Events {
+		notes = append(notes, e)
+	}
+	return slices.Contains(notes, "Normal Updated updated DaemonSet "+daemonSetName(name)), notes
+}

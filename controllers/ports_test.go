@@ -14,9 +14,7 @@ import (
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
@@ -471,21 +469,7 @@ func TestAgentPortsOnTheAPIServer(t *testing.T) {
 	running("g")
 	updatePair(t, ns, "g", func(p *lbv1.LoadBalancerPair) { p.Spec.Ports = append(p.Spec.Ports, port(1, 9648)) })
 	reported("g", "agent port 9648 (9400+virtualRouterID 248) is also spec.ports[p1] of this pair", "the agents are updated as usual")
-	// A manager with the next image, reconciling once: the suite's manager
-	// puts its own image back afterwards, so the Event it records is what
-	// tells that it applied the DaemonSet.
-	rec := events.NewFakeRecorder(100)
-	next := &LoadBalancerPairReconciler{Client: k8s, Recorder: rec,
-		Agent: AgentSettings{Image: testImage + "-next", Resources: DefaultAgentResources()}}
-	if _, err := next.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "g"}}); err != nil {
-		t.Fatal(err)
-	}
-	close(rec.Events)
-	var notes []string
-	for e := range rec.Events {
-		notes = append(notes, e)
-	}
-	if want := "Normal Updated updated DaemonSet " + daemonSetName("g"); !slices.Contains(notes, want) {
-		t.Errorf("g, in a port conflict on its running agent port, not updated to a new image: events %q, want %q", notes, want)
+	if updated, notes := updatesToNextImage(t, ns, "g"); !updated {
+		t.Errorf("g, in a port conflict on its running agent port, not updated to a new image: events %q", notes)
 	}
 }

@@ -14,8 +14,6 @@ import (
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/tools/events"
-	ctrl "sigs.k8s.io/controller-runtime"
 
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
 )
@@ -232,21 +230,9 @@ func TestVIPConflictsOnTheAPIServer(t *testing.T) {
 		t.Errorf("the DaemonSet of a pair in conflict changed (generation %d -> %d)", ds.Generation, after.Generation)
 	}
 	// Its agents still get a new image: the DaemonSet holds neither the VRID nor
-	// the virtual IPs. A manager with the next image reconciles once; the suite's
-	// puts its own back afterwards, so its Event tells that it applied.
-	rec := events.NewFakeRecorder(100)
-	next := &LoadBalancerPairReconciler{Client: k8s, Recorder: rec,
-		Agent: AgentSettings{Image: testImage + "-next", Resources: DefaultAgentResources()}}
-	if _, err := next.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns2, Name: "second"}}); err != nil {
-		t.Fatal(err)
-	}
-	close(rec.Events)
-	var notes []string
-	for e := range rec.Events {
-		notes = append(notes, e)
-	}
-	if want := "Normal Updated updated DaemonSet " + daemonSetName("second"); !slices.Contains(notes, want) {
-		t.Errorf("a running pair in a VIP conflict not updated to a new image: events %q, want %q", notes, want)
+	// the virtual IPs.
+	if updated, notes := updatesToNextImage(t, ns2, "second"); !updated {
+		t.Errorf("a running pair in a VIP conflict not updated to a new image: events %q", notes)
 	}
 
 	// The first pair lets the address go: the second takes it, without
