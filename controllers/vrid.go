@@ -104,9 +104,12 @@ func decideVRID(pair *lbv1.LoadBalancerPair, all []lbv1.LoadBalancerPair) vridDe
 	// the VRIDs whose agent port a pair listens on. A VRID allocated
 	// earlier is kept above even if its port got taken since: portConflicts
 	// reports that, and moving it would disturb running agents.
-	inUse := portsInUse(pair, all)
+	var inUse map[int32]bool
+	if pair.Spec.AgentPort == nil {
+		inUse = portsInUse(pair, all)
+	}
 	for v := int32(1); v <= 255; v++ {
-		if !used[v] && (pair.Spec.AgentPort != nil || !inUse[agentPort(pair, v)]) {
+		if !used[v] && !inUse[agentPort(pair, v)] {
 			return vridDecision{VRID: v, Allocated: true}
 		}
 	}
