@@ -37,9 +37,23 @@ const (
 // namespace with pairs, bound to the lbpair-agent ClusterRoles.
 const AgentServiceAccount = "lbpair-agent"
 
-// drainMargin is added to drainTimeout for the pod's termination grace, so
-// the agent's own deadline, not SIGKILL, ends the drain.
+// terminationGrace is the agents' termination grace period in seconds: the
+// longest drainTimeout the API allows (1h), plus a margin for the handover
+// and the status write, so that the agent's own deadline, not SIGKILL, ends
+// any drain. It is an upper bound only, as the agent exits once drained. A
+// grace that followed spec.drainTimeout would roll the agents at each change
+// (a VIP move per node), and the old pods, deleted with their old grace,
+// would be killed while draining to the new, longer deadline.
+const terminationGrace = 3600 + drainMargin
+
+// drainMargin is the time an agent needs past its drain: the VRRP handover
+// before it and the removal of its status entry after it.
 const drainMargin = 10
+
+// livenessGrace is the termination grace, in seconds, of an agent whose
+// liveness probe failed (its VRRP router failed): it holds no virtual IP, so
+// it need not drain for long, and a restart should not wait an hour.
+const livenessGrace = 30 + drainMargin
 
 // agentStateVolume, mounted at agentStateDir, is the agent's --state-dir.
 const (
@@ -133,12 +147,6 @@ func desiredDaemonSet(pair *lbv1.LoadBalancerPair, port int32, s AgentSettings) 
 	for k, v := range labels {
 		dsLabels[k] = v
 	}
-	grace := int64(drainMargin)
-	if pair.Spec.DrainTimeout != nil {
-		grace += int64(pair.Spec.DrainTimeout.Seconds())
-	} else {
-		grace += 30
-	}
 	fieldEnv := func(name, path string) *corev1ac.EnvVarApplyConfiguration {
 		return corev1ac.EnvVar().WithName(name).WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath(path)))
 	}
@@ -159,7 +167,7 @@ func desiredDaemonSet(pair *lbv1.LoadBalancerPair, port int32, s AgentSettings) 
 		).
 		WithPorts(corev1ac.ContainerPort().WithName("health").WithContainerPort(port).WithHostPort(port).WithProtocol(corev1.ProtocolTCP)).
 		WithReadinessProbe(probe("/readyz", 5, 3)).
-		WithLivenessProbe(probe("/healthz", 10, 3).WithInitialDelaySeconds(10)).
+		WithLivenessProbe(probe("/healthz", 10, 3).WithInitialDelaySeconds(10).WithTerminationGracePeriodSeconds(livenessGrace)).
 		WithResources(resources(s.Resources)).
 		WithVolumeMounts(corev1ac.VolumeMount().WithName(agentStateVolume).WithMountPath(agentStateDir)).
 		WithSecurityContext(corev1ac.SecurityContext().
@@ -184,7 +192,7 @@ func desiredDaemonSet(pair *lbv1.LoadBalancerPair, port int32, s AgentSettings) 
 		WithHostNetwork(true).
 		WithDNSPolicy(corev1.DNSClusterFirstWithHostNet).
 		WithServiceAccountName(AgentServiceAccount).
-		WithTerminationGracePeriodSeconds(grace).
+		WithTerminationGracePeriodSeconds(terminationGrace).
 		// The container runtime's default seccomp filter: the agent needs
 		// sockets, netlink and raw packets, none of what it blocks.
 		WithSecurityContext(corev1ac.PodSecurityContext().

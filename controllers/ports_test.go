@@ -14,7 +14,6 @@ import (
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
@@ -435,21 +434,23 @@ func TestAgentPortsOnTheAPIServer(t *testing.T) {
 	running("i")
 	updatePair(t, ns, "h", func(p *lbv1.LoadBalancerPair) { p.Spec.Ports = append(p.Spec.Ports, port(1, 9650)) })
 	reported("h", "spec.ports[p1] 9650 is the agent port of "+ns+"/i (both run on node "+ns+"-lb1)", "change spec.ports")
-	drained := func(name string) {
+	templateChanged := func(name string) {
 		t.Helper()
-		updatePair(t, ns, name, func(p *lbv1.LoadBalancerPair) { p.Spec.DrainTimeout = &metav1.Duration{Duration: 45 * time.Second} })
+		updatePair(t, ns, name, func(p *lbv1.LoadBalancerPair) {
+			p.Spec.Tolerations = []corev1.Toleration{{Key: "dedicated", Operator: corev1.TolerationOpExists}}
+		})
 		eventually(t, name+"'s DaemonSet updated", func() error {
 			ds, err := getDaemonSet(ns, name)
 			if err != nil {
 				return err
 			}
-			if got, want := ptr.Deref(ds.Spec.Template.Spec.TerminationGracePeriodSeconds, 0), int64(drainMargin+45); got != want {
-				return fmt.Errorf("terminationGracePeriodSeconds %d, want %d", got, want)
+			if tol := ds.Spec.Template.Spec.Tolerations; len(tol) != 1 || tol[0].Key != "dedicated" {
+				return fmt.Errorf("tolerations %+v, want the pair's", tol)
 			}
 			return nil
 		})
 	}
-	drained("i")
+	templateChanged("i")
 	eventually(t, "i's status written", func() error {
 		if p := getPair(t, ns, "i"); p.Status.ObservedGeneration != p.Generation {
 			return fmt.Errorf("observedGeneration %d of %d", p.Status.ObservedGeneration, p.Generation)
@@ -461,7 +462,7 @@ func TestAgentPortsOnTheAPIServer(t *testing.T) {
 		t.Errorf("i's status.agentPort moved from 9650 to %d", got)
 	}
 	// h, in conflict, is updated too.
-	drained("h")
+	templateChanged("h")
 
 	// g's agents run with agent port 9648 when it adds 9648 to its own
 	// ports: it is reported, and a new agent image still reaches it.

@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
@@ -84,52 +85,54 @@ func TestCreateWritesTheAgentsDaemonSet(t *testing.T) {
 		env = append(env, e.Name+"="+e.ValueFrom.FieldRef.FieldPath)
 	}
 	got := map[string]any{
-		"hostNetwork":  pod.HostNetwork,
-		"dnsPolicy":    string(pod.DNSPolicy),
-		"sa":           pod.ServiceAccountName,
-		"grace":        *pod.TerminationGracePeriodSeconds,
-		"nodeSelector": pod.NodeSelector["lbpair.io/lb"],
-		"toleration":   pod.Tolerations[0].Key + "=" + pod.Tolerations[0].Value,
-		"image":        c.Image,
-		"args":         strings.Join(c.Args, " "),
-		"env":          strings.Join(env, ","),
-		"port":         fmt.Sprint(c.Ports[0].ContainerPort, "/", c.Ports[0].HostPort),
-		"readiness":    c.ReadinessProbe.HTTPGet.Path,
-		"liveness":     c.LivenessProbe.HTTPGet.Path,
-		"caps":         fmt.Sprint(c.SecurityContext.Capabilities.Drop, c.SecurityContext.Capabilities.Add),
-		"runAsUser":    *c.SecurityContext.RunAsUser,
-		"cpuRequest":   c.Resources.Requests.Cpu().String(),
-		"podLabel":     ds.Spec.Template.Labels[PairLabel],
-		"maxSurge":     ds.Spec.UpdateStrategy.RollingUpdate.MaxSurge.IntValue(),
-		"owner":        ds.OwnerReferences[0].Kind + "/" + ds.OwnerReferences[0].Name,
-		"controller":   *ds.OwnerReferences[0].Controller,
-		"affinity":     fmt.Sprint(pod.Affinity.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms),
-		"stateMount":   fmt.Sprint(c.VolumeMounts[0].Name, " ", c.VolumeMounts[0].MountPath),
-		"stateVolume":  fmt.Sprint(pod.Volumes[0].Name, " ", pod.Volumes[0].EmptyDir.Medium, " ", pod.Volumes[0].EmptyDir.SizeLimit),
+		"hostNetwork":   pod.HostNetwork,
+		"dnsPolicy":     string(pod.DNSPolicy),
+		"sa":            pod.ServiceAccountName,
+		"grace":         *pod.TerminationGracePeriodSeconds,
+		"livenessGrace": *c.LivenessProbe.TerminationGracePeriodSeconds,
+		"nodeSelector":  pod.NodeSelector["lbpair.io/lb"],
+		"toleration":    pod.Tolerations[0].Key + "=" + pod.Tolerations[0].Value,
+		"image":         c.Image,
+		"args":          strings.Join(c.Args, " "),
+		"env":           strings.Join(env, ","),
+		"port":          fmt.Sprint(c.Ports[0].ContainerPort, "/", c.Ports[0].HostPort),
+		"readiness":     c.ReadinessProbe.HTTPGet.Path,
+		"liveness":      c.LivenessProbe.HTTPGet.Path,
+		"caps":          fmt.Sprint(c.SecurityContext.Capabilities.Drop, c.SecurityContext.Capabilities.Add),
+		"runAsUser":     *c.SecurityContext.RunAsUser,
+		"cpuRequest":    c.Resources.Requests.Cpu().String(),
+		"podLabel":      ds.Spec.Template.Labels[PairLabel],
+		"maxSurge":      ds.Spec.UpdateStrategy.RollingUpdate.MaxSurge.IntValue(),
+		"owner":         ds.OwnerReferences[0].Kind + "/" + ds.OwnerReferences[0].Name,
+		"controller":    *ds.OwnerReferences[0].Controller,
+		"affinity":      fmt.Sprint(pod.Affinity.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms),
+		"stateMount":    fmt.Sprint(c.VolumeMounts[0].Name, " ", c.VolumeMounts[0].MountPath),
+		"stateVolume":   fmt.Sprint(pod.Volumes[0].Name, " ", pod.Volumes[0].EmptyDir.Medium, " ", pod.Volumes[0].EmptyDir.SizeLimit),
 	}
 	want := map[string]any{
-		"hostNetwork":  true,
-		"dnsPolicy":    "ClusterFirstWithHostNet",
-		"sa":           AgentServiceAccount,
-		"grace":        int64(55),
-		"nodeSelector": "true",
-		"toleration":   "dedicated=lb",
-		"image":        testImage,
-		"args":         "agent --pair=web --health-addr=:9451 --state-dir=/run/lbpair",
-		"env":          "NODE_NAME=spec.nodeName,POD_NAME=metadata.name,POD_NAMESPACE=metadata.namespace,POD_IP=status.podIP",
-		"port":         "9451/9451",
-		"readiness":    "/readyz",
-		"liveness":     "/healthz",
-		"caps":         "[ALL] [NET_ADMIN NET_RAW NET_BIND_SERVICE]",
-		"runAsUser":    int64(0),
-		"cpuRequest":   "50m",
-		"podLabel":     "web",
-		"maxSurge":     0,
-		"owner":        "LoadBalancerPair/web",
-		"controller":   true,
-		"affinity":     fmt.Sprintf("[{[{%s DoesNotExist []}] []}]", corev1.LabelNodeExcludeBalancers),
-		"stateMount":   "state /run/lbpair",
-		"stateVolume":  "state Memory 16Mi",
+		"hostNetwork":   true,
+		"dnsPolicy":     "ClusterFirstWithHostNet",
+		"sa":            AgentServiceAccount,
+		"grace":         int64(3610),
+		"livenessGrace": int64(40),
+		"nodeSelector":  "true",
+		"toleration":    "dedicated=lb",
+		"image":         testImage,
+		"args":          "agent --pair=web --health-addr=:9451 --state-dir=/run/lbpair",
+		"env":           "NODE_NAME=spec.nodeName,POD_NAME=metadata.name,POD_NAMESPACE=metadata.namespace,POD_IP=status.podIP",
+		"port":          "9451/9451",
+		"readiness":     "/readyz",
+		"liveness":      "/healthz",
+		"caps":          "[ALL] [NET_ADMIN NET_RAW NET_BIND_SERVICE]",
+		"runAsUser":     int64(0),
+		"cpuRequest":    "50m",
+		"podLabel":      "web",
+		"maxSurge":      0,
+		"owner":         "LoadBalancerPair/web",
+		"controller":    true,
+		"affinity":      fmt.Sprintf("[{[{%s DoesNotExist []}] []}]", corev1.LabelNodeExcludeBalancers),
+		"stateMount":    "state /run/lbpair",
+		"stateVolume":   "state Memory 16Mi",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("DaemonSet (-want +got):\n%s", diff)
@@ -232,6 +235,39 @@ func TestUpdateFlowsToTheDaemonSet(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestDrainTimeoutDoesNotRollTheAgents: the running agents take a new
+// drainTimeout in place; the pod template, whose termination grace covers any
+// drainTimeout, does not change, so no rollout moves the VIP and no old pod
+// is killed while it drains to the new deadline.
+func TestDrainTimeoutDoesNotRollTheAgents(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	if err := k8s.Create(ctx, newPair(ns, "web", ptrTo(int32(61)), "198.18.0.100")); err != nil {
+		t.Fatal(err)
+	}
+	var ds *appsv1.DaemonSet
+	eventually(t, "DaemonSet created", func() (err error) { ds, err = getDaemonSet(ns, "web"); return err })
+	firstGeneration := ds.Generation
+
+	updatePair(t, ns, "web", func(p *lbv1.LoadBalancerPair) { p.Spec.DrainTimeout = &metav1.Duration{Duration: 10 * time.Minute} })
+	eventually(t, "the change reconciled", func() error {
+		if p := getPair(t, ns, "web"); p.Status.ObservedGeneration != p.Generation {
+			return fmt.Errorf("observedGeneration %d of %d", p.Status.ObservedGeneration, p.Generation)
+		}
+		return nil
+	})
+	ds, err := getDaemonSet(ns, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ds.Generation != firstGeneration {
+		t.Errorf("DaemonSet generation %d after a drainTimeout change, want %d: the agents would roll", ds.Generation, firstGeneration)
+	}
+	if got := ptr.Deref(ds.Spec.Template.Spec.TerminationGracePeriodSeconds, 0); got != terminationGrace {
+		t.Errorf("terminationGracePeriodSeconds %d, want %d", got, terminationGrace)
+	}
 }
 
 func TestDeleteLeavesGarbageCollectionToOwnerReferences(t *testing.T) {
