@@ -2,11 +2,13 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -62,6 +64,9 @@ type clusterSource struct {
 	resolver   *heldResolver
 	// servingKept is 1 while keptRunning, for the metrics.
 	servingKept prometheus.Gauge
+	// serviceProblems are the mistakes in the Service references of the
+	// applied spec, as last logged. Used by the sync loop only.
+	serviceProblems string
 
 	mu      sync.Mutex
 	secret  *corev1.Secret
@@ -283,7 +288,7 @@ func (s *clusterSource) sync(ctx context.Context) {
 	settings, err := config.Build(ctx, in)
 	if err != nil {
 		s.log.Error(err, "Invalid pair configuration; keeping the running one")
-		s.status.setConfigError(err)
+		s.keepRunning(ctx, err)
 		return
 	}
 	for _, w := range settings.Warnings {
@@ -291,30 +296,108 @@ func (s *clusterSource) sync(ctx context.Context) {
 	}
 	if err := s.agent.Apply(ctx, settings); err != nil {
 		s.log.Error(err, "Applying the pair's configuration; keeping the running one")
-		s.status.setConfigError(err)
+		s.keepRunning(ctx, err)
 		return
 	}
-	s.status.setConfigError(nil)
+	backends := s.feedServicePorts(ctx, settings, &pair)
+	s.started(settings, false)
+	if s.last != nil {
+		s.keep(newLastConfig(in, backends, s.resolver.answers()))
+	}
+}
+
+// keepRunning records err, why the pair's current spec was not applied, and
+// keeps feeding the Service ports of the running configuration, if any: their
+// backends roll out regardless, and pods gone from behind them would
+// otherwise stay the only backends until the spec is fixed.
+func (s *clusterSource) keepRunning(ctx context.Context, err error) {
+	s.status.setConfigError(err)
+	s.mu.Lock()
+	running := s.applied
+	if !s.running {
+		running = nil
+	}
+	s.mu.Unlock()
+	if running == nil {
+		return
+	}
+	// The running ports' field paths are those of a spec since changed:
+	// their mistakes, if any, were reported when it applied.
+	s.feedServicePorts(ctx, running, nil)
+}
+
+// feedServicePorts sets the backends of the settings' Service ports from
+// the cache, and returns them. With pair, the spec the settings were built
+// from, it also reports the mistakes in the ports' Service references.
+func (s *clusterSource) feedServicePorts(ctx context.Context, settings *config.Settings, pair *lbv1.LoadBalancerPair) map[string][]proxy.Backend {
+	backends, problems := s.serviceBackends(ctx, settings, pair)
+	if pair != nil {
+		s.reportServiceProblems(problems)
+	}
+	s.setBackends(settings, backends)
+	return backends
+}
+
+// serviceBackends reads the backends of the settings' Service ports from
+// the cache. With the pair the settings were built from, it also lists the
+// mistakes in the ports' Service references (a Service that does not exist,
+// a port it does not have), naming the field: they leave a port without
+// backends, and would otherwise show only as a port with no healthy one.
+func (s *clusterSource) serviceBackends(ctx context.Context, settings *config.Settings, pair *lbv1.LoadBalancerPair) (map[string][]proxy.Backend, []string) {
 	preferIPv4 := settings.VRRP.VIPs[0].Is4()
 	backends := make(map[string][]proxy.Backend, len(settings.Services))
+	var problems []string
 	for _, sp := range settings.Services {
+		field := ""
+		if pair != nil {
+			for i, p := range pair.Spec.Ports {
+				if p.Name == sp.Listener {
+					field = fmt.Sprintf("spec.ports[%d].backend.service", i)
+					break
+				}
+			}
+		}
 		var svc corev1.Service
 		svcPtr := &svc
 		if err := s.cache.Get(ctx, types.NamespacedName{Namespace: s.o.Namespace, Name: sp.Service}, &svc); err != nil {
 			svcPtr = nil
+			if apierrors.IsNotFound(err) && field != "" {
+				problems = append(problems, fmt.Sprintf("%s.name: Service %q not found in namespace %q; create it or name an existing one", field, sp.Service, s.o.Namespace))
+			}
 		}
 		var slices discoveryv1.EndpointSliceList
 		if err := s.cache.List(ctx, &slices, client.InNamespace(s.o.Namespace), client.MatchingLabels{discoveryv1.LabelServiceName: sp.Service}); err != nil {
 			s.log.Error(err, "Listing EndpointSlices", "service", sp.Service)
 			continue
 		}
-		backends[sp.Listener] = serviceBackends(svcPtr, slices.Items, sp.Port, preferIPv4)
+		b, err := serviceBackends(svcPtr, slices.Items, sp.Port, preferIPv4)
+		if err != nil && svcPtr != nil && field != "" {
+			problems = append(problems, fmt.Sprintf("%s.port %s: %v", field, sp.Port.String(), err))
+		}
+		backends[sp.Listener] = b
 	}
-	s.setBackends(settings, backends)
-	s.started(settings, false)
-	if s.last != nil {
-		s.keep(newLastConfig(in, backends, s.resolver.answers()))
+	return backends, problems
+}
+
+// reportServiceProblems puts the mistakes in the Service references of the
+// applied spec in the agent's configError, where the manager gathers them
+// into the Degraded condition, and logs them when they change: the other
+// ports serve, and a Service created or fixed later just starts working.
+func (s *clusterSource) reportServiceProblems(problems []string) {
+	msg := strings.Join(problems, "; ")
+	var err error
+	if msg != "" {
+		err = errors.New(msg)
 	}
+	if msg != s.serviceProblems {
+		if err != nil {
+			s.log.Error(err, "Service ports without backends: their Service reference is wrong; the other ports serve")
+		} else {
+			s.log.Info("The Service references of the pair's ports are valid again")
+		}
+		s.serviceProblems = msg
+	}
+	s.status.setConfigError(err)
 }
 
 // keep saves lc for a restart. A failure is logged when it first happens

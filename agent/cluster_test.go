@@ -4,19 +4,28 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
+	"strings"
 	"testing"
 
 	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	"github.com/lbpair/lbpair/agent/config"
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
 )
 
 // podCache lists its pods in the order given, as the informer's index
@@ -112,5 +121,208 @@ func TestDeactivateRemovesTheEntryOfAnAgentNotRunning(t *testing.T) {
 	s.deactivate("the node no longer matches spec.nodeSelector")
 	if len(applied) != 1 {
 		t.Errorf("applied %v, want the entry removed once", applied)
+	}
+}
+
+// clientCache serves the cache's reads from a fake client.
+type clientCache struct {
+	cache.Cache
+	c client.Client
+}
+
+func (c clientCache) Get(ctx context.Context, k client.ObjectKey, o client.Object, opts ...client.GetOption) error {
+	return c.c.Get(ctx, k, o, opts...)
+}
+
+func (c clientCache) List(ctx context.Context, l client.ObjectList, opts ...client.ListOption) error {
+	return c.c.List(ctx, l, opts...)
+}
+
+// loopbackPort is a loopback TCP port that was free a moment ago.
+func loopbackPort(t *testing.T) int32 {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return int32(l.Addr().(*net.TCPAddr).Port)
+}
+
+// servicePair is a pair in namespace prod on loopback whose ports are fed
+// by Services, each given as port name, Service name and Service port.
+func servicePair(t *testing.T, ports ...[3]string) *lbv1.LoadBalancerPair {
+	p := &lbv1.LoadBalancerPair{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: "web"},
+		Spec: lbv1.LoadBalancerPairSpec{
+			VirtualIPs:      []string{"127.0.0.1"},
+			VirtualRouterID: ptr.To(int32(7)),
+			Interface:       "lo",
+		},
+	}
+	for _, sp := range ports {
+		p.Spec.Ports = append(p.Spec.Ports, lbv1.PortSpec{Name: sp[0], Port: loopbackPort(t),
+			Backend: lbv1.BackendSpec{Service: &lbv1.ServiceBackend{Name: sp[1], Port: intstr.Parse(sp[2])}}})
+	}
+	return p
+}
+
+// httpService is a Service with port 80 (http) to the target port 8080 of
+// the ready pods at addrs, and its EndpointSlice.
+func httpService(name string, addrs ...string) []client.Object {
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: name},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}}
+	es := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "prod", Name: name + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(int32(8080))}},
+	}
+	for _, a := range addrs {
+		es.Endpoints = append(es.Endpoints, endpoint(nil, a))
+	}
+	return []client.Object{svc, es}
+}
+
+// runningSource is a cluster source on the objects, whose agent runs the
+// pair's proxy settings (no VRRP) as a sync would have left them.
+func runningSource(t *testing.T, log logr.Logger, running *lbv1.LoadBalancerPair, objs ...client.Object) (*clusterSource, *config.Settings) {
+	t.Helper()
+	scheme, err := newScheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc := fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...).Build()
+	settings, err := config.Build(context.Background(), config.Inputs{Pair: running})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := NewAgent(logr.Discard(), nil, nil)
+	t.Cleanup(func() { a.Proxy().Shutdown(context.Background()) })
+	if err := a.Proxy().Apply(settings.Proxy); err != nil {
+		t.Fatal(err)
+	}
+	st := newStatusReporter(logr.Discard(), types.NamespacedName{Namespace: "prod", Name: "web"}, "lb1")
+	s := &clusterSource{o: Options{Namespace: "prod", Pair: "web", NodeName: "lb1"}, log: log, agent: a,
+		cache: clientCache{c: fc}, reader: fc, status: st, resolver: newHeldResolver(nil, logr.Discard())}
+	s.running, s.applied = true, settings
+	return s, settings
+}
+
+// backendCounts are the number of backends of each listener.
+func backendCounts(a *Agent) map[string]int {
+	out := map[string]int{}
+	for _, l := range a.Proxy().Status() {
+		out[l.Name] = l.Backends
+	}
+	return out
+}
+
+// A spec that cannot apply keeps the running configuration, and its Service
+// ports keep following their endpoints: a rollout replaces the pods behind
+// them whatever the spec's mistake.
+func TestSyncFeedsTheRunningServicePortsWhenTheSpecFails(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	tests := []struct {
+		name    string
+		change  func(*lbv1.LoadBalancerPair)
+		wantErr string
+	}{
+		{
+			name: "it does not build: the password Secret is missing",
+			change: func(p *lbv1.LoadBalancerPair) {
+				p.Spec.VRRPVersion = 2
+				p.Spec.Authentication = &lbv1.AuthenticationSpec{PasswordSecretRef: corev1.SecretKeySelector{
+					LocalObjectReference: corev1.LocalObjectReference{Name: "vrrp-auth"}, Key: "password"}}
+			},
+			wantErr: "vrrp-auth",
+		},
+		{
+			name: "it does not apply: a new port cannot listen",
+			change: func(p *lbv1.LoadBalancerPair) {
+				p.Spec.Ports = append(p.Spec.Ports, lbv1.PortSpec{Name: "busy", Port: int32(busy.Addr().(*net.TCPAddr).Port),
+					Backend: lbv1.BackendSpec{Static: []lbv1.StaticBackend{{Address: "198.18.1.30:8080"}}}})
+			},
+			wantErr: "configuring listener \"busy\"",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			running := servicePair(t, [3]string{"web", "web", "http"})
+			pair := running.DeepCopy()
+			tt.change(pair)
+			// The rollout: the pod 198.18.1.10 is gone, two new ones are ready.
+			s, _ := runningSource(t, logr.Discard(), running, append(httpService("web", "198.18.1.20", "198.18.1.21"), pair)...)
+			if err := s.agent.Proxy().SetBackends("web", backends("198.18.1.10:8080")); err != nil {
+				t.Fatal(err)
+			}
+
+			s.sync(context.Background())
+			if got := *s.status.configErr.Load(); !strings.Contains(got, tt.wantErr) {
+				t.Errorf("configError %q, want it to name %s", got, tt.wantErr)
+			}
+			if got := backendCounts(s.agent); got["web"] != 2 {
+				t.Errorf("backends by listener %v after the sync; want the 2 new pods behind web", got)
+			}
+		})
+	}
+}
+
+// A Service reference that gives a port no backend by mistake is reported
+// in configError, naming the field, and logged once; the other ports serve,
+// and once fixed the port serves too and the report clears.
+func TestServiceReferenceMistakesAreReported(t *testing.T) {
+	var lines []string
+	log := funcr.New(func(_, args string) { lines = append(lines, args) }, funcr.Options{})
+	pair := servicePair(t,
+		[3]string{"web", "web", "8080"}, // the target port, not the Service's
+		[3]string{"api", "api", "http"}, // not created yet
+		[3]string{"ok", "ok", "80"},
+	)
+	objs := append(httpService("web", "198.18.1.20"), httpService("ok", "198.18.1.40")...)
+	s, settings := runningSource(t, log, pair, objs...)
+	ctx := context.Background()
+
+	for range 3 { // every sync
+		s.feedServicePorts(ctx, settings, pair)
+	}
+	want := `spec.ports[0].backend.service.port 8080: the Service "web" has no such port; use one of its TCP ports, by number or name (the Service port, not the target port): 80 (http); ` +
+		`spec.ports[1].backend.service.name: Service "api" not found in namespace "prod"; create it or name an existing one`
+	if got := *s.status.configErr.Load(); got != want {
+		t.Errorf("configError:\n%s\nwant:\n%s", got, want)
+	}
+	if diff := cmp.Diff(map[string]int{"web": 0, "api": 0, "ok": 1}, backendCounts(s.agent)); diff != "" {
+		t.Errorf("backends by listener (-want +got):\n%s", diff)
+	}
+	if len(lines) != 1 || !strings.Contains(lines[0], `Service \"api\" not found`) {
+		t.Errorf("log after 3 syncs: %q, want the mistakes once", lines)
+	}
+
+	// The user fixes the port and creates the Service.
+	pair.Spec.Ports[0].Backend.Service.Port = intstr.FromInt32(80)
+	settings, err := config.Build(ctx, config.Inputs{Pair: pair})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range httpService("api", "198.18.1.30") {
+		if err := s.cache.(clientCache).c.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lines = nil
+	for range 3 {
+		s.feedServicePorts(ctx, settings, pair)
+	}
+	if got := *s.status.configErr.Load(); got != "" {
+		t.Errorf("configError %q once fixed, want none", got)
+	}
+	if diff := cmp.Diff(map[string]int{"web": 1, "api": 1, "ok": 1}, backendCounts(s.agent)); diff != "" {
+		t.Errorf("backends by listener once fixed (-want +got):\n%s", diff)
+	}
+	if len(lines) != 1 {
+		t.Errorf("log after 3 syncs once fixed: %q, want one line", lines)
 	}
 }
