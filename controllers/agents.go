@@ -218,7 +218,7 @@ func agentConditions(s agentSummary, desired int32, generation int64) []metav1.C
 		problems = append(problems, "backends down on ports: "+strings.Join(s.PartialPorts, ", "))
 	}
 	if len(s.ConfigErrors) > 0 {
-		problems = append(problems, "spec not applied on "+strings.Join(s.ConfigErrors, "; "))
+		problems = append(problems, "spec errors on "+strings.Join(s.ConfigErrors, "; "))
 	}
 	if len(problems) > 0 {
 		out = append(out, cond(lbv1.ConditionDegraded, true, "Degraded", strings.Join(problems, "; ")))
