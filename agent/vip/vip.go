@@ -410,7 +410,8 @@ func PrimaryAddress(ifname string, ipv6 bool, vips []netip.Addr) (netip.Addr, er
 		}
 		// A virtual IP, left by a crashed run, is a host route; the node's own
 		// address, even one named as a virtual IP (which Open refuses), is not.
-		if ones, bits := a.Mask.Size(); ones != bits {
+		rank := Rank(a.Mask, a.ValidLft)
+		if rank == RankPrefixed {
 			return ip, nil
 		}
 		if slices.Contains(vips, ip) {
@@ -419,7 +420,7 @@ func PrimaryAddress(ifname string, ipv6 bool, vips []netip.Addr) (netip.Addr, er
 		if !hostRoute.IsValid() {
 			hostRoute = ip
 		}
-		if !permanentHostRoute.IsValid() && uint32(a.ValidLft) == math.MaxUint32 {
+		if !permanentHostRoute.IsValid() && rank == RankPermanentHostRoute {
 			permanentHostRoute = ip
 		}
 	}
@@ -434,4 +435,33 @@ func PrimaryAddress(ifname string, ipv6 bool, vips []netip.Addr) (netip.Addr, er
 		return netip.Addr{}, fmt.Errorf("interface %q has no IPv6 link-local address", ifname)
 	}
 	return netip.Addr{}, fmt.Errorf("interface %q has no IPv4 address of its own", ifname)
+}
+
+// AddressRank is how much PrimaryAddress prefers an address of an interface
+// to another: the higher, the more.
+type AddressRank int
+
+const (
+	// RankHostRoute is a host route (/32, /128) with a lifetime, as virtual
+	// IPs have: maybe another pair's.
+	RankHostRoute AddressRank = iota
+	// RankPermanentHostRoute is a host route without a lifetime: the node's
+	// own, on clouds that give nodes host routes only.
+	RankPermanentHostRoute
+	// RankPrefixed is an address with a subnet's prefix: the node's own.
+	RankPrefixed
+)
+
+// Rank ranks an address of an interface by its mask and its valid lifetime
+// (in seconds, math.MaxUint32 for forever), as netlink gives them. A router
+// sending from an address that a new one outranks (another pair's virtual
+// IP, taken while the node had no address of its own) moves to the new one.
+func Rank(mask net.IPMask, validLft int) AddressRank {
+	if ones, bits := mask.Size(); ones != bits {
+		return RankPrefixed
+	}
+	if uint32(validLft) == math.MaxUint32 {
+		return RankPermanentHostRoute
+	}
+	return RankHostRoute
 }

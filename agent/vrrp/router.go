@@ -1,6 +1,7 @@
 package vrrp
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/subtle"
@@ -406,6 +407,13 @@ func (r *Router) linkChanged(u netlink.LinkUpdate) {
 		// Back up without the address it sends from (IPv6 addresses go with
 		// the link unless keep_addr_on_down): rejoin once it has one.
 		r.rebind()
+	case a.Index == r.b.ifi.Index && isUp(u.Link) && len(a.HardwareAddr) > 0 && !bytes.Equal(a.HardwareAddr, r.b.ifi.HardwareAddr):
+		// A new MAC on a link that stays up (a bond with fail_over_mac=active
+		// failing over, `ip link set address`): the binding would announce the
+		// old one, and neighbours send the virtual IPs' traffic to a MAC no
+		// longer here. A new binding announces the new one, a master at once.
+		r.stale = true
+		r.rebind()
 	case a.Index == r.b.ifi.Index && isUp(u.Link):
 		r.setLinkFault("")
 	case a.Index == r.b.ifi.Index:
@@ -429,8 +437,9 @@ func vipLifetime(interval time.Duration) time.Duration {
 // addrChanged puts back a virtual IP that something else took off a
 // master's interface (a network manager that flushes the addresses it did
 // not add, say), and opens a new binding when the router's own address
-// leaves the interface, or when an address arrives while the binding is
-// stale.
+// leaves the interface, when an address arrives while the binding is stale,
+// or when one arrives that the router should send from rather than its own
+// (see outranked).
 func (r *Router) addrChanged(u netlink.AddrUpdate) {
 	ip, _ := netip.AddrFromSlice(u.LinkAddress.IP)
 	ip = ip.Unmap()
@@ -444,9 +453,44 @@ func (r *Router) addrChanged(u netlink.AddrUpdate) {
 	if removed && ip == r.b.self {
 		r.stale = true
 	}
-	if r.stale {
+	if r.stale || r.outranked(u) {
 		r.rebind()
 	}
+}
+
+// outranked tells whether u adds to the router's interface an address that
+// vip.PrimaryAddress prefers to the one the router sends from. Having lost
+// its own address, the router may send from a host route with a lifetime,
+// another pair's virtual IP maybe: once the node has an address of its own
+// again, the router moves to it, rather than keep the other pair's until
+// that leaves the interface.
+func (r *Router) outranked(u netlink.AddrUpdate) bool {
+	ip, _ := netip.AddrFromSlice(u.LinkAddress.IP)
+	ip = ip.Unmap()
+	if !u.NewAddr || u.LinkIndex != r.b.ifi.Index || ip == r.b.self || ip.Is4() != r.b.self.Is4() {
+		return false
+	}
+	// Virtual IPs, renewed every few seconds, rank least: no address list for them.
+	rank := vip.Rank(u.LinkAddress.Mask, u.ValidLft)
+	if rank == vip.RankHostRoute {
+		return false
+	}
+	family := netlink.FAMILY_V4
+	if ip.Is6() {
+		family = netlink.FAMILY_V6
+	}
+	addrs, err := r.nl.AddrList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: r.b.ifi.Index}}, family)
+	if err != nil {
+		// PrimaryAddress, which rebind asks, decides then.
+		r.logLimited("rank-self", 0, "Cannot list the interface's addresses", "interface", r.cfg.Interface, "error", err.Error())
+		return true
+	}
+	for _, a := range addrs {
+		if own, ok := netip.AddrFromSlice(a.IP); ok && own.Unmap() == r.b.self {
+			return vip.Rank(a.Mask, a.ValidLft) < rank
+		}
+	}
+	return false // gone: its removal makes the binding stale
 }
 
 // setLinkFault moves the machine into Fault when the interface cannot serve
@@ -508,22 +552,29 @@ func (r *Router) retry() {
 	r.setLinkFault(r.readLinkFault())
 }
 
-// rebind opens a new binding when the interface's index or the router's
-// address on it changed, and closes the old one. While that is not possible
-// (the interface is gone, or has no address) the router is in Fault, as
-// keepalived is: a master that cannot send its adverts must not hold the
-// virtual IPs. It retries every rebindRetry, besides on every netlink event
-// that may mean it can.
+// rebind opens a new binding when the interface's index, its MAC or the
+// router's address on it changed, and closes the old one. While that is not
+// possible (the interface is gone, or has no address) a router whose binding
+// is stale is in Fault, as keepalived is: a master that cannot send its
+// adverts must not hold the virtual IPs. It retries every rebindRetry,
+// besides on every netlink event that may mean it can.
 func (r *Router) rebind() {
 	var nb *binding
 	err := nsexec.Do(r.ns, func() error {
 		ifi, self, err := locate(r.cfg)
-		if err != nil || (ifi.Index == r.b.ifi.Index && self == r.b.self) {
+		if err != nil || (ifi.Index == r.b.ifi.Index && self == r.b.self && bytes.Equal(ifi.HardwareAddr, r.b.ifi.HardwareAddr)) {
 			return err
 		}
 		nb, err = bind(r.cfg, ifi, self, r.log)
 		return err
 	})
+	if err != nil && !r.stale {
+		// The binding still serves, from an address less preferred (see
+		// outranked): keep it rather than leave the group.
+		r.logLimited("rebind-preferred", 0, "Cannot open the VRRP sockets on the interface's preferred address; keeping the current one",
+			"interface", r.cfg.Interface, "address", r.b.self, "error", err.Error())
+		return
+	}
 	if err != nil {
 		r.retryAt = time.Now().Add(rebindRetry)
 		r.logLimited("rebind", 0, "Cannot open the VRRP sockets on the interface yet; retrying", "interface", r.cfg.Interface, "error", err.Error())
@@ -543,10 +594,11 @@ func (r *Router) rebind() {
 	r.mu.Unlock()
 	r.m.SetSelf(nb.self)
 	r.log.Info("Opened the VRRP sockets again on the interface", "interface", r.cfg.Interface, "index", nb.ifi.Index, "address", nb.self,
-		"previousIndex", old.ifi.Index, "previousAddress", old.self)
+		"mac", nb.ifi.HardwareAddr.String(), "previousIndex", old.ifi.Index, "previousAddress", old.self, "previousMAC", old.ifi.HardwareAddr.String())
 	r.setLinkFault(r.readLinkFault())
 	if r.m.State() == Master {
-		// The virtual IPs went with a deleted interface.
+		// The virtual IPs went with a deleted interface, and the neighbours
+		// must learn a new MAC.
 		r.exec(Step{Actions: []Action{{Kind: TakeVIPs}}})
 	}
 }

@@ -1,6 +1,7 @@
 package vrrp
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -749,6 +750,112 @@ func TestNodeAddressChanges(t *testing.T) {
 	if st := lb1.router.Status(); st.Address != renumbered || !st.Since.Equal(since) {
 		t.Errorf("lb1 sends from %v, master since %v; want %v, and no transition since %v", st.Address, st.Since, renumbered, since)
 	}
+}
+
+// TestNodeRenumberedBesideAnotherPairsVIP: the node holds another pair's VIP on the
+// interface (a host route with a lifetime) when its address is renumbered, the old one
+// removed before the new one is added. In between, the router has only that VIP to send
+// from; once the node's new address arrives it sends from that, not from the other
+// pair's VIP until the VIP leaves.
+func TestNodeRenumberedBesideAnotherPairsVIP(t *testing.T) {
+	h := lab(t, "lb1", "lb2", "watcher")
+	// As vip.Manager adds a VIP: a host route with a lifetime.
+	other := netip.MustParseAddr("198.18.0.200")
+	if out, err := h[0].Exec("ip", "addr", "add", other.String()+"/32", "dev", netlab.HostLink, "valid_lft", "60", "preferred_lft", "60"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	lb1 := startRouter(t, h[0], baseConfig(150))
+	lb2 := startRouter(t, h[1], baseConfig(100))
+	waitFor(t, "lb1 elected", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+	sources := advertSources(t, h[2])
+	sendsFrom := func(want netip.Addr) func() error {
+		return func() error {
+			if got := lb1.router.Status().Address; got != want {
+				return fmt.Errorf("lb1 sends from %v, want %v", got, want)
+			}
+			return nil
+		}
+	}
+
+	if out, err := h[0].Exec("ip", "addr", "del", "198.18.0.11/24", "dev", netlab.HostLink); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	netlab.Eventually(t, "lb1 without an address of its own", 5*time.Second, sendsFrom(other))
+	if err := h[0].AddAddr("198.18.0.21/24"); err != nil {
+		t.Fatal(err)
+	}
+	renumbered := netip.MustParseAddr("198.18.0.21")
+	netlab.Eventually(t, "lb1 with its new address", 5*time.Second, sendsFrom(renumbered))
+	netlab.Eventually(t, "adverts from lb1's new address", 5*time.Second, func() error {
+		if src := sources(); src != renumbered {
+			return fmt.Errorf("the last advert came from %v", src)
+		}
+		return nil
+	})
+	waitFor(t, "lb1 still master", testVIP, map[*node]State{lb1: Master, lb2: Backup})
+}
+
+// TestMACChangeIsAnnounced: the master's interface takes another MAC while it stays up,
+// as a bond with fail_over_mac=active does when it fails over. The master announces the
+// VIP again at once, with the new MAC: neighbours still sending to the old one would
+// reach no one.
+func TestMACChangeIsAnnounced(t *testing.T) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			h1, h2, lb1, lb2 := f.start(t)
+			since := lb1.router.Status().Since
+			// The router's announcements only, not the kernel's (off by default).
+			for _, key := range []string{"net.ipv4.conf." + netlab.HostLink + ".arp_notify", "net.ipv6.conf." + netlab.HostLink + ".ndisc_notify"} {
+				if err := h1.Sysctl(key, "0"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			nh, err := h1.Handle()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nh.Close()
+			link, err := nh.LinkByName(netlab.HostLink)
+			if err != nil {
+				t.Fatal(err)
+			}
+			oldMAC, newMAC := link.Attrs().HardwareAddr, net.HardwareAddr{0x02, 0, 0, 0, 0, 0x42}
+			if bytes.Equal(oldMAC, newMAC) {
+				t.Fatalf("lb1 has %s already", newMAC)
+			}
+			// lb2 maps the VIP to the old MAC, as every neighbour that used it does.
+			if out, err := h2.Exec("ip", "neigh", "replace", f.vip.String(), "lladdr", oldMAC.String(), "dev", netlab.HostLink, "nud", "stale"); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			if err := nh.LinkSetHardwareAddr(link, newMAC); err != nil {
+				t.Fatalf("changing lb1's MAC: %v", err)
+			}
+			netlab.Eventually(t, "lb2 learning lb1's new MAC", 2*time.Second, func() error {
+				if got := neighbourMAC(t, h2, f.vip); got != newMAC.String() {
+					return fmt.Errorf("lb2 maps %s to %q, want the new %s (the old was %s)", f.vip, got, newMAC, oldMAC)
+				}
+				return nil
+			})
+			waitFor(t, "lb1 still master", f.vip, map[*node]State{lb1: Master, lb2: Backup})
+			if s := lb1.router.Status().Since; !s.Equal(since) {
+				t.Errorf("lb1 has been master since %v, want no transition since %v", s, since)
+			}
+		})
+	}
+}
+
+// neighbourMAC is the MAC h's neighbour table holds for addr, or "".
+func neighbourMAC(t *testing.T, h *netlab.Host, addr netip.Addr) string {
+	t.Helper()
+	out, err := h.Exec("ip", "neigh", "show", addr.String(), "dev", netlab.HostLink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(out)
+	if i := slices.Index(f, "lladdr"); i >= 0 && i+1 < len(f) {
+		return f[i+1]
+	}
+	return ""
 }
 
 // advertSources listens for VRRP adverts on host h; the function it returns gives the
