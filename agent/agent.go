@@ -20,11 +20,14 @@ import (
 	"github.com/lbpair/lbpair/agent/vrrp"
 )
 
-// routerStopTimeout bounds how long a stopping router may take to send its
-// priority-0 advert, wait for the new master (at most vrrp.HandoverTimeout)
-// and remove the virtual IPs. It must outlast the handover wait, or the
-// process may exit with the virtual IPs still on the interface.
-const routerStopTimeout = vrrp.HandoverTimeout + 2*time.Second
+// routerStopTimeout bounds how long a stopping router with cfg may take to
+// send its priority-0 advert, wait for the new master (at most
+// vrrp.HandoverWait) and remove the virtual IPs. It must outlast the
+// handover wait, or the process may exit with the virtual IPs still on the
+// interface.
+func routerStopTimeout(cfg vrrp.Config) time.Duration {
+	return vrrp.HandoverWait(cfg) + 2*time.Second
+}
 
 // Agent runs one pair's VRRP router and proxy and applies new settings to
 // them live. It is the part shared by standalone and cluster modes.
@@ -180,8 +183,8 @@ func (a *Agent) stopRouterLocked() {
 	a.cancel()
 	select {
 	case <-a.done:
-	case <-time.After(routerStopTimeout):
-		a.log.Info("VRRP router did not stop in time", "timeout", routerStopTimeout)
+	case <-time.After(routerStopTimeout(a.settings.VRRP)):
+		a.log.Info("VRRP router did not stop in time", "timeout", routerStopTimeout(a.settings.VRRP))
 	}
 	a.router, a.tracker = nil, nil
 }

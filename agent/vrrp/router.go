@@ -28,12 +28,26 @@ import (
 // in this period: a misconfigured peer must not flood the log.
 const dropLogEvery = 10 * time.Second
 
-// HandoverTimeout bounds how long a stopping master keeps the virtual IPs
-// while it waits for the new master's first advert. Master_Down_Interval
-// can be minutes (VRRPv2 allows 255 s adverts) and the process stopping
-// the router must not give up before the virtual IPs are released: callers
-// wait for Run to return a little longer than this.
+// HandoverTimeout is how long, at least, a stopping master keeps the
+// virtual IPs while it waits for the new master's first advert (see
+// HandoverWait).
 const HandoverTimeout = 3 * time.Second
+
+// HandoverWait is how long a stopping master with cfg keeps the virtual IPs
+// while it waits for the new master's first advert: HandoverTimeout, or,
+// when longer, the longest Skew_Time a backup waits after a priority-0
+// advert and a second for the advert to come. In VRRPv3 that Skew_Time is
+// almost an interval (40.95 s at most), in VRRPv2 under a second. Releasing
+// the virtual IPs before then leaves them on no node until the backup takes
+// over, and not waiting for Master_Down_Interval, which can be minutes
+// (VRRPv2 allows 255 s adverts), bounds the stop of a lone master. The
+// process stopping the router must wait for Run to return a little longer.
+func HandoverWait(cfg Config) time.Duration {
+	if cfg.Version == 3 {
+		return max(HandoverTimeout, cfg.AdvertInterval+time.Second)
+	}
+	return HandoverTimeout
+}
 
 // Status is a snapshot of a router.
 type Status struct {
@@ -628,12 +642,12 @@ func (r *Router) effective(base uint8) (uint8, bool, string) {
 // leave stops the router. A master hands over without an outage: it sends
 // priority 0, so the best backup takes over after its Skew_Time, but keeps
 // the virtual IPs (and its proxy keeps serving) until the new master's first
-// advert arrives, or Master_Down_Interval passes (at most HandoverTimeout);
+// advert arrives, or Master_Down_Interval passes (at most HandoverWait);
 // then it releases them.
 func (r *Router) leave(packets <-chan packetOrErr) {
 	if r.m.State() == Master {
 		r.sendAdvert(0)
-		deadline := time.NewTimer(min(r.m.MasterDownInterval(), HandoverTimeout))
+		deadline := time.NewTimer(min(r.m.MasterDownInterval(), HandoverWait(r.cfg)))
 		defer deadline.Stop()
 	wait:
 		for {

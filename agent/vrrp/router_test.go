@@ -156,6 +156,38 @@ func TestTwoRoutersFailoverAndBack(t *testing.T) {
 	}
 }
 
+// TestStopHandsOverWithLongInterval: a backup takes over from a stopping
+// master after its Skew_Time, which in VRRPv3 grows with the interval (4.02 s
+// here, at 5 s adverts and priority 50). The master keeps the VIP until then,
+// so that it is on one node or the other throughout.
+func TestStopHandsOverWithLongInterval(t *testing.T) {
+	h := lab(t, "lb1", "lb2")
+	cfg := func(prio uint8) Config {
+		c := baseConfig(prio)
+		c.AdvertInterval = 5 * time.Second
+		return c
+	}
+	lb1 := startRouter(t, h[0], cfg(150))
+	lb2 := startRouter(t, h[1], cfg(50))
+	// lb2 waits Master_Down_Interval (19 s) before it is sure it is backup;
+	// lb1, of the higher priority, preempts once it has joined.
+	netlab.Eventually(t, "lb1 elected", 30*time.Second, func() error {
+		if lb1.state() != Master || lb2.state() != Backup || !hasVIP(t, h[0], testVIP) || hasVIP(t, h[1], testVIP) {
+			return fmt.Errorf("lb1 %v, lb2 %v", lb1.state(), lb2.state())
+		}
+		return nil
+	})
+	start := time.Now()
+	lb1.stop()
+	stopped := time.Since(start)
+	if lb2.state() != Master || !hasVIP(t, h[1], testVIP) {
+		t.Errorf("lb1 released the VIP after %v, before lb2 took over (lb2 %v, VIP on lb2 %v)", stopped.Round(time.Millisecond), lb2.state(), hasVIP(t, h[1], testVIP))
+	}
+	if hasVIP(t, h[0], testVIP) {
+		t.Errorf("lb1 kept the VIP after stopping")
+	}
+}
+
 func TestPartitionHeal(t *testing.T) {
 	h := lab(t, "lb1", "lb2")
 	lb1 := startRouter(t, h[0], baseConfig(150))
