@@ -24,11 +24,29 @@ const (
 // different families never conflict: VRRP for IPv4 and IPv6 are separate
 // protocols on the wire (RFC 5798 §5.2.3).
 func isIPv6(p *lbv1.LoadBalancerPair) bool {
-	if len(p.Spec.VirtualIPs) == 0 {
-		return false
+	return len(p.Spec.VirtualIPs) > 0 && ipv6(p.Spec.VirtualIPs[0])
+}
+
+// runsIPv6 tells the address family the pair's agents run: that of
+// status.virtualIPs, else the spec's. They differ while a spec moved to the
+// other family is in VIP conflict: the agents keep the old family, and with
+// it status.virtualRouterID.
+func runsIPv6(p *lbv1.LoadBalancerPair) bool {
+	if len(p.Status.VirtualIPs) > 0 {
+		return ipv6(p.Status.VirtualIPs[0])
 	}
-	a, err := netip.ParseAddr(p.Spec.VirtualIPs[0])
+	return isIPv6(p)
+}
+
+// ipv6 tells whether s is an IPv6 address.
+func ipv6(s string) bool {
+	a, err := netip.ParseAddr(s)
 	return err == nil && a.Is6() && !a.Is4In6()
+}
+
+// runsVRID tells whether p's agents run vrid in the family v6 tells.
+func runsVRID(p *lbv1.LoadBalancerPair, vrid int32, v6 bool) bool {
+	return p.Status.VirtualRouterID == vrid && runsIPv6(p) == v6
 }
 
 // claimedVRID is the VRID a pair uses or asks for: the spec's, else the one
@@ -65,12 +83,17 @@ type vridDecision struct {
 // VRID is reported in conflict and not run. Another pair's VRID is both the
 // one its spec asks for and the one its agents run with (status): a pair in
 // conflict keeps running with its status.virtualRouterID, and nobody else
-// may take that one, as vipConflicts does for status.virtualIPs.
+// may take that one, as vipConflicts does for status.virtualIPs. Each in its
+// family: the spec's for the VRID asked for, the agents' (runsIPv6) for the
+// one they run with. pair is decided once its spec's virtual IPs are clear,
+// so for the family of its spec.
 func decideVRID(pair *lbv1.LoadBalancerPair, all []lbv1.LoadBalancerPair) vridDecision {
+	v6 := isIPv6(pair)
+	asks := func(o *lbv1.LoadBalancerPair, vrid int32) bool { return claimedVRID(o) == vrid && isIPv6(o) == v6 }
 	var others []*lbv1.LoadBalancerPair
 	for i := range all {
 		o := &all[i]
-		if o.UID == pair.UID || o.DeletionTimestamp != nil || isIPv6(o) != isIPv6(pair) {
+		if o.UID == pair.UID || o.DeletionTimestamp != nil || (isIPv6(o) != v6 && runsIPv6(o) != v6) {
 			continue
 		}
 		others = append(others, o)
@@ -79,11 +102,11 @@ func decideVRID(pair *lbv1.LoadBalancerPair, all []lbv1.LoadBalancerPair) vridDe
 	if claim != 0 {
 		var rivals []*lbv1.LoadBalancerPair
 		for _, o := range others {
-			if claimedVRID(o) == claim || o.Status.VirtualRouterID == claim {
+			if asks(o, claim) || runsVRID(o, claim, v6) {
 				rivals = append(rivals, o)
 			}
 		}
-		if len(rivals) == 0 || wins(pair, rivals, claim) {
+		if len(rivals) == 0 || wins(pair, rivals, claim, v6) {
 			return vridDecision{VRID: claim, Allocated: pair.Spec.VirtualRouterID == nil}
 		}
 		if pair.Spec.VirtualRouterID != nil {
@@ -97,8 +120,12 @@ func decideVRID(pair *lbv1.LoadBalancerPair, all []lbv1.LoadBalancerPair) vridDe
 	}
 	used := map[int32]bool{claim: claim != 0}
 	for _, o := range others {
-		used[claimedVRID(o)] = true
-		used[o.Status.VirtualRouterID] = true
+		if isIPv6(o) == v6 {
+			used[claimedVRID(o)] = true
+		}
+		if runsIPv6(o) == v6 {
+			used[o.Status.VirtualRouterID] = true
+		}
 	}
 	// A new VRID fixes the agent port too, unless the spec sets one: skip
 	// the VRIDs whose agent port a pair listens on. A VRID allocated
@@ -116,14 +143,15 @@ func decideVRID(pair *lbv1.LoadBalancerPair, all []lbv1.LoadBalancerPair) vridDe
 	return vridDecision{Exhausted: true}
 }
 
-// wins tells whether pair keeps vrid against rivals. A pair whose agents run
-// with vrid comes first, even one in conflict over the VRID its spec asks
-// for now: its agents keep vrid until it gets that other one, and a newcomer,
-// however old, must not join them. Between pairs that both run it, the
-// holder (not in conflict) comes first, then the older.
-func wins(pair *lbv1.LoadBalancerPair, rivals []*lbv1.LoadBalancerPair, vrid int32) bool {
-	runs := func(p *lbv1.LoadBalancerPair) bool { return p.Status.VirtualRouterID == vrid }
-	holds := func(p *lbv1.LoadBalancerPair) bool { return holdsVRID(p, vrid) }
+// wins tells whether pair keeps vrid, in the family v6 tells, against
+// rivals. A pair whose agents run with vrid in that family comes first, even
+// one in conflict over the VRID its spec asks for now: its agents keep vrid
+// until it gets that other one, and a newcomer, however old, must not join
+// them. Between pairs that both run it, the holder (not in conflict) comes
+// first, then the older.
+func wins(pair *lbv1.LoadBalancerPair, rivals []*lbv1.LoadBalancerPair, vrid int32, v6 bool) bool {
+	runs := func(p *lbv1.LoadBalancerPair) bool { return runsVRID(p, vrid, v6) }
+	holds := func(p *lbv1.LoadBalancerPair) bool { return runs(p) && holdsVRID(p, vrid) }
 	for _, r := range rivals {
 		if runs(pair) != runs(r) {
 			if runs(r) {

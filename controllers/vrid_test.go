@@ -30,6 +30,12 @@ func TestDecideVRID(t *testing.T) {
 		return p
 	}
 	v := func(n int32) *int32 { return &n }
+	// runs gives p the virtual IPs its agents run with, as the manager holds
+	// them in status while the spec's are in VIP conflict.
+	runs := func(p lbv1.LoadBalancerPair, vips ...string) lbv1.LoadBalancerPair {
+		p.Status.VirtualIPs = vips
+		return p
+	}
 	tests := []struct {
 		name string
 		self lbv1.LoadBalancerPair
@@ -77,6 +83,22 @@ func TestDecideVRID(t *testing.T) {
 		{"a pair in conflict asking again for the VRID it runs keeps it", pair("c", "198.18.0.3", v(1), 1, t1, true),
 			[]lbv1.LoadBalancerPair{pair("d", "198.18.0.4", v(1), 0, t0, true)},
 			vridDecision{VRID: 1}},
+		// b's spec moved to IPv6 while its new virtual IP is in conflict: its
+		// agents run IPv4 with VRID 10.
+		{"a pair held back on IPv4 still runs its VRID there", pair("a", "198.18.0.1", v(10), 0, t0, false),
+			[]lbv1.LoadBalancerPair{runs(pair("b", "fd00::2", v(10), 10, t1, false), "198.18.0.2")},
+			vridDecision{ConflictWith: []string{"ns/b"}}},
+		{"allocation skips the VRID a pair held back on IPv4 runs", pair("a", "198.18.0.1", nil, 0, t0, false),
+			[]lbv1.LoadBalancerPair{runs(pair("b", "fd00::2", v(20), 1, t1, false), "198.18.0.2")},
+			vridDecision{VRID: 2, Allocated: true}},
+		// a's spec moved to IPv6, its virtual IPs clear: its agents run VRID 1
+		// with IPv4, not with IPv6, where c runs it.
+		{"a pair moving to IPv6 does not take the VRID an IPv6 pair runs", runs(pair("a", "fd00::1", nil, 1, t0, false), "198.18.0.1"),
+			[]lbv1.LoadBalancerPair{pair("c", "fd00::3", v(1), 1, t1, false)},
+			vridDecision{VRID: 2, Allocated: true}},
+		{"running a VRID with IPv4 does not hold it for IPv6: the older wins", pair("a", "fd00::1", v(10), 0, t0, false),
+			[]lbv1.LoadBalancerPair{runs(pair("b", "fd00::2", v(10), 10, t1, false), "198.18.0.2")},
+			vridDecision{VRID: 10}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

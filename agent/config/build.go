@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -22,6 +23,9 @@ import (
 
 // ProxyCheck is the tracker check the proxy reports its health under.
 const ProxyCheck = "proxy"
+
+// maxInterval3 is the longest VRRPv3 advertisement interval: 4095 centiseconds.
+const maxInterval3 = 40950 * time.Millisecond
 
 // Resolver looks up the addresses of a backend host name; *net.Resolver
 // satisfies it.
@@ -83,6 +87,7 @@ func Build(ctx context.Context, in Inputs) (*Settings, error) {
 		field, list = "status.virtualIPs", pair.Status.VirtualIPs
 	}
 	vips := make([]netip.Addr, 0, len(list))
+	listed := map[netip.Addr]int{} // address -> index in list
 	for i, v := range list {
 		a, err := netip.ParseAddr(v)
 		if err != nil {
@@ -91,10 +96,30 @@ func Build(ctx context.Context, in Inputs) (*Settings, error) {
 		if len(vips) > 0 && a.Is4() != vips[0].Is4() {
 			return nil, fmt.Errorf("%s[%d]: %s mixes address families; use one pair per family", field, i, a)
 		}
-		vips = append(vips, a.Unmap())
+		// One address written two ways (fd00::100, fd00:0::100) passed the
+		// apiserver before its CEL rule refused it, and ratcheting keeps such
+		// pairs updatable: listen on it once rather than fail to listen twice.
+		a = a.Unmap()
+		if k, dup := listed[a]; dup {
+			s.Warnings = append(s.Warnings, fmt.Sprintf("%s[%d] %q is %s[%d] %q written another way: using it once; list each address once in spec.virtualIPs", field, i, v, field, k, list[k]))
+			continue
+		}
+		listed[a] = i
+		vips = append(vips, a)
 	}
 	if len(vips) == 0 {
 		return nil, errors.New("spec.virtualIPs: at least one virtual IP is required")
+	}
+	// While the spec's virtual IPs are in conflict, the manager holds status
+	// at those the agents run. When the spec moved to the other family, its
+	// unicast peers and vrrpVersion are written for addresses the agents do
+	// not run yet: the agents build for the family they run, or they would
+	// run nothing until the conflict clears.
+	heldBack := ""
+	if field == "status.virtualIPs" && len(spec.VirtualIPs) > 0 {
+		if a, err := netip.ParseAddr(spec.VirtualIPs[0]); err == nil && a.Unmap().Is4() != vips[0].Is4() {
+			heldBack = fmt.Sprintf("; the spec's change to %s waits for its virtual IP conflict to clear", spec.VirtualIPs[0])
+		}
 	}
 
 	// The manager settles VRIDs between pairs and records the one to run
@@ -128,9 +153,20 @@ func Build(ctx context.Context, in Inputs) (*Settings, error) {
 		s.Warnings = append(s.Warnings, warning)
 	}
 
-	password, err := password(spec, in.Secrets)
-	if err != nil {
-		return nil, err
+	version, interval := int(spec.VRRPVersion), duration(spec.AdvertisementInterval)
+	if heldBack != "" && vips[0].Is6() && version == 2 {
+		// VRRPv2 carries IPv4 only: a spec moved to IPv4 with vrrpVersion 2
+		// keeps the agents that run IPv6 on VRRPv3, which has no
+		// authentication and intervals up to 40.95s.
+		version, interval = 3, min(interval, maxInterval3)
+		s.Warnings = append(s.Warnings, fmt.Sprintf("spec.vrrpVersion 2: the virtual IPs the agents run (status.virtualIPs, %s) are IPv6, which needs VRRPv3: using vrrpVersion 3, which has no authentication, with an advertisement interval of %v%s", vips[0], interval, heldBack))
+	}
+	var pw string
+	if version == int(spec.VRRPVersion) {
+		var err error
+		if pw, err = password(spec, in.Secrets); err != nil {
+			return nil, err
+		}
 	}
 
 	// The agents of the pair send to each other; the listed peers are
@@ -145,6 +181,7 @@ func Build(ctx context.Context, in Inputs) (*Settings, error) {
 				peers = append(peers, p)
 			}
 		}
+		var dropped []string
 		for i, p := range spec.Unicast.Peers {
 			a, err := netip.ParseAddr(p)
 			if err != nil {
@@ -153,25 +190,37 @@ func Build(ctx context.Context, in Inputs) (*Settings, error) {
 			// Checked here, where the index is the spec's: the router's
 			// own check sees the merged list.
 			if a = a.Unmap(); a.Is4() != vips[0].Is4() {
+				if heldBack != "" { // listed for the spec's new family
+					dropped = append(dropped, fmt.Sprintf("spec.unicast.peers[%d] %s", i, a))
+					continue
+				}
 				return nil, fmt.Errorf("spec.unicast.peers[%d]: %s is not of the virtual IPs' family", i, a)
 			}
 			peers = append(peers, a)
 		}
 		slices.SortFunc(peers, netip.Addr.Compare)
 		peers = slices.Compact(peers)
+		if len(dropped) > 0 {
+			if len(peers) == 0 {
+				// Without a peer, the adverts would go to the multicast
+				// group, which a unicast pair's network may drop.
+				return nil, fmt.Errorf("spec.unicast: no peer of the family of status.virtualIPs %s: %s are not of it and no other agent of it is known%s", vips[0], strings.Join(dropped, ", "), heldBack)
+			}
+			s.Warnings = append(s.Warnings, fmt.Sprintf("%s: not of the family of status.virtualIPs %s, left out%s", strings.Join(dropped, ", "), vips[0], heldBack))
+		}
 	}
 
 	s.VRRP = vrrp.Config{
-		Version:        int(spec.VRRPVersion),
+		Version:        version,
 		VRID:           uint8(vrid),
 		Priority:       priority,
-		AdvertInterval: duration(spec.AdvertisementInterval),
+		AdvertInterval: interval,
 		Preempt:        *spec.Preempt,
 		PreemptDelay:   duration(spec.PreemptDelay),
 		Interface:      spec.Interface,
 		VIPs:           vips,
 		Peers:          peers,
-		AuthPassword:   password,
+		AuthPassword:   pw,
 		Announce: vrrp.Announce{
 			Repeat:  int(spec.Announcements.Repeat),
 			Delay:   duration(spec.Announcements.Delay),
@@ -189,8 +238,9 @@ func Build(ctx context.Context, in Inputs) (*Settings, error) {
 	}
 	s.Proxy.DrainTimeout = duration(spec.DrainTimeout)
 	s.Proxy.AccessLog = spec.AccessLog
+	warn := func(w string) { s.Warnings = append(s.Warnings, w) }
 	for i := range spec.Ports {
-		l, svc, err := listener(ctx, resolver, vips, &spec.Ports[i], fmt.Sprintf("spec.ports[%d]", i))
+		l, svc, err := listener(ctx, resolver, vips, &spec.Ports[i], fmt.Sprintf("spec.ports[%d]", i), warn)
 		if err != nil {
 			return nil, err
 		}
@@ -205,7 +255,7 @@ func Build(ctx context.Context, in Inputs) (*Settings, error) {
 	return &s, nil
 }
 
-func listener(ctx context.Context, r Resolver, vips []netip.Addr, p *lbv1.PortSpec, path string) (proxy.ListenerConfig, *ServicePort, error) {
+func listener(ctx context.Context, r Resolver, vips []netip.Addr, p *lbv1.PortSpec, path string, warn func(string)) (proxy.ListenerConfig, *ServicePort, error) {
 	if p.Port < 1 || p.Port > 65535 {
 		return proxy.ListenerConfig{}, nil, fmt.Errorf("%s.port %d: use 1 to 65535", path, p.Port)
 	}
@@ -256,13 +306,30 @@ func listener(ctx context.Context, r Resolver, vips []netip.Addr, p *lbv1.PortSp
 	case len(p.Backend.Static) == 0:
 		return l, nil, fmt.Errorf("%s.backend: give a service or at least one static address", path)
 	}
+	// Entries may reach one address: one written two ways ([fd00::10]:80,
+	// [FD00:0::10]:80) or two names of one host (web01:80, www:80), which a
+	// DNS change can bring about at any sync. The proxy takes an address
+	// once, so they make one backend, at the first entry's place, with the
+	// sum of their weights: as in an nginx upstream, where each server line
+	// is a peer, a host listed twice gets the share of both lines.
+	type origin struct{ backend, entry int }
+	seen := map[netip.AddrPort]origin{}
 	for j, b := range p.Backend.Static {
 		addrs, err := resolveBackend(ctx, r, b.Address)
 		if err != nil {
 			return l, nil, fmt.Errorf("%s.backend.static[%d].address: %w", path, j, err)
 		}
 		for _, a := range addrs {
-			l.Backends = append(l.Backends, proxy.Backend{Addr: a, Weight: int(b.Weight)})
+			o, dup := seen[a]
+			switch {
+			case !dup:
+				seen[a] = origin{len(l.Backends), j}
+				l.Backends = append(l.Backends, proxy.Backend{Addr: a, Weight: int(b.Weight)})
+			case o.entry != j: // not a name that resolves to one address twice
+				l.Backends[o.backend].Weight += int(b.Weight)
+				warn(fmt.Sprintf("%s.backend.static[%d].address %q and static[%d].address %q both reach %s: one backend of weight %d, the sum of theirs",
+					path, o.entry, p.Backend.Static[o.entry].Address, j, b.Address, a, l.Backends[o.backend].Weight))
+			}
 		}
 	}
 	return l, nil, nil

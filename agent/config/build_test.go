@@ -84,6 +84,7 @@ func TestBuild(t *testing.T) {
 	resolver := fakeResolver{
 		"web01": {netip.MustParseAddr("198.18.1.10")},
 		"web02": {netip.MustParseAddr("198.18.1.11"), netip.MustParseAddr("fd00:198:18:1::11")},
+		"www":   {netip.MustParseAddr("198.18.1.10")}, // another name of web01
 	}
 	peers := []netip.Addr{netip.MustParseAddr("198.18.0.12"), netip.MustParseAddr("fd00:198:18::12")}
 	tests := []struct {
@@ -198,6 +199,50 @@ func TestBuild(t *testing.T) {
 			},
 		},
 		{
+			// Stored before the CEL rule refused them: the proxy cannot listen
+			// twice on one address, so every agent refused the pair.
+			name: "one virtual IP written two ways is listened on once",
+			edit: func(f *File) {
+				f.Pair.Spec.VRRPVersion, f.Pair.Spec.Authentication = 3, nil
+				f.Pair.Spec.VirtualIPs = []string{"fd00:198:18::100", "FD00:198:18::101", "fd00:198:18:0::100"}
+			},
+			check: func(t *testing.T, s *Settings) {
+				if got := fmt.Sprint(s.VRRP.VIPs); got != "[fd00:198:18::100 fd00:198:18::101]" {
+					t.Errorf("virtual IPs = %s, want [fd00:198:18::100 fd00:198:18::101]", got)
+				}
+				if got := fmt.Sprint(s.Proxy.Listeners[0].Addrs); got != "[[fd00:198:18::100]:88 [fd00:198:18::101]:88]" {
+					t.Errorf("listener addresses = %s", got)
+				}
+				checkWarning(t, s, `spec.virtualIPs[2] "fd00:198:18:0::100" is spec.virtualIPs[0] "fd00:198:18::100" written another way`)
+			},
+		},
+		{
+			// One address written two ways, or two names of one host: the
+			// proxy takes each address once, so they merge, and their
+			// weights add up as two server lines of an nginx upstream.
+			name: "entries that reach one backend make one, with the sum of their weights",
+			edit: func(f *File) {
+				f.Pair.Spec.Ports[0].Backend.Static = []lbv1.StaticBackend{
+					{Address: "[fd00:198:18:1::10]:80", Weight: 2},
+					{Address: "web01:80", Weight: 1},
+					{Address: "[FD00:198:18:1:0::10]:80", Weight: 3},
+					{Address: "www:80", Weight: 1},
+				}
+			},
+			check: func(t *testing.T, s *Settings) {
+				var got []string
+				for _, b := range s.Proxy.Listeners[0].Backends {
+					got = append(got, fmt.Sprintf("%s weight %d", b.Addr, b.Weight))
+				}
+				want := []string{"[fd00:198:18:1::10]:80 weight 5", "198.18.1.10:80 weight 2"}
+				if diff := cmp.Diff(want, got); diff != "" {
+					t.Errorf("backends (-want +got):\n%s", diff)
+				}
+				checkWarning(t, s, `spec.ports[0].backend.static[0].address "[fd00:198:18:1::10]:80" and static[2].address "[FD00:198:18:1:0::10]:80" both reach [fd00:198:18:1::10]:80`)
+				checkWarning(t, s, `spec.ports[0].backend.static[1].address "web01:80" and static[3].address "www:80" both reach 198.18.1.10:80`)
+			},
+		},
+		{
 			name:    "unresolvable backend names its field",
 			edit:    func(f *File) { f.Pair.Spec.Ports[0].Backend.Static[1].Address = "web09:80" },
 			wantErr: `spec.ports[0].backend.static[1].address: resolving "web09"`,
@@ -272,6 +317,72 @@ func TestBuild(t *testing.T) {
 			tt.check(t, s)
 		})
 	}
+}
+
+// checkWarning checks that s has a warning containing want.
+func checkWarning(t *testing.T, s *Settings, want string) {
+	t.Helper()
+	for _, w := range s.Warnings {
+		if strings.Contains(w, want) {
+			return
+		}
+	}
+	t.Errorf("no warning contains %q; warnings: %q", want, s.Warnings)
+}
+
+// TestBuildHeldBackFamily: while a spec that moved to the other address family
+// is in VIP conflict, the manager holds status.virtualIPs at the family the
+// agents run. Its unicast peers and vrrpVersion, written for the new family,
+// must not keep agents that restart from running the held-back one.
+func TestBuildHeldBackFamily(t *testing.T) {
+	const waits = "the spec's change to %s waits for its virtual IP conflict to clear"
+	agents := []netip.Addr{netip.MustParseAddr("198.18.0.12"), netip.MustParseAddr("fd00:198:18::12")}
+	r := fakeResolver{"web01": {netip.MustParseAddr("198.18.1.10")}, "web02": {netip.MustParseAddr("198.18.1.11")}}
+	toIPv6 := func(t *testing.T) *lbv1.LoadBalancerPair {
+		f, err := ParseFile([]byte(seedPair))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := f.Pair
+		p.Spec.VRRPVersion, p.Spec.Authentication = 3, nil
+		p.Spec.VirtualIPs = []string{"fd00:198:18::100"}
+		p.Spec.Unicast = &lbv1.UnicastSpec{Enabled: true, Peers: []string{"fd00:198:18::50"}}
+		p.Status.VirtualIPs, p.Status.VirtualRouterID = []string{"198.18.0.100"}, 51
+		return p
+	}
+	t.Run("IPv4 held back: unicast peers listed for IPv6 are left out", func(t *testing.T) {
+		s, err := Build(context.Background(), Inputs{Pair: toIPv6(t), Peers: agents, Resolver: r})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkPeers(t, s, "198.18.0.12")
+		checkWarning(t, s, "spec.unicast.peers[0] fd00:198:18::50: not of the family of status.virtualIPs 198.18.0.100, left out; "+fmt.Sprintf(waits, "fd00:198:18::100"))
+	})
+	t.Run("IPv4 held back: no peer left", func(t *testing.T) {
+		_, err := Build(context.Background(), Inputs{Pair: toIPv6(t), Resolver: r})
+		want := "spec.unicast: no peer of the family of status.virtualIPs 198.18.0.100: spec.unicast.peers[0] fd00:198:18::50 are not of it and no other agent of it is known; " + fmt.Sprintf(waits, "fd00:198:18::100")
+		if err == nil || err.Error() != want {
+			t.Fatalf("error = %v, want %q", err, want)
+		}
+	})
+	t.Run("IPv6 held back: vrrpVersion 2 of the new IPv4 spec", func(t *testing.T) {
+		// IPv4, vrrpVersion 2, with authentication.
+		f, err := ParseFile([]byte(seedPair + "---\napiVersion: v1\nkind: Secret\nmetadata: {name: vrrp}\nstringData: {password: s3cret}\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := f.Pair
+		p.Spec.AdvertisementInterval = &metav1.Duration{Duration: time.Minute}
+		p.Status.VirtualIPs, p.Status.VirtualRouterID = []string{"fd00:198:18::100"}, 51
+		s, err := Build(context.Background(), Inputs{Pair: p, Peers: agents, Secrets: f.Secrets, Resolver: r})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v := s.VRRP; v.Version != 3 || v.AuthPassword != "" || v.AdvertInterval != 40950*time.Millisecond || fmt.Sprint(v.VIPs) != "[fd00:198:18::100]" {
+			t.Errorf("VRRP version %d, password %q, interval %v, virtual IPs %v; want 3, none, 40.95s, [fd00:198:18::100]", v.Version, v.AuthPassword, v.AdvertInterval, v.VIPs)
+		}
+		checkWarning(t, s, "spec.vrrpVersion 2: the virtual IPs the agents run (status.virtualIPs, fd00:198:18::100) are IPv6, which needs VRRPv3: using vrrpVersion 3, which has no authentication, with an advertisement interval of 40.95s; "+fmt.Sprintf(waits, "198.18.0.100"))
+	})
 }
 
 // checkPeers checks the unicast peers of s, in order.

@@ -41,11 +41,14 @@ spec:
 	// The control: a pair both accept, whose defaults (vrrpVersion among them) the
 	// CEL rules read.
 	valid := pair(vip, "advertisementInterval: 100ms", "healthCheck: {active: {}}")
-	if err := c.Create(context.Background(), mustUnstructured(t, valid), client.DryRunAll); err != nil {
-		t.Fatalf("the apiserver refused the valid pair: %v", err)
-	}
-	if _, err := ParseFile([]byte(valid)); err != nil {
-		t.Fatalf("the standalone file of the valid pair was refused: %v", err)
+	// Two distinct IPv6 virtual IPs are no duplicates.
+	for _, doc := range []string{valid, pair(`"fd00:198:18::100", "fd00:198:18::101"`, "", "")} {
+		if err := c.Create(context.Background(), mustUnstructured(t, doc), client.DryRunAll); err != nil {
+			t.Fatalf("the apiserver refused the valid pair: %v\n%s", err, doc)
+		}
+		if _, err := ParseFile([]byte(doc)); err != nil {
+			t.Fatalf("the standalone file of the valid pair was refused: %v\n%s", err, doc)
+		}
 	}
 	for _, tc := range []struct{ name, doc string }{
 		{"loopback virtual IP", pair("127.0.0.1", "", "")},
@@ -64,6 +67,10 @@ spec:
 		{"interface name with a space", pair(vip, `interface: "eth 0"`, "")},
 		{"backend host name with an underscore", strings.Replace(pair(vip, "", ""), "198.18.1.10:80", "web_02:80", 1)},
 		{"no ports", strings.Split(pair(vip, "", ""), "  ports:")[0]},
+		// The apiserver's set check compares strings: one address written two ways
+		// passed it, and every agent's proxy then failed to listen on it twice.
+		{"one IPv6 virtual IP written two ways", pair(`"fd00:198:18::100", "fd00:198:18:0::100"`, "", "")},
+		{"one IPv6 virtual IP in two cases", pair(`"FD00:198:18::100", "fd00:198:18::100"`, "", "")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			apiErr := c.Create(context.Background(), mustUnstructured(t, tc.doc), client.DryRunAll)

@@ -52,7 +52,8 @@ type LoadBalancerPair struct {
 type LoadBalancerPairSpec struct {
 	// virtualIPs are the addresses the holder adds to its interface and announces, as
 	// keepalived's virtual_ipaddress. All must be of one family (IPv4 or IPv6) and usable
-	// unicast addresses, not loopback, link-local, multicast or unspecified.
+	// unicast addresses, not loopback, link-local, multicast or unspecified, each listed
+	// once however written (fd00::100 and fd00:0::100 are one address).
 	// +required
 	// +listType=set
 	// +kubebuilder:validation:MinItems=1
@@ -60,6 +61,7 @@ type LoadBalancerPairSpec struct {
 	// +kubebuilder:validation:items:MaxLength=45
 	// +kubebuilder:validation:items:XValidation:rule="isIP(self) && ip(self).isGlobalUnicast()",message="must be a unicast IPv4 or IPv6 address such as 198.18.0.100 or fd00::100 (not loopback, link-local, multicast or unspecified)"
 	// +kubebuilder:validation:XValidation:rule="!self.all(x, isIP(x)) || self.all(x, ip(x).family() == ip(self[0]).family())",message="virtualIPs must all be IPv4 or all IPv6: use one pair per address family"
+	// +kubebuilder:validation:XValidation:rule="self.all(x, !isIP(x) || self.exists_one(y, isIP(y) && ip(y) == ip(x)))",message="virtualIPs lists one address twice, written two ways (such as fd00::100 and fd00:0::100): list each address once"
 	VirtualIPs []string `json:"virtualIPs"`
 
 	// virtualRouterID identifies the pair's VRRP group on the network, as keepalived's
@@ -375,6 +377,9 @@ type BackendSpec struct {
 	Service *ServiceBackend `json:"service,omitempty"`
 
 	// static is a fixed list of backends, as the servers of an nginx upstream block.
+	// Entries that reach one address and port (one address written two ways, or two names
+	// of one host) make one backend whose weight is the sum of theirs, as two server lines
+	// of an nginx upstream would get the share of both.
 	// +optional
 	// +listType=map
 	// +listMapKey=address
