@@ -262,8 +262,8 @@ func (s *clusterSource) sync(ctx context.Context) {
 		s.nodeIP = internalIP(node)
 		s.mu.Unlock()
 	}
-	if node != nil && !labels.SelectorFromSet(pair.Spec.NodeSelector).Matches(labels.Set(node.Labels)) {
-		s.deactivate("the node no longer matches spec.nodeSelector")
+	if selector, from := s.nodeSelector(ctx, &pair); node != nil && !labels.SelectorFromSet(selector).Matches(labels.Set(node.Labels)) {
+		s.deactivate("the node no longer matches " + from)
 		return
 	}
 	if node != nil && lbv1.ExcludedFromLoadBalancers(node) {
@@ -476,6 +476,24 @@ func (s *clusterSource) applyLast(ctx context.Context) {
 	s.status.resume()
 	s.setBackends(settings, lc.Backends)
 	s.started(settings, true, "configuration", "kept", "keptAt", saved.UTC(), "waited", s.o.LastConfigWait)
+}
+
+// nodeSelector is the node selection the agent runs under, and where it
+// comes from: its own pod's, which the manager applied through the
+// DaemonSet, or the pair's spec when the pod is not known. A spec the
+// manager holds back (too many nodes) or the apiserver refuses in the
+// DaemonSet (an invalid label value) must not stop the agents: when the
+// manager applies a new selection, the DaemonSet controller replaces the
+// pods, and a pod taken off its node hands the virtual IPs over as it stops.
+func (s *clusterSource) nodeSelector(ctx context.Context, pair *lbv1.LoadBalancerPair) (map[string]string, string) {
+	if s.o.PodName != "" {
+		var pod corev1.Pod
+		err := s.cache.Get(ctx, types.NamespacedName{Namespace: s.o.Namespace, Name: s.o.PodName}, &pod)
+		if err == nil && pod.Spec.NodeName == s.o.NodeName {
+			return pod.Spec.NodeSelector, "its pod's nodeSelector"
+		}
+	}
+	return pair.Spec.NodeSelector, "spec.nodeSelector"
 }
 
 // peers lists the addresses of the pair's other agents: hostNetwork pods

@@ -271,6 +271,40 @@ func TestSyncFeedsTheRunningServicePortsWhenTheSpecFails(t *testing.T) {
 	}
 }
 
+// An agent follows its own pod's node selection, which the manager applied,
+// not a spec.nodeSelector the manager holds back or the apiserver refused in
+// the DaemonSet: that would stop every agent of the pair at once. A node
+// relabelled off its pod's selection stops its agent.
+func TestSyncFollowsThePodsNodeSelector(t *testing.T) {
+	for _, tt := range []struct {
+		name        string
+		nodeLabels  map[string]string
+		wantRunning bool
+	}{
+		{"the spec's new selection, not applied, does not stop the agent", map[string]string{"lbpair.io/lb": "true"}, true},
+		{"a node relabelled off its pod's selection stops it", map[string]string{"lbpair.io/lb": "false"}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			running := servicePair(t, [3]string{"web", "web", "http"})
+			running.Spec.NodeSelector = map[string]string{"lbpair.io/lb": "true"}
+			pair := running.DeepCopy()
+			pair.Spec.NodeSelector = map[string]string{"role": "edge nodes"} // a label value the DaemonSet refuses
+			node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "lb1", Labels: tt.nodeLabels}}
+			pod := agentPod("lb1", "198.18.0.11")
+			pod.Namespace, pod.Name = "prod", "lbpair-web-lb1"
+			pod.Spec.NodeSelector = running.Spec.NodeSelector
+			s, _ := runningSource(t, logr.Discard(), running, append(httpService("web", "198.18.1.20"), pair, node, &pod)...)
+			s.o.PodName = pod.Name
+			s.servingKept = prometheus.NewGauge(prometheus.GaugeOpts{Name: "kept"})
+
+			s.sync(context.Background())
+			if got := s.isRunning(); got != tt.wantRunning {
+				t.Errorf("running after the sync: %v, want %v", got, tt.wantRunning)
+			}
+		})
+	}
+}
+
 // A Service reference that gives a port no backend by mistake is reported
 // in configError, naming the field, and logged once; the other ports serve,
 // and once fixed the port serves too and the report clears.

@@ -28,6 +28,9 @@ type Options struct {
 	// Namespace and Pair name the LoadBalancerPair in cluster mode.
 	Namespace string
 	Pair      string
+	// PodName, in cluster mode, names the agent's own pod, whose node
+	// selection the agent follows.
+	PodName string
 	// Kubeconfig is an optional path; in-cluster config is used when empty.
 	Kubeconfig string
 	// HealthAddr is where /healthz, /readyz and /metrics are served.
@@ -52,6 +55,7 @@ func ParseOptions(args []string, output io.Writer) (Options, error) {
 	fs.StringVar(&o.NodeName, "node-name", os.Getenv("NODE_NAME"), "name of this node (default $NODE_NAME)")
 	fs.StringVar(&o.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "cluster mode: namespace of the LoadBalancerPair (default $POD_NAMESPACE)")
 	fs.StringVar(&o.Pair, "pair", os.Getenv("LBPAIR_NAME"), "cluster mode: name of the LoadBalancerPair (default $LBPAIR_NAME)")
+	fs.StringVar(&o.PodName, "pod-name", os.Getenv("POD_NAME"), "cluster mode: name of the agent's pod, whose nodeSelector the agent follows; without it, the pair's spec.nodeSelector (default $POD_NAME)")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "cluster mode: kubeconfig path; in-cluster config when empty")
 	fs.StringVar(&o.HealthAddr, "health-addr", ":9440", "address serving /healthz, /readyz and /metrics")
 	fs.StringVar(&o.StateDir, "state-dir", "", "cluster mode: directory that keeps the last applied configuration across restarts of the agent, so that one restarted while the apiserver is unreachable serves with it; empty keeps nothing")

@@ -685,13 +685,20 @@ func (l *Lab) PartitionNodes(cut bool) error {
 }
 
 // CreatePairAgentPods registers the Pods the named pair's DaemonSet would
-// run, one per node with the node's addresses (host network), as the kubelet
-// would: agents find their unicast peers from them.
+// run, one per node with the node's addresses (host network) and the
+// template's node selection, as the DaemonSet controller and the kubelet
+// would: agents find their unicast peers from them, and follow their own
+// pod's selection.
 func (l *Lab) CreatePairAgentPods(ctx context.Context, pair string) error {
+	var ds appsv1.DaemonSet
+	if err := l.Client.Get(ctx, client.ObjectKey{Namespace: Namespace, Name: "lbpair-" + pair}, &ds); err != nil {
+		return fmt.Errorf("reading pair %s's DaemonSet: %w", pair, err)
+	}
 	for _, n := range l.Nodes {
 		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: "lbpair-" + pair + "-" + n.Name, Labels: map[string]string{lbv1.PairLabel: lbv1.PairLabelValue(pair)}},
-			Spec:       corev1.PodSpec{NodeName: n.Name, HostNetwork: true, Containers: []corev1.Container{{Name: "agent", Image: "ghcr.io/lbpair/lbpair:lab"}}},
+			ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: podName(n, pair), Labels: map[string]string{lbv1.PairLabel: lbv1.PairLabelValue(pair)}},
+			Spec: corev1.PodSpec{NodeName: n.Name, HostNetwork: true, NodeSelector: ds.Spec.Template.Spec.NodeSelector,
+				Containers: []corev1.Container{{Name: "agent", Image: "ghcr.io/lbpair/lbpair:lab"}}},
 		}
 		if err := l.Client.Create(ctx, pod); err != nil {
 			return fmt.Errorf("creating pod %s: %w", pod.Name, err)
