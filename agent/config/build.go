@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -398,6 +399,12 @@ func password(spec *lbv1.LoadBalancerPairSpec, secrets []corev1.Secret) (string,
 		}
 		if !ok {
 			return "", fmt.Errorf("spec.authentication.passwordSecretRef: Secret %q has no key %q", ref.Name, ref.Key)
+		}
+		// A Secret made from a file (kubectl create secret --from-file) keeps
+		// the file's line ending, which keepalived's auth_pass never has:
+		// with it, each side would drop the other's adverts.
+		if t, ok := bytes.CutSuffix(v, []byte("\n")); ok {
+			v, _ = bytes.CutSuffix(t, []byte("\r"))
 		}
 		if len(v) == 0 || len(v) > 8 {
 			return "", fmt.Errorf("spec.authentication.passwordSecretRef: the password in Secret %q key %q must be 1 to 8 bytes (VRRPv2 carries 8), it is %d", ref.Name, ref.Key, len(v))

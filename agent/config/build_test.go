@@ -288,6 +288,18 @@ func TestBuild(t *testing.T) {
 			wantErr: `Secret "vrrp" has no key "password"`,
 		},
 		{
+			// kubectl create secret --from-file keeps the file's last newline,
+			// which keepalived's auth_pass cannot have: a password of 8
+			// characters and a newline is 8 bytes.
+			name: "the password file's line ending is not part of it",
+			edit: func(f *File) { f.Secrets[0].StringData["password"] = "s3cret12\r\n" },
+			check: func(t *testing.T, s *Settings) {
+				if s.VRRP.AuthPassword != "s3cret12" {
+					t.Errorf("password %q, want %q", s.VRRP.AuthPassword, "s3cret12")
+				}
+			},
+		},
+		{
 			name:    "password too long for VRRPv2",
 			edit:    func(f *File) { f.Secrets[0].StringData["password"] = "123456789" },
 			wantErr: "must be 1 to 8 bytes",
