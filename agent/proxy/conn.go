@@ -46,6 +46,9 @@ type conn struct {
 
 	up, down atomic.Int64 // bytes client->backend and backend->client
 	aborted  atomic.Bool
+	// refused: the event loop closed the connection without proxying it (no backend,
+	// out of resources, the PROXY header failed). Set by the loop before it calls done.
+	refused bool
 
 	mu     sync.Mutex
 	be     *backend // once connected
@@ -177,7 +180,9 @@ func (c *conn) finish() {
 	c.l.m.bytesDown.Add(float64(down - c.flushedDown))
 	c.flushedUp, c.flushedDown = up, down
 	c.mu.Unlock()
-	c.l.m.duration.Observe(time.Since(c.start).Seconds())
+	if !c.refused {
+		c.l.m.duration.Observe(time.Since(c.start).Seconds())
+	}
 	c.l.s.logAccess(c)
 }
 

@@ -80,12 +80,19 @@ func (lp *loop) nextAttempt(p *pair) {
 	if st.outOfResources {
 		c.l.m.refusedOutOfResources.Inc()
 		c.l.s.log.V(1).Info("Refused a connection: out of local resources", "listener", c.l.name, "client", c.clientAddr)
-		lp.finish(p, endOutOfResources)
+		lp.refuse(p, endOutOfResources)
 		return
 	}
 	c.l.m.refusedNoBackend.Inc()
 	c.l.s.log.V(1).Info("Refused a connection: no backend could take it", "listener", c.l.name, "client", c.clientAddr)
-	lp.finish(p, endNoBackend)
+	lp.refuse(p, endNoBackend)
+}
+
+// refuse closes a pair that was never proxied. As for one refused over maxConnections,
+// its time in setup is no proxied connection's duration: the histogram does not see it.
+func (lp *loop) refuse(p *pair, reason endReason) {
+	p.c.refused = true
+	lp.finish(p, reason)
 }
 
 // connect starts a non-blocking connect to addr.
@@ -161,7 +168,7 @@ func (lp *loop) connecting(p *pair, ev uint32) {
 		}
 		if err != nil {
 			c.l.s.log.Error(err, "Building the PROXY header", "listener", c.l.name, "client", c.clientAddr)
-			lp.finish(p, endProxyHeader)
+			lp.refuse(p, endProxyHeader)
 			return
 		}
 		// Sent before anything the client wrote, which waits in the socket meanwhile.

@@ -226,9 +226,11 @@ func (s *Server) Apply(cfg Config) error {
 	}
 	for _, lc := range cfg.Listeners {
 		l, ok := s.listeners[lc.Name]
+		var prev *listener
 		if !ok {
 			// The series of a removed listener of this name, kept for its connections,
 			// are this one's now.
+			prev = s.retiring[lc.Name]
 			delete(s.retiring, lc.Name)
 			l = newListener(s, lc.Name)
 			s.listeners[lc.Name] = l
@@ -241,6 +243,16 @@ func (s *Server) Apply(cfg Config) error {
 			l.dynamic = false
 		}
 		l.publish(lc, backends, len(backends) == 0 && !l.dynamic)
+		if prev != nil {
+			// Nothing else deletes the series of the removed listener's backends that
+			// this one lacks: this one never had them, and the removed one's last
+			// connection leaves the listener's series to this one.
+			for a, be := range prev.backends {
+				if _, ok := l.backends[a]; !ok {
+					s.metrics.deleteBackend(lc.Name, be.name)
+				}
+			}
+		}
 	}
 	for a, sock := range s.sockets {
 		if _, ok := wanted[a]; !ok {

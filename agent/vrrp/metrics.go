@@ -1,7 +1,9 @@
 package vrrp
 
 import (
+	"errors"
 	"strconv"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -16,7 +18,14 @@ type metrics struct {
 	dropped     *prometheus.CounterVec
 	watchesLost prometheus.Counter
 	collectors  []prometheus.Collector
+	// reg is where the collectors were registered; nil when nowhere.
+	reg prometheus.Registerer
 }
+
+// registerMu makes a router's registration and its unregistration atomic
+// with respect to each other: unregister checks which router's collectors
+// are registered before it removes them.
+var registerMu sync.Mutex
 
 func newMetrics(reg prometheus.Registerer, vrid uint8) *metrics {
 	labels := prometheus.Labels{"vrid": strconv.Itoa(int(vrid))}
@@ -49,7 +58,10 @@ func newMetrics(reg prometheus.Registerer, vrid uint8) *metrics {
 		m.dropped.WithLabelValues(reason)
 	}
 	m.collectors = []prometheus.Collector{m.state, m.priority, m.transitions, m.sent, m.received, m.dropped, m.watchesLost}
+	m.reg = reg
 	if reg != nil {
+		registerMu.Lock()
+		defer registerMu.Unlock()
 		for _, c := range m.collectors {
 			// A router replacing another of the same VRID takes over its
 			// series.
@@ -62,6 +74,28 @@ func newMetrics(reg prometheus.Registerer, vrid uint8) *metrics {
 		}
 	}
 	return m
+}
+
+// unregister removes the router's series from the registry, as it stops for
+// good: a router replaced by one of another VRID, or not replaced at all,
+// must not leave its last state exported. Collectors another router of the
+// same VRID took over stay: Unregister removes whatever collector has the
+// same descriptors, so each is first checked to still be this router's.
+func (m *metrics) unregister() {
+	if m.reg == nil {
+		return
+	}
+	registerMu.Lock()
+	defer registerMu.Unlock()
+	for _, c := range m.collectors {
+		// Registering again is the registry's only identity check: it
+		// reports which collector holds these descriptors, if any.
+		err := m.reg.Register(c)
+		var are prometheus.AlreadyRegisteredError
+		if err == nil || (errors.As(err, &are) && are.ExistingCollector == c) {
+			m.reg.Unregister(c)
+		}
+	}
 }
 
 func (m *metrics) setState(s State) {

@@ -262,9 +262,12 @@ type packetOrErr struct {
 }
 
 // Run runs the protocol until ctx ends; then a master sends a priority-0
-// advert and removes the virtual IPs.
+// advert and removes the virtual IPs. A router runs once: as Run returns, its
+// series leave the registry (see metrics.unregister).
 func (r *Router) Run(ctx context.Context) error {
 	defer close(r.done)
+	// Before done closes, so that whoever waits for the router sees them gone.
+	defer r.metrics.unregister()
 	defer r.ns.Close()
 	defer r.nl.Close()
 	defer func() {

@@ -43,16 +43,28 @@ func baseConfig(prio uint8) Config {
 
 // startRouter creates the router inside the host's namespace and runs it;
 // the test's cleanup stops it.
-func startRouter(t *testing.T, h *netlab.Host, cfg Config) *node {
+func startRouter(t *testing.T, h *netlab.Host, cfg Config, opts ...Option) *node {
+	t.Helper()
+	return newNode(t, h, cfg, opts...).run(t)
+}
+
+// newNode creates the router inside the host's namespace, without running it.
+func newNode(t *testing.T, h *netlab.Host, cfg Config, opts ...Option) *node {
 	t.Helper()
 	n := &node{host: h, tracker: track.New(track.Check{Name: "proxy"}), done: make(chan struct{})}
 	log := testr.NewWithOptions(t, testr.Options{LogTimestamp: true}).WithValues("node", h.Name)
 	if err := h.Do(func() (err error) {
-		n.router, err = NewRouter(cfg, log, WithTracker(n.tracker))
+		n.router, err = NewRouter(cfg, log, append([]Option{WithTracker(n.tracker)}, opts...)...)
 		return err
 	}); err != nil {
 		t.Fatalf("router on %s: %v", h.Name, err)
 	}
+	return n
+}
+
+// run runs the node's router; the test's cleanup stops it.
+func (n *node) run(t *testing.T) *node {
+	h := n.host
 	ctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
 	go func() {
