@@ -67,6 +67,9 @@ type clusterSource struct {
 	// serviceProblems are the mistakes in the Service references of the
 	// applied spec, as last logged. Used by the sync loop only.
 	serviceProblems string
+	// warnings are the configuration's warnings as last logged. Used by
+	// the sync loop only.
+	warnings []string
 
 	mu      sync.Mutex
 	secret  *corev1.Secret
@@ -291,9 +294,7 @@ func (s *clusterSource) sync(ctx context.Context) {
 		s.keepRunning(ctx, err)
 		return
 	}
-	for _, w := range settings.Warnings {
-		s.log.Info("Configuration warning", "warning", w)
-	}
+	s.logWarnings(settings.Warnings)
 	if err := s.agent.Apply(ctx, settings); err != nil {
 		s.log.Error(err, "Applying the pair's configuration; keeping the running one")
 		s.keepRunning(ctx, err)
@@ -398,6 +399,22 @@ func (s *clusterSource) reportServiceProblems(problems []string) {
 		s.serviceProblems = msg
 	}
 	s.status.setConfigError(err)
+}
+
+// logWarnings logs the configuration's warnings when they differ from those
+// logged last: every status write of every agent of the pair is a sync, every
+// few seconds, and would repeat them.
+func (s *clusterSource) logWarnings(warnings []string) {
+	if slices.Equal(warnings, s.warnings) {
+		return
+	}
+	for _, w := range warnings {
+		s.log.Info("Configuration warning", "warning", w)
+	}
+	if len(warnings) == 0 {
+		s.log.Info("The configuration has no warnings any more")
+	}
+	s.warnings = slices.Clone(warnings)
 }
 
 // keep saves lc for a restart. A failure is logged when it first happens

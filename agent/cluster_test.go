@@ -360,3 +360,44 @@ func TestServiceReferenceMistakesAreReported(t *testing.T) {
 		t.Errorf("log after 3 syncs once fixed: %q, want one line", lines)
 	}
 }
+
+// A configuration warning is logged when it first shows, not at every sync:
+// every status write of every agent of the pair is one.
+func TestSyncLogsAWarningOnce(t *testing.T) {
+	var lines []string
+	log := funcr.New(func(_, args string) { lines = append(lines, args) }, funcr.Options{})
+	pair := servicePair(t, [3]string{"web", "web", "http"})
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "lb1", Labels: map[string]string{"lbpair.io/priority": "255"}}}
+	s, _ := runningSource(t, log, pair, append(httpService("web", "198.18.1.20"), pair, node)...)
+	s.servingKept = prometheus.NewGauge(prometheus.GaugeOpts{Name: "kept"})
+	ctx := context.Background()
+	warnings := func() []string {
+		var out []string
+		for _, l := range lines {
+			if strings.Contains(l, "Configuration warning") {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+
+	for range 2 {
+		s.sync(ctx)
+	}
+	if got := warnings(); len(got) != 1 || !strings.Contains(got[0], `lbpair.io/priority=\"255\"`) {
+		t.Errorf("warnings logged by 2 syncs: %q, want the priority label's once", got)
+	}
+
+	// A new value is a new warning, logged once too.
+	node.Labels["lbpair.io/priority"] = "high"
+	if err := s.cache.(clientCache).c.Update(ctx, node); err != nil {
+		t.Fatal(err)
+	}
+	lines = nil
+	for range 2 {
+		s.sync(ctx)
+	}
+	if got := warnings(); len(got) != 1 || !strings.Contains(got[0], `lbpair.io/priority=\"high\"`) {
+		t.Errorf("warnings logged by 2 syncs after the label changed: %q, want the new one once", got)
+	}
+}

@@ -51,6 +51,9 @@ type agentSummary struct {
 	// ConfigErrors are the live agents that could not apply the current spec, as
 	// "node, node: why", one item per error (see groupConfigErrors).
 	ConfigErrors []string
+	// IgnoredPriorities names the nodes whose priority label their agents
+	// ignore, "" when none; the reconciler reads it from the nodes' labels.
+	IgnoredPriorities string
 }
 
 // summarizeAgents reads the per-node entries. previous is the pair's
@@ -219,6 +222,9 @@ func agentConditions(s agentSummary, desired int32, generation int64) []metav1.C
 	}
 	if len(s.ConfigErrors) > 0 {
 		problems = append(problems, "spec errors on "+strings.Join(s.ConfigErrors, "; "))
+	}
+	if s.IgnoredPriorities != "" {
+		problems = append(problems, s.IgnoredPriorities)
 	}
 	if len(problems) > 0 {
 		out = append(out, cond(lbv1.ConditionDegraded, true, "Degraded", strings.Join(problems, "; ")))

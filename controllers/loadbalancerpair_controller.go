@@ -65,6 +65,10 @@ type LoadBalancerPairReconciler struct {
 	lastHolders sync.Map
 	// skews reads the agents' timestamps by the manager's clock.
 	skews clockSkews
+	// priorityWarnings remembers, for each pair (types.NamespacedName), the
+	// nodes whose priority label its agents ignore, to the Warning Event
+	// recorded for each (see checkPriorityLabels).
+	priorityWarnings sync.Map
 }
 
 // The manager writes by server-side apply (create and patch) and patches the
@@ -99,6 +103,7 @@ func (r *LoadBalancerPairReconciler) Reconcile(ctx context.Context, req ctrl.Req
 		if apierrors.IsNotFound(err) {
 			r.lastHolders.Delete(req.NamespacedName)
 			r.skews.forget(req.NamespacedName)
+			r.priorityWarnings.Delete(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -328,6 +333,9 @@ func (r *LoadBalancerPairReconciler) updateFromAgents(ctx context.Context, pair 
 	}
 	desired, err := r.desiredAgents(ctx, pair)
 	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if s.IgnoredPriorities, err = r.checkPriorityLabels(ctx, pair); err != nil {
 		return ctrl.Result{}, err
 	}
 	if s.Holder != pair.Status.Holder {
