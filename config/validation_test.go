@@ -69,10 +69,26 @@ func TestBadInputIsRejectedNamingTheField(t *testing.T) {
 			[]string{"spec.advertisementInterval", "to 40.95s"}},
 		{"VRRPv2 advert not whole seconds", "advertisementInterval: 1s", "advertisementInterval: 1500ms\n  vrrpVersion: 2",
 			[]string{"spec", "whole seconds from 1s to 255s with vrrpVersion 2"}},
+		// getMilliseconds() truncates: these passed a rule of whole milliseconds, and
+		// every agent refused them.
+		{"advert of 100.5ms", "advertisementInterval: 1s", "advertisementInterval: 100.5ms",
+			[]string{"spec.advertisementInterval", "multiple of 10ms from 10ms to 40.95s with vrrpVersion 3"}},
+		{"advert of 1s1ns", "advertisementInterval: 1s", "advertisementInterval: 1s1ns",
+			[]string{"spec.advertisementInterval", "multiple of 10ms"}},
+		{"VRRPv2 advert of 2s500us", "advertisementInterval: 1s", "advertisementInterval: 2s500us\n  vrrpVersion: 2",
+			[]string{"spec.advertisementInterval", "whole seconds from 1s to 255s with vrrpVersion 2"}},
+		{"VRRPv2 advert above 255s", "advertisementInterval: 1s", "advertisementInterval: 256s\n  vrrpVersion: 2",
+			[]string{"spec.advertisementInterval", "whole seconds from 1s to 255s with vrrpVersion 2"}},
 		{"VRRPv2 with an IPv6 VIP", "[198.18.0.100]", "['fd00::100']\n  vrrpVersion: 2",
 			[]string{"spec.vrrpVersion", "spec.vrrpVersion 2 (RFC 3768) carries IPv4 only", "spec.virtualIPs"}},
 		{"VRRP version 4", "advertisementInterval: 1s", "advertisementInterval: 1s\n  vrrpVersion: 4",
 			[]string{"spec.vrrpVersion", "supported values: \"2\", \"3\""}},
+		{"authentication without a Secret name", "advertisementInterval: 1s", "advertisementInterval: 1s\n  vrrpVersion: 2\n  authentication: {passwordSecretRef: {key: password}}",
+			[]string{"spec.authentication.passwordSecretRef.name", "must name the Secret that holds the password"}},
+		{"authentication without a Secret key", "advertisementInterval: 1s", "advertisementInterval: 1s\n  vrrpVersion: 2\n  authentication: {passwordSecretRef: {name: vrrp, key: ''}}",
+			[]string{"spec.authentication.passwordSecretRef.key", "must name the Secret's key"}},
+		{"authentication optional", "advertisementInterval: 1s", "advertisementInterval: 1s\n  vrrpVersion: 2\n  authentication: {passwordSecretRef: {name: vrrp, key: password, optional: true}}",
+			[]string{"spec.authentication.passwordSecretRef.optional", "must not be true", "the password is not optional"}},
 		{"authentication with VRRPv3", "advertisementInterval: 1s", "advertisementInterval: 1s\n  authentication: {passwordSecretRef: {name: vrrp, key: password}}",
 			[]string{"spec", "authentication is a VRRPv2 feature", "set vrrpVersion: 2"}},
 		{"unicast peer of the other family", "advertisementInterval: 1s", "advertisementInterval: 1s\n  unicast: {enabled: true, peers: ['fd00::12']}",
@@ -97,6 +113,30 @@ func TestBadInputIsRejectedNamingTheField(t *testing.T) {
 			[]string{"spec.ports[0].backend", "exactly one of service or static"}},
 		{"service port name invalid", "    backend:\n      static:\n      - address: 198.18.1.10:80\n      - address: web02:80\n", "    backend:\n      service: {name: web, port: HTTP_S}\n",
 			[]string{"spec.ports[0].backend.service.port", "port number from 1 to 65535 or a Service port name"}},
+		{"service port number in quotes", "    backend:\n      static:\n      - address: 198.18.1.10:80\n      - address: web02:80\n", "    backend:\n      service: {name: web, port: '80'}\n",
+			[]string{"spec.ports[0].backend.service.port", "give the port number unquoted (port: 80"}},
+		{"service port name of 64 characters", "    backend:\n      static:\n      - address: 198.18.1.10:80\n      - address: web02:80\n", "    backend:\n      service: {name: web, port: " + strings.Repeat("p", 64) + "}\n",
+			[]string{"spec.ports[0].backend.service.port", "may not be more than 63"}},
+		{"nodeSelector key with a space", "advertisementInterval: 1s", "advertisementInterval: 1s\n  nodeSelector: {'role edge': 'true'}",
+			[]string{"spec.nodeSelector", "keys must be label keys"}},
+		{"nodeSelector key with an upper-case prefix", "advertisementInterval: 1s", "advertisementInterval: 1s\n  nodeSelector: {'Example.com/role': edge}",
+			[]string{"spec.nodeSelector", "keys must be label keys"}},
+		{"nodeSelector value with a space", "advertisementInterval: 1s", "advertisementInterval: 1s\n  nodeSelector: {role: 'edge nodes'}",
+			[]string{"spec.nodeSelector", "values must be label values"}},
+		{"nodeSelector value ending in a dot", "advertisementInterval: 1s", "advertisementInterval: 1s\n  nodeSelector: {role: 'edge.'}",
+			[]string{"spec.nodeSelector", "values must be label values"}},
+		{"nodeSelector value of 64 characters", "advertisementInterval: 1s", "advertisementInterval: 1s\n  nodeSelector: {role: " + strings.Repeat("e", 64) + "}",
+			[]string{"spec.nodeSelector", "values must be label values"}},
+		{"toleration Exists with a value", "advertisementInterval: 1s", "advertisementInterval: 1s\n  tolerations: [{key: k, operator: Exists, value: v}]",
+			[]string{"spec.tolerations[0].value", "must be empty when operator is Exists"}},
+		{"toleration operator Lt", "advertisementInterval: 1s", "advertisementInterval: 1s\n  tolerations: [{key: k, operator: Lt, value: '5'}]",
+			[]string{"spec.tolerations[0].operator", "must be Exists or Equal"}},
+		{"toleration without key nor Exists", "advertisementInterval: 1s", "advertisementInterval: 1s\n  tolerations: [{value: v}]",
+			[]string{"spec.tolerations[0].operator", "must be Exists when key is empty"}},
+		{"toleration effect misspelt", "advertisementInterval: 1s", "advertisementInterval: 1s\n  tolerations: [{key: k, effect: NoScheduel}]",
+			[]string{"spec.tolerations[0].effect", "must be NoSchedule, PreferNoSchedule, NoExecute or empty"}},
+		{"tolerationSeconds without NoExecute", "advertisementInterval: 1s", "advertisementInterval: 1s\n  tolerations: [{key: k, effect: NoSchedule, tolerationSeconds: 60}]",
+			[]string{"spec.tolerations[0].tolerationSeconds", "needs effect NoExecute"}},
 		{"unknown balance", "    port: 88\n", "    port: 88\n    balance: Fastest\n",
 			[]string{"spec.ports[0].balance", "supported values"}},
 		{"unknown PROXY protocol", "    port: 88\n", "    port: 88\n    proxyProtocol: V3\n",
@@ -143,6 +183,15 @@ func TestGoodInputIsAccepted(t *testing.T) {
 		{"IPv6 VIP with the default version", "[198.18.0.100]", "['fd00::100']"},
 		{"IPv4 VIPs with VRRPv2", "[198.18.0.100]", "[198.18.0.100, 198.18.0.101]\n  vrrpVersion: 2"},
 		{"agentPort none of the ports", "advertisementInterval: 1s", "advertisementInterval: 1s\n  agentPort: 1088"},
+		{"VRRPv2 advert of 60s", "advertisementInterval: 1s", "advertisementInterval: 60s\n  vrrpVersion: 2"},
+		{"VRRPv2 advert of 255s", "advertisementInterval: 1s", "advertisementInterval: 4m15s\n  vrrpVersion: 2"},
+		{"VRRPv3 advert of 40.95s", "advertisementInterval: 1s", "advertisementInterval: 40.95s"},
+		{"VRRPv3 advert of 1.01s", "advertisementInterval: 1s", "advertisementInterval: 1s10ms"},
+		{"service port name of 63 characters", "    backend:\n      static:\n      - address: 198.18.1.10:80\n      - address: web02:80\n", "    backend:\n      service: {name: web, port: https-metrics-port-" + strings.Repeat("p", 44) + "}\n"},
+		{"service port number", "    backend:\n      static:\n      - address: 198.18.1.10:80\n      - address: web02:80\n", "    backend:\n      service: {name: web, port: 80}\n"},
+		{"authentication", "advertisementInterval: 1s", "advertisementInterval: 1s\n  vrrpVersion: 2\n  authentication: {passwordSecretRef: {name: vrrp, key: password, optional: false}}"},
+		{"label nodeSelector", "advertisementInterval: 1s", "advertisementInterval: 1s\n  nodeSelector: {lbpair.io/edge: '', kubernetes.io/hostname: lb1, Role_2: A-b_c.D9, " + strings.Repeat("p", 253) + "/" + strings.Repeat("n", 63) + ": " + strings.Repeat("v", 63) + "}"},
+		{"tolerations", "advertisementInterval: 1s", "advertisementInterval: 1s\n  tolerations: [{operator: Exists}, {key: node-role.kubernetes.io/edge, effect: NoSchedule}, {key: k, operator: Equal, value: v, effect: NoExecute, tolerationSeconds: 30}, {key: k, operator: Exists, effect: PreferNoSchedule}]"},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -207,5 +256,64 @@ func TestLimitsPolicy(t *testing.T) {
 		if err := apply(tt.name, tt.old, tt.new); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: %v, want a refusal saying %q", tt.name, err, tt.want)
 		}
+	}
+}
+
+// TestSchedulingIsRefusedAsInThePods: the manager copies spec.nodeSelector and
+// spec.tolerations into the agents' DaemonSet, so the CRD must refuse what the
+// apiserver refuses in a pod, and take what it takes; a pair it took that the
+// DaemonSet could not carry ran no agents. Each case goes to both, as a dry run.
+// The characters of a toleration's key and value are not checked: corev1's
+// Toleration bounds neither string, and a regular expression over strings of
+// unbounded length is over the apiserver's CEL cost budget.
+func TestSchedulingIsRefusedAsInThePods(t *testing.T) {
+	ns := newNamespace(t, "scheduling")
+	const daemonSet = `apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agents}
+spec:
+  selector: {matchLabels: {app: agents}}
+  template:
+    metadata: {labels: {app: agents}}
+    spec:
+      containers: [{name: agent, image: agent}]
+      FIELD
+`
+	for _, field := range []string{
+		"nodeSelector: {role: edge}",
+		"nodeSelector: {lbpair.io/edge: ''}",
+		"nodeSelector: {'role edge': 'true'}",
+		"nodeSelector: {'/role': edge}",
+		"nodeSelector: {'a/b/c': edge}",
+		"nodeSelector: {'a..b/role': edge}",
+		"nodeSelector: {'-role': edge}",
+		"nodeSelector: {" + strings.Repeat("k", 64) + ": edge}",
+		"nodeSelector: {" + strings.Repeat("p", 254) + "/role: edge}",
+		"nodeSelector: {" + strings.Repeat("p", 253) + "/role: edge}",
+		"nodeSelector: {role: 'edge nodes'}",
+		"nodeSelector: {role: '-edge'}",
+		"nodeSelector: {role: 'edge_'}",
+		"nodeSelector: {role: " + strings.Repeat("v", 63) + "}",
+		"nodeSelector: {role: " + strings.Repeat("v", 64) + "}",
+		"tolerations: [{operator: Exists}]",
+		"tolerations: [{operator: Equal}]",
+		"tolerations: [{}]",
+		"tolerations: [{key: k}]",
+		"tolerations: [{key: k, operator: Exists, value: v}]",
+		"tolerations: [{key: k, operator: Gt, value: '5'}]",
+		"tolerations: [{key: k, operator: Foo}]",
+		"tolerations: [{key: k, effect: NoScheduel}]",
+		"tolerations: [{key: k, effect: NoExecute, tolerationSeconds: -5}]",
+		"tolerations: [{key: k, tolerationSeconds: 5}]",
+		"tolerations: [{key: k, effect: PreferNoSchedule, tolerationSeconds: 5}]",
+	} {
+		t.Run(field, func(t *testing.T) {
+			pair := strings.Replace(strings.Replace(validPair, "NAME", "scheduling", 1), "advertisementInterval: 1s", "advertisementInterval: 1s\n  "+field, 1)
+			pairOut, pairErr := kubectl(t, pair, "apply", "--dry-run=server", "-n", ns, "-f", "-")
+			dsOut, dsErr := kubectl(t, strings.Replace(daemonSet, "FIELD", field, 1), "apply", "--dry-run=server", "-n", ns, "-f", "-")
+			if (pairErr == nil) != (dsErr == nil) {
+				t.Errorf("the pair: %v %s\nthe DaemonSet: %v %s", pairErr, strings.TrimSpace(pairOut), dsErr, strings.TrimSpace(dsOut))
+			}
+		})
 	}
 }

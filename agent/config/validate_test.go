@@ -41,8 +41,8 @@ spec:
 	// The control: a pair both accept, whose defaults (vrrpVersion among them) the
 	// CEL rules read.
 	valid := pair(vip, "advertisementInterval: 100ms", "healthCheck: {active: {}}")
-	// Two distinct IPv6 virtual IPs are no duplicates.
-	for _, doc := range []string{valid, pair(`"fd00:198:18::100", "fd00:198:18::101"`, "", "")} {
+	// Two distinct IPv6 virtual IPs are no duplicates; VRRPv2 takes whole seconds to 255s.
+	for _, doc := range []string{valid, pair(`"fd00:198:18::100", "fd00:198:18::101"`, "", ""), pair(vip, "vrrpVersion: 2\n  advertisementInterval: 60s", "")} {
 		if err := c.Create(context.Background(), mustUnstructured(t, doc), client.DryRunAll); err != nil {
 			t.Fatalf("the apiserver refused the valid pair: %v\n%s", err, doc)
 		}
@@ -71,6 +71,19 @@ spec:
 		// passed it, and every agent's proxy then failed to listen on it twice.
 		{"one IPv6 virtual IP written two ways", pair(`"fd00:198:18::100", "fd00:198:18:0::100"`, "", "")},
 		{"one IPv6 virtual IP in two cases", pair(`"FD00:198:18::100", "fd00:198:18::100"`, "", "")},
+		// Agents refused these intervals: they are not whole centiseconds, or with
+		// VRRPv2 whole seconds, which a rule of whole milliseconds let through.
+		{"advertisement interval of 100.5ms", pair(vip, "advertisementInterval: 100.5ms", "")},
+		{"advertisement interval of 1s1ns", pair(vip, "advertisementInterval: 1s1ns", "")},
+		{"VRRPv2 advertisement interval of 2s500us", pair(vip, "vrrpVersion: 2\n  advertisementInterval: 2s500us", "")},
+		// Agents found no Secret "" or no Secret at all; the DaemonSet refused these.
+		{"password Secret without a name", pair(vip, "vrrpVersion: 2\n  authentication: {passwordSecretRef: {key: pw}}", "")},
+		{"optional password Secret", pair(vip, "vrrpVersion: 2\n  authentication: {passwordSecretRef: {name: vrrp, key: pw, optional: true}}", "")},
+		{"nodeSelector key with a space", pair(vip, `nodeSelector: {"role edge": "true"}`, "")},
+		{"nodeSelector value with a space", pair(vip, `nodeSelector: {role: "edge nodes"}`, "")},
+		{"toleration Exists with a value", pair(vip, `tolerations: [{key: k, operator: Exists, value: v}]`, "")},
+		{"toleration effect misspelt", pair(vip, `tolerations: [{key: k, effect: NoScheduel}]`, "")},
+		{"Service port number in quotes", strings.Replace(pair(vip, "", ""), `static: [{address: "198.18.1.10:80"}]`, `service: {name: web, port: "80"}`, 1)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			apiErr := c.Create(context.Background(), mustUnstructured(t, tc.doc), client.DryRunAll)

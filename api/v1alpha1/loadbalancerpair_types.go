@@ -45,7 +45,8 @@ type LoadBalancerPair struct {
 // the agent watches its own proxy (see tracking).
 //
 // +kubebuilder:validation:XValidation:rule="!has(self.authentication) || self.vrrpVersion == 2",message="authentication is a VRRPv2 feature (RFC 5798 removed it from VRRPv3): set vrrpVersion: 2 or remove authentication"
-// +kubebuilder:validation:XValidation:rule="self.vrrpVersion == 3 || (duration(self.advertisementInterval) >= duration('1s') && duration(self.advertisementInterval) <= duration('255s') && duration(self.advertisementInterval).getMilliseconds() % 1000 == 0)",message="advertisementInterval must be whole seconds from 1s to 255s with vrrpVersion 2"
+// +kubebuilder:validation:XValidation:rule="self.vrrpVersion != 3 || (duration(self.advertisementInterval) >= duration('10ms') && duration(self.advertisementInterval) <= duration('40950ms') && int(duration(self.advertisementInterval)) % 10000000 == 0)",fieldPath=".advertisementInterval",message="advertisementInterval must be a multiple of 10ms from 10ms to 40.95s with vrrpVersion 3 (VRRPv3 counts centiseconds)"
+// +kubebuilder:validation:XValidation:rule="self.vrrpVersion != 2 || (duration(self.advertisementInterval) >= duration('1s') && duration(self.advertisementInterval) <= duration('255s') && int(duration(self.advertisementInterval)) % 1000000000 == 0)",fieldPath=".advertisementInterval",message="advertisementInterval must be whole seconds from 1s to 255s with vrrpVersion 2"
 // +kubebuilder:validation:XValidation:rule="self.vrrpVersion != 2 || self.virtualIPs.all(v, !isIP(v) || ip(v).family() == 4)",fieldPath=".vrrpVersion",message="spec.vrrpVersion 2 (RFC 3768) carries IPv4 only: set spec.vrrpVersion to 3 for IPv6 spec.virtualIPs"
 // +kubebuilder:validation:XValidation:rule="!has(self.unicast) || !has(self.unicast.peers) || !self.virtualIPs.all(v, isIP(v)) || !self.unicast.peers.all(p, isIP(p)) || self.unicast.peers.all(p, ip(p).family() == ip(self.virtualIPs[0]).family())",message="unicast.peers must be of the same address family as virtualIPs"
 // +kubebuilder:validation:XValidation:rule="!has(self.agentPort) || self.ports.all(p, p.port != self.agentPort)",fieldPath=".agentPort",message="spec.agentPort must differ from every spec.ports[].port: the agents' health and metrics listener on the node and the proxy's listener on the virtual IPs cannot share a TCP port"
@@ -98,7 +99,6 @@ type LoadBalancerPairSpec struct {
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
-	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10ms') && duration(self) <= duration('40950ms') && duration(self).getMilliseconds() % 10 == 0",message="advertisementInterval must be a multiple of 10ms from 10ms to 40.95s (VRRPv3 counts centiseconds)"
 	AdvertisementInterval *metav1.Duration `json:"advertisementInterval,omitempty"`
 
 	// preempt lets a higher-priority agent take the virtual IPs from a lower-priority holder,
@@ -187,16 +187,34 @@ type LoadBalancerPairSpec struct {
 	// +kubebuilder:validation:Maximum=65535
 	AgentPort *int32 `json:"agentPort,omitempty"`
 
+	// The apiserver estimates a rule's CEL cost for strings of unbounded length, as the
+	// values here are: the value rule costs one short regex per value (plus prefix and
+	// suffix checks that cost nothing), and MaxProperties keeps the total in the budget.
+
 	// nodeSelector selects the nodes that run the pair's agents; all nodes when empty.
 	// Usually two or three nodes labelled for the purpose; at most 64 (counting those
-	// whose taints the pair tolerates), or the pair is not started.
+	// whose taints the pair tolerates), or the pair is not started. Keys and values are
+	// those of labels, as the agents' DaemonSet needs them; at most 8 of them.
 	// +optional
+	// +kubebuilder:validation:MaxProperties=8
+	// +kubebuilder:validation:XValidation:rule=`self.all(k, k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$') && k.indexOf('/') <= 253)`,message="spec.nodeSelector keys must be label keys: a name of 1 to 63 letters, digits, '-', '_' or '.' that starts and ends with a letter or digit, optionally after a DNS subdomain prefix of at most 253 characters and '/' (such as lbpair.io/edge)"
+	// +kubebuilder:validation:XValidation:rule=`self.all(k, self[k].size() <= 63 && !self[k].matches('[^-\\w.]') && !self[k].startsWith('-') && !self[k].startsWith('_') && !self[k].startsWith('.') && !self[k].endsWith('-') && !self[k].endsWith('_') && !self[k].endsWith('.'))`,message="spec.nodeSelector values must be label values: empty, or 1 to 63 letters, digits, '-', '_' or '.' that start and end with a letter or digit"
 	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
 
-	// tolerations let the agents run on tainted nodes, such as dedicated edge nodes.
+	// The characters of a toleration's key and value are not checked here: corev1's
+	// Toleration bounds neither string, and a regex over strings of unbounded length in
+	// a list of 32 is far over the apiserver's CEL cost budget.
+
+	// tolerations let the agents run on tainted nodes, such as dedicated edge nodes. Each
+	// must be one a pod may have, as the agents' DaemonSet needs it.
 	// +optional
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:XValidation:rule="!has(self.operator) || self.operator in ['', 'Equal', 'Exists']",fieldPath=".operator",message="spec.tolerations[].operator must be Exists or Equal"
+	// +kubebuilder:validation:items:XValidation:rule="(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",fieldPath=".operator",message="spec.tolerations[].operator must be Exists when key is empty (to tolerate every taint)"
+	// +kubebuilder:validation:items:XValidation:rule="!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",fieldPath=".value",message="spec.tolerations[].value must be empty when operator is Exists"
+	// +kubebuilder:validation:items:XValidation:rule="!has(self.effect) || self.effect in ['', 'NoSchedule', 'PreferNoSchedule', 'NoExecute']",fieldPath=".effect",message="spec.tolerations[].effect must be NoSchedule, PreferNoSchedule, NoExecute or empty (every effect)"
+	// +kubebuilder:validation:items:XValidation:rule="!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",fieldPath=".tolerationSeconds",message="spec.tolerations[].tolerationSeconds needs effect NoExecute"
 	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
 }
 
@@ -229,6 +247,9 @@ type AuthenticationSpec struct {
 	// restart; for a minute after a change, adverts with the previous password are still
 	// accepted, so that routers learning it one after another do not take over from each other.
 	// +required
+	// +kubebuilder:validation:XValidation:rule="has(self.name) && self.name != ''",fieldPath=".name",message="spec.authentication.passwordSecretRef.name must name the Secret that holds the password"
+	// +kubebuilder:validation:XValidation:rule="self.key != ''",fieldPath=".key",message="spec.authentication.passwordSecretRef.key must name the Secret's key that holds the password"
+	// +kubebuilder:validation:XValidation:rule="!has(self.optional) || !self.optional",fieldPath=".optional",message="spec.authentication.passwordSecretRef.optional must not be true: the password is not optional when authentication is given (remove authentication to run without one)"
 	PasswordSecretRef corev1.SecretKeySelector `json:"passwordSecretRef"`
 }
 
@@ -398,11 +419,13 @@ type ServiceBackend struct {
 	Name string `json:"name"`
 
 	// port is the Service port, by name or number; connections go to the endpoints' target
-	// port behind it.
+	// port behind it. A name (a DNS label, as Service port names are) needs a letter: a
+	// string of digits is a number written in quotes, as a Helm template easily does.
 	// +required
 	// +kubebuilder:validation:XIntOrString
-	// +kubebuilder:validation:MaxLength=15
+	// +kubebuilder:validation:MaxLength=63
 	// +kubebuilder:validation:XValidation:rule="type(self) == int ? (self >= 1 && self <= 65535) : self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",message="port must be a port number from 1 to 65535 or a Service port name"
+	// +kubebuilder:validation:XValidation:rule="type(self) == int || !self.matches('^[0-9]+$')",message="port is a number in quotes: give the port number unquoted (port: 80, not port: \"80\"), or the Service port's name, which needs a letter"
 	Port intstr.IntOrString `json:"port"`
 }
 
