@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -39,16 +38,14 @@ func prioritySpec(pair *lbv1.LoadBalancerPair) lbv1.PrioritySpec {
 }
 
 // ignoredPriorityLabel returns the value of node's priority label when the
-// agent there ignores it and runs at spec.priority.default instead. It follows
-// the agent's rule (nodePriority in agent/config/build.go), which it must
-// agree with: a label that is there and is not a whole number from 1 to 254
-// (keepalived allows 255, which VRRP keeps for the address owner).
+// agent there ignores it (lbv1.LabelPriority) and runs at
+// spec.priority.default instead: keepalived allows 255, say.
 func ignoredPriorityLabel(p lbv1.PrioritySpec, node *corev1.Node) (string, bool) {
 	v, ok := node.Labels[p.NodeLabel]
 	if !ok {
 		return "", false
 	}
-	if n, err := strconv.Atoi(v); err == nil && n >= 1 && n <= 254 {
+	if _, ok := lbv1.LabelPriority(v); ok {
 		return "", false
 	}
 	return v, true

@@ -376,11 +376,11 @@ func nodePriority(p *lbv1.PrioritySpec, node *corev1.Node) (uint8, string) {
 	if !ok {
 		return def, ""
 	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > 254 {
+	n, ok := lbv1.LabelPriority(v)
+	if !ok {
 		return def, fmt.Sprintf("node %s label %s=%q is not a priority from 1 to 254; using spec.priority.default %d", node.Name, p.NodeLabel, v, def)
 	}
-	return uint8(n), ""
+	return n, ""
 }
 
 // password reads the VRRPv2 password from the referenced Secret.

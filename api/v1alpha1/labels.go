@@ -3,6 +3,7 @@ package v1alpha1
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
 )
@@ -31,6 +32,19 @@ func PairLabelValue(name string) string {
 func ExcludedFromLoadBalancers(node *corev1.Node) bool {
 	_, ok := node.Labels[corev1.LabelNodeExcludeBalancers]
 	return ok
+}
+
+// LabelPriority reads a node's VRRP priority from the value of its
+// spec.priority.nodeLabel: a whole number from 1 to 254 (255 belongs to the
+// owner of the addresses, which an agent never is). For any other value ok is
+// false: the agent ignores it and runs at spec.priority.default, and the
+// manager reports it.
+func LabelPriority(value string) (priority uint8, ok bool) {
+	n, err := strconv.Atoi(value)
+	if err != nil || n < 1 || n > 254 {
+		return 0, false
+	}
+	return uint8(n), true
 }
 
 // fieldManagerMaxLength is the apiserver's limit on a field manager's length
