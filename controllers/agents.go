@@ -217,6 +217,11 @@ func agentConditions(s agentSummary, desired int32, generation int64) []metav1.C
 	if len(s.Faulty) > 0 {
 		problems = append(problems, "in fault: "+strings.Join(s.Faulty, ", "))
 	}
+	// Ready says so too, but an alert on Degraded must not read "every
+	// backend is healthy" while the holder has none on a port.
+	if len(s.DownPorts) > 0 {
+		problems = append(problems, "no healthy backend on ports: "+strings.Join(s.DownPorts, ", "))
+	}
 	if len(s.PartialPorts) > 0 {
 		problems = append(problems, "backends down on ports: "+strings.Join(s.PartialPorts, ", "))
 	}

@@ -114,7 +114,7 @@ func TestSummarizeAgents(t *testing.T) {
 			agents:  []lbv1.AgentStatus{agent("lb1", lbv1.StateMaster, 100, t1, fresh, down), agent("lb2", lbv1.StateBackup, 90, t0, fresh)},
 			desired: 2,
 			want: result{Holder: "lb1", HolderSince: &t1, Masters: []string{"lb1"}, Live: 2, Down: []string{"http"},
-				Conditions: map[string]string{"Ready": "False/NoHealthyBackends", "Degraded": "False/AllHealthy", "SplitBrain": "False/OneMaster"}},
+				Conditions: map[string]string{"Ready": "False/NoHealthyBackends", "Degraded": "True/Degraded", "SplitBrain": "False/OneMaster"}},
 		},
 		{
 			name:    "some backends down degrade",
