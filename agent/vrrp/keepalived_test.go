@@ -54,6 +54,9 @@ type keepalivedConfig struct {
 	interval string
 	password string
 	vip      netip.Addr
+	// unicastSrc and peers, when set, put keepalived in unicast mode.
+	unicastSrc netip.Addr
+	peers      []netip.Addr
 }
 
 func needKeepalived(t *testing.T) string {
@@ -77,6 +80,13 @@ func startKeepalived(t *testing.T, h *netlab.Host, c keepalivedConfig) *keepaliv
 	auth := ""
 	if c.password != "" {
 		auth = fmt.Sprintf("    authentication {\n        auth_type PASS\n        auth_pass %s\n    }\n", c.password)
+	}
+	if len(c.peers) > 0 {
+		auth += fmt.Sprintf("    unicast_src_ip %s\n    unicast_peer {\n", c.unicastSrc)
+		for _, p := range c.peers {
+			auth += fmt.Sprintf("        %s\n", p)
+		}
+		auth += "    }\n"
 	}
 	conf := fmt.Sprintf(`global_defs {
     router_id %[1]s
@@ -254,6 +264,50 @@ func TestKeepalivedInterop(t *testing.T) {
 					t.Errorf("no packets dropped for %q", reason)
 				}
 			})
+		})
+	}
+}
+
+// TestKeepalivedUnicastInterop: keepalived with unicast peers and a router
+// with Peers elect one master, whichever has the higher priority. keepalived
+// sends its IPv6 unicast adverts with the kernel's default hop limit (64),
+// not 255: a router that dropped them would become a second master.
+func TestKeepalivedUnicastInterop(t *testing.T) {
+	needKeepalived(t)
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			l := netlab.NewT(t)
+			hk := netlab.MustAddHost(t, l, "ka", f.addrs[0])
+			ho := netlab.MustAddHost(t, l, "ours", f.addrs[1])
+			kaAddr, ourAddr := netip.MustParsePrefix(f.addrs[0]).Addr(), netip.MustParsePrefix(f.addrs[1]).Addr()
+			if f.vip.Is6() {
+				// IPv6 adverts go between link-local addresses.
+				kaAddr, ourAddr = linkLocal(t, hk), linkLocal(t, ho)
+			}
+			startKeepalived(t, hk, keepalivedConfig{version: 3, vrid: 51, priority: 150, interval: "0.1", vip: f.vip, unicastSrc: kaAddr, peers: []netip.Addr{ourAddr}})
+			waitVIP(t, "keepalived alone", f.vip, []*netlab.Host{hk}, []*netlab.Host{ho})
+			cfg := baseConfig(100)
+			cfg.VIPs, cfg.Peers, cfg.Interface = []netip.Addr{f.vip}, []netip.Addr{kaAddr}, netlab.HostLink
+			ours := startRouter(t, ho, cfg)
+			// A second of keepalived's adverts, well past our
+			// Master_Down_Interval: a router that dropped them would be
+			// master by then.
+			netlab.Eventually(t, "ours accepts keepalived's adverts", 5*time.Second, func() error {
+				if n := metricValue(t, ours.router.metrics.received); n < 10 {
+					return fmt.Errorf("accepted %v adverts, dropped %v for their TTL", n, metricValue(t, ours.router.metrics.dropped.WithLabelValues("ttl")))
+				}
+				return nil
+			})
+			waitFor(t, "ours follows keepalived", f.vip, map[*node]State{ours: Backup})
+			waitVIP(t, "VIP on keepalived only", f.vip, []*netlab.Host{hk}, []*netlab.Host{ho})
+			// Outranked, keepalived must hear our unicast adverts to give
+			// the VIP up.
+			cfg.Priority = 200
+			if err := ours.router.Reconfigure(cfg); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "ours preempts keepalived", f.vip, map[*node]State{ours: Master})
+			waitVIP(t, "VIP on ours only", f.vip, []*netlab.Host{ho}, []*netlab.Host{hk})
 		})
 	}
 }

@@ -28,6 +28,11 @@ import (
 // in this period: a misconfigured peer must not flood the log.
 const dropLogEvery = 10 * time.Second
 
+// mismatchLogEvery limits the logs of adverts of this group dropped for a
+// configuration mismatch to one per reason in this period: they are shown
+// by default, and a misconfigured peer sends one every interval.
+const mismatchLogEvery = time.Minute
+
 // HandoverTimeout is how long, at least, a stopping master keeps the
 // virtual IPs while it waits for the new master's first advert (see
 // HandoverWait).
@@ -110,7 +115,7 @@ type Router struct {
 	stale        bool
 	retryAt      time.Time
 	nextAnnounce time.Time
-	// lastLog rate-limits debug logs by key (see logLimited).
+	// lastLog rate-limits logs by key (see logEvery).
 	lastLog map[string]time.Time
 	// loggedInterval is the last master interval logged as differing from
 	// the configured one.
@@ -722,10 +727,6 @@ func (r *Router) check(p received) *Packet {
 	if p.src == r.b.self {
 		return nil
 	}
-	if p.ttl != 255 {
-		r.drop("ttl", p.src, fmt.Errorf("TTL %d, want 255: it crossed a router", p.ttl))
-		return nil
-	}
 	pkt, err := Decode(p.payload, p.src, p.dst)
 	if err != nil {
 		reason := "malformed"
@@ -736,6 +737,12 @@ func (r *Router) check(p received) *Packet {
 			reason = "version"
 		case errors.Is(err, ErrBadAuthType):
 			reason = "auth"
+			// The header is whole and its checksum right: an advert of this
+			// group under another authentication, such as keepalived's AH.
+			if p.payload[1] == r.cfg.VRID {
+				r.mismatch(reason, p.src, err, authName(r.cfg.AuthPassword != ""), fmt.Sprintf("type %d", p.payload[4]))
+				return nil
+			}
 		}
 		r.drop(reason, p.src, err)
 		return nil
@@ -744,27 +751,54 @@ func (r *Router) check(p received) *Packet {
 		r.drop("vrid", p.src, fmt.Errorf("VRID %d, this group is %d", pkt.VRID, r.cfg.VRID))
 		return nil
 	}
+	// TTL 255 proves a multicast advert came from the link; checked once the
+	// VRID is known, so that a low TTL of this group's adverts is logged as
+	// a mismatch. Unicast adverts are not held to it: keepalived sends its IPv6 ones with the kernel's
+	// default hop limit (64) and checks none itself, and dropping them all
+	// would make both routers masters.
+	if p.ttl != 255 && !r.unicast(p) {
+		r.mismatch("ttl", p.src, fmt.Errorf("TTL %d, want 255: it crossed a router", p.ttl), 255, p.ttl)
+		return nil
+	}
 	if pkt.Version != r.cfg.Version {
-		r.drop("version", p.src, fmt.Errorf("VRRPv%d advert, this group runs VRRPv%d", pkt.Version, r.cfg.Version))
+		r.mismatch("version", p.src, fmt.Errorf("VRRPv%d advert, this group runs VRRPv%d", pkt.Version, r.cfg.Version), r.cfg.Version, pkt.Version)
 		return nil
 	}
 	now := time.Now()
 	if pkt.Version == 2 {
 		if !authMatches(pkt, r.cfg.AuthPassword) && !(now.Before(r.prev.passwordUntil) && authMatches(pkt, r.prev.password)) {
-			r.drop("auth", p.src, errors.New("authentication does not match"))
+			ours, theirs := authName(r.cfg.AuthPassword != ""), authName(pkt.AuthType == AuthSimple)
+			if ours == theirs {
+				theirs = "another password"
+			}
+			r.mismatch("auth", p.src, errors.New("authentication does not match"), ours, theirs)
 			return nil
 		}
 		if pkt.Interval != r.cfg.AdvertInterval && !(now.Before(r.prev.intervalUntil) && pkt.Interval == r.prev.interval) {
-			r.drop("interval", p.src, fmt.Errorf("advert interval %v, this group uses %v", pkt.Interval, r.cfg.AdvertInterval))
+			r.mismatch("interval", p.src, fmt.Errorf("advert interval %v, this group uses %v", pkt.Interval, r.cfg.AdvertInterval), r.cfg.AdvertInterval, pkt.Interval)
 			return nil
 		}
 	}
 	if pkt.Priority != 255 && !sameAddrs(pkt.Addrs, r.cfg.VIPs) && !(now.Before(r.prev.vipsUntil) && sameAddrs(pkt.Addrs, r.prev.vips)) {
-		r.drop("addresses", p.src, fmt.Errorf("virtual IPs %v, this group has %v", pkt.Addrs, r.cfg.VIPs))
+		r.mismatch("addresses", p.src, fmt.Errorf("virtual IPs %v, this group has %v", pkt.Addrs, r.cfg.VIPs), r.cfg.VIPs, pkt.Addrs)
 		return nil
 	}
 	r.metrics.received.Inc()
 	return pkt
+}
+
+// unicast tells whether p came to one of our addresses, rather than to the
+// multicast group, and this router is in unicast mode.
+func (r *Router) unicast(p received) bool {
+	return len(r.cfg.Peers) > 0 && p.dst.IsValid() && !p.dst.IsMulticast()
+}
+
+// authName names VRRPv2 authentication for logs, never the password.
+func authName(password bool) string {
+	if password {
+		return "password"
+	}
+	return "none"
 }
 
 func sameAddrs(a, b []netip.Addr) bool {
@@ -796,10 +830,25 @@ func (r *Router) drop(reason string, src netip.Addr, err error) {
 	r.logLimited("drop-"+reason, level, "Dropped VRRP packet", "reason", reason, "from", src, "error", err.Error())
 }
 
+// mismatch counts a dropped advert of this group whose sender is configured
+// otherwise (ours and theirs are the differing setting), and logs it at
+// info level, at most once per reason in mismatchLogEvery: the two routers
+// ignore each other, so both may hold the virtual IPs.
+func (r *Router) mismatch(reason string, src netip.Addr, err error, ours, theirs any) {
+	r.metrics.dropped.WithLabelValues(reason).Inc()
+	r.logEvery("mismatch-"+reason, mismatchLogEvery, 0, "Dropped a VRRP advert of this group: the sender's configuration differs, so both routers may hold the virtual IPs",
+		"vrid", r.cfg.VRID, "reason", reason, "from", src, "ours", ours, "theirs", theirs, "error", err.Error())
+}
+
 // logLimited logs at debug verbosity level at most once per key in
 // dropLogEvery.
 func (r *Router) logLimited(key string, level int, msg string, kv ...any) {
-	if now := time.Now(); now.Sub(r.lastLog[key]) >= dropLogEvery {
+	r.logEvery(key, dropLogEvery, level, msg, kv...)
+}
+
+// logEvery logs at verbosity level at most once per key in every.
+func (r *Router) logEvery(key string, every time.Duration, level int, msg string, kv ...any) {
+	if now := time.Now(); now.Sub(r.lastLog[key]) >= every {
 		r.lastLog[key] = now
 		r.log.V(level).Info(msg, kv...)
 	}

@@ -58,6 +58,8 @@ func TestCheck(t *testing.T) {
 	v2.Version = 2
 	v2pass := v2
 	v2pass.AuthPassword = "s3cret"
+	unicast := v3
+	unicast.Peers = []netip.Addr{upper}
 	other := netip.MustParseAddr("198.18.0.101")
 	pkt := func(version int, mutate func(*Packet)) Packet {
 		p := Packet{Version: version, VRID: 51, Priority: 150, Interval: time.Second, Addrs: []netip.Addr{vip4}}
@@ -77,6 +79,8 @@ func TestCheck(t *testing.T) {
 		corrupt func([]byte) []byte
 		ttl     int
 		src     netip.Addr
+		// dst is the packet's destination; GroupIPv4 when unset.
+		dst netip.Addr
 		// before was the configuration until a change prevFor ago: its
 		// settings are accepted until configGrace has passed.
 		before  *Config
@@ -88,6 +92,9 @@ func TestCheck(t *testing.T) {
 		{name: "VRRPv3 takes another interval: the backup learns it", config: v3, packet: pkt(3, func(p *Packet) { p.Interval = 100 * time.Millisecond })},
 		{name: "our own advert is ignored, not counted", config: v3, packet: pkt(3, nil), src: self, drop: "-"},
 		{name: "TTL below 255 crossed a router", config: v3, packet: pkt(3, nil), ttl: 254, drop: "ttl"},
+		{name: "unicast advert with keepalived's default hop limit", config: unicast, packet: pkt(3, nil), dst: self, ttl: 64},
+		{name: "multicast advert below 255 to a unicast router", config: unicast, packet: pkt(3, nil), ttl: 64, drop: "ttl"},
+		{name: "unicast advert below 255 to a multicast router", config: v3, packet: pkt(3, nil), dst: self, ttl: 64, drop: "ttl"},
 		{name: "VRRPv2 advert to a VRRPv3 group", config: v3, packet: pkt(2, nil), drop: "version"},
 		{name: "VRRPv3 advert to a VRRPv2 group", config: v2, packet: pkt(3, nil), drop: "version"},
 		{name: "unknown version", config: v3, packet: pkt(3, nil), corrupt: func(b []byte) []byte { b[0] = 4<<4 | 1; return b }, drop: "version"},
@@ -128,7 +135,11 @@ func TestCheck(t *testing.T) {
 			if tt.src.IsValid() {
 				src = tt.src
 			}
-			b, err := tt.packet.Encode(src, GroupIPv4)
+			dst := GroupIPv4
+			if tt.dst.IsValid() {
+				dst = tt.dst
+			}
+			b, err := tt.packet.Encode(src, dst)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -139,7 +150,7 @@ func TestCheck(t *testing.T) {
 			if tt.ttl != 0 {
 				ttl = tt.ttl
 			}
-			got := r.check(received{payload: b, src: src, dst: GroupIPv4, ttl: ttl})
+			got := r.check(received{payload: b, src: src, dst: dst, ttl: ttl})
 			accepted := tt.drop == ""
 			if (got != nil) != accepted {
 				t.Fatalf("accepted %v, want %v", got != nil, accepted)
@@ -185,6 +196,86 @@ func TestDropLogs(t *testing.T) {
 				t.Errorf("dropped{reason=vrid} = %v, want 3", n)
 			}
 		})
+	}
+}
+
+// TestMismatchLogs: an advert of our VRID dropped because its sender is
+// configured otherwise means both routers may hold the virtual IPs; it is
+// logged at the default verbosity, naming the sender and what differs, once
+// per reason per mismatchLogEvery.
+func TestMismatchLogs(t *testing.T) {
+	v2 := Config{Version: 2, VRID: 51, Priority: 100, AdvertInterval: time.Second, Preempt: true, VIPs: []netip.Addr{vip4}, AuthPassword: "s3cret"}
+	v3 := Config{Version: 3, VRID: 51, Priority: 100, AdvertInterval: time.Second, Preempt: true, VIPs: []netip.Addr{vip4}}
+	withPass := func(p *Packet) { p.AuthType, p.Auth = AuthSimple, Password("s3cret") }
+	for _, tc := range []struct {
+		reason string
+		config Config
+		packet Packet
+		ttl    int
+		// ours and theirs are the logged settings, as the logger renders
+		// them.
+		ours, theirs string
+	}{
+		{"auth", v2, Packet{Version: 2, VRID: 51, Priority: 150, Interval: time.Second, Addrs: []netip.Addr{vip4}, AuthType: AuthSimple, Auth: Password("wrong")}, 255, `"password"`, `"another password"`},
+		{"auth", v2, Packet{Version: 2, VRID: 51, Priority: 150, Interval: time.Second, Addrs: []netip.Addr{vip4}}, 255, `"password"`, `"none"`},
+		{"auth", v2, Packet{Version: 2, VRID: 51, Priority: 150, Interval: time.Second, Addrs: []netip.Addr{vip4}, AuthType: 2}, 255, `"password"`, `"type 2"`},
+		{"version", v3, Packet{Version: 2, VRID: 51, Priority: 150, Interval: time.Second, Addrs: []netip.Addr{vip4}}, 255, `3`, `2`},
+		{"interval", v2, Packet{Version: 2, VRID: 51, Priority: 150, Interval: 2 * time.Second, Addrs: []netip.Addr{vip4}}, 255, `"1s"`, `"2s"`},
+		{"addresses", v3, Packet{Version: 3, VRID: 51, Priority: 150, Interval: time.Second, Addrs: []netip.Addr{upper}}, 255, `["198.18.0.100"]`, `["198.18.0.12"]`},
+		{"ttl", v3, Packet{Version: 3, VRID: 51, Priority: 150, Interval: time.Second, Addrs: []netip.Addr{vip4}}, 64, `255`, `64`},
+	} {
+		t.Run(tc.reason+" "+strings.Trim(tc.theirs, `[]"`), func(t *testing.T) {
+			if tc.packet.Version == 2 && tc.reason != "auth" {
+				withPass(&tc.packet)
+			}
+			b, err := tc.packet.Encode(upper, GroupIPv4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rcv := received{payload: b, src: upper, dst: GroupIPv4, ttl: tc.ttl}
+			var logs logLines
+			r := socketFreeRouter(tc.config, logs.logger(0))
+			const msg = "Dropped a VRRP advert of this group"
+			line := []string{msg, `"reason"="` + tc.reason + `"`, `"from"="198.18.0.12"`, `"vrid"=51`, `"ours"=` + tc.ours + " ", `"theirs"=` + tc.theirs + " "}
+			for range 3 {
+				if r.check(rcv) != nil {
+					t.Fatal("accepted")
+				}
+			}
+			if n := logs.count(line...); n != 1 {
+				t.Fatalf("%d lines at verbosity 0 for 3 adverts, want 1 with %q: %q", n, line, logs.lines)
+			}
+			// A period later, the next one is logged again.
+			for k, at := range r.lastLog {
+				r.lastLog[k] = at.Add(-mismatchLogEvery)
+			}
+			r.check(rcv)
+			r.check(rcv)
+			if n := logs.count(line...); n != 2 {
+				t.Errorf("%d lines a period later, want 2: %q", n, logs.lines)
+			}
+			for _, l := range logs.lines {
+				if strings.Contains(l, "s3cret") || strings.Contains(l, "wrong") {
+					t.Errorf("a password is logged: %s", l)
+				}
+			}
+			if n := metricValue(t, r.metrics.dropped.WithLabelValues(tc.reason)); n != 5 {
+				t.Errorf("dropped{reason=%q} = %v, want 5", tc.reason, n)
+			}
+		})
+	}
+	// Another group's adverts and malformed packets stay at debug verbosity.
+	var logs logLines
+	r := socketFreeRouter(v3, logs.logger(0))
+	other := Packet{Version: 3, VRID: 52, Priority: 150, Interval: time.Second, Addrs: []netip.Addr{upper}}
+	b, err := other.Encode(upper, GroupIPv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.check(received{payload: b, src: upper, dst: GroupIPv4, ttl: 64})
+	r.check(received{payload: b[:6], src: upper, dst: GroupIPv4, ttl: 255})
+	if len(logs.lines) != 0 {
+		t.Errorf("logged at verbosity 0: %q", logs.lines)
 	}
 }
 
