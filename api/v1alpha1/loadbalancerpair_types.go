@@ -124,7 +124,7 @@ type LoadBalancerPairSpec struct {
 	Priority *PrioritySpec `json:"priority,omitempty"`
 
 	// authentication is VRRPv2 simple-text authentication, as keepalived's
-	// `authentication { auth_type PASS; auth_pass ... }`. It only keeps a misconfigured
+	// `auth_type PASS` and `auth_pass` (each on a line of its own). It only keeps a misconfigured
 	// router from joining by mistake: the password travels in clear text. Only valid with
 	// vrrpVersion 2.
 	// +optional
