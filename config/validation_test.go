@@ -206,8 +206,10 @@ func TestGoodInputIsAccepted(t *testing.T) {
 }
 
 // TestLimitsPolicy: config/policy/lbpair-limits.yaml, bound to the test's namespace
-// only, refuses a virtual IP outside its range and a backend on the node's loopback
-// or a link-local address, and takes the seed's pair.
+// only, refuses a virtual IP outside its range, a static backend by host name (the
+// agent connects to whatever the name resolves to, the node's loopback included,
+// which the policy cannot see) and one on the node's loopback or a link-local,
+// multicast or unspecified address, and takes the seed's pair.
 func TestLimitsPolicy(t *testing.T) {
 	ns := newNamespace(t, "limits")
 	mustKubectl(t, "", "label", "namespace", ns, "lbpair.io/test-limits=true")
@@ -227,8 +229,10 @@ func TestLimitsPolicy(t *testing.T) {
 	mustKubectl(t, scoped, "apply", "-f", "-")
 	t.Cleanup(func() { _, _ = kubectl(t, scoped, "delete", "-f", "-") })
 
+	// validPair's second backend is the host name web02, which the policy refuses.
+	base := strings.Replace(validPair, "address: web02:80", "address: 198.18.1.11:80", 1)
 	apply := func(name, old, new string) error {
-		pair := strings.Replace(strings.Replace(validPair, "NAME", name, 1), old, new, 1)
+		pair := strings.Replace(strings.Replace(base, "NAME", name, 1), old, new, 1)
 		out, err := kubectl(t, pair, "apply", "--dry-run=server", "-n", ns, "-f", "-")
 		if err != nil {
 			return fmt.Errorf("%w: %s", err, out)
@@ -243,15 +247,35 @@ func TestLimitsPolicy(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if err := apply("seed", "", ""); err != nil {
-		t.Errorf("the seed's pair refused: %v", err)
+	seed, err := os.ReadFile(filepath.Join(root, "config", "samples", "seed.yaml"))
+	if err != nil {
+		t.Fatal(err)
 	}
+	if out, err := kubectl(t, string(seed), "apply", "--dry-run=server", "-n", ns, "-f", "-"); err != nil {
+		t.Errorf("the seed's pair refused: %v: %s", err, out)
+	}
+	for _, tt := range []struct{ name, new string }{
+		{"private-ipv4", "198.18.1.11:80"},
+		{"ula-ipv6", `"[fd00::10]:80"`},
+	} {
+		if err := apply(tt.name, "198.18.1.11:80", tt.new); err != nil {
+			t.Errorf("%s: backend %s refused: %v", tt.name, tt.new, err)
+		}
+	}
+	const hostName = "must be an IP address, not a host name"
 	for _, tt := range []struct{ name, old, new, want string }{
 		{"vip-outside", "[198.18.0.100]", "[198.18.5.100]", "spec.virtualIPs must be in 198.18.0.0/24"},
-		{"metadata", "198.18.1.10:80", "169.254.169.254:80", "may not be the node's own loopback or a link-local address"},
+		{"metadata", "198.18.1.10:80", "169.254.169.254:80", "may not be the node's own loopback, a link-local address"},
 		{"loopback", "198.18.1.10:80", "127.0.0.1:10249", "may not be the node's own loopback"},
-		{"localhost", "web02:80", "localhost:2379", "may not be the node's own loopback"},
 		{"ipv6-loopback", "198.18.1.10:80", `"[::1]:80"`, "may not be the node's own loopback"},
+		{"unspecified", "198.18.1.10:80", "0.0.0.0:80", "an unspecified address"},
+		{"multicast", "198.18.1.10:80", "224.0.1.1:80", "a multicast"},
+		// Names resolve to whatever their DNS says, the node's loopback
+		// included: LOCALHOST as localhost, 127.0.0.1.nip.io to 127.0.0.1.
+		{"localhost", "198.18.1.11:80", "localhost:2379", hostName},
+		{"localhost-upper", "198.18.1.11:80", "LOCALHOST:2379", hostName},
+		{"nip-io", "198.18.1.11:80", "127.0.0.1.nip.io:10250", hostName},
+		{"name", "198.18.1.10:80", "web01:80", hostName},
 	} {
 		if err := apply(tt.name, tt.old, tt.new); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: %v, want a refusal saying %q", tt.name, err, tt.want)

@@ -67,8 +67,10 @@ agentResources: {}
 
 # Priority class of the agents' pods (the manager's --agent-priority-class).
 # system-node-critical keeps the kubelet from evicting the VIP holder when its
-# node runs short of memory or disk; where a ResourceQuota limits critical
-# priority classes to kube-system, install there or name a class of your own.
+# node runs short of memory or disk. The agents run in each pair's namespace,
+# not the release's: where a ResourceQuota admits critical priority classes
+# only in some namespaces, each pair's namespace needs such a quota (or the
+# pairs must live in kube-system), or name a class of your own.
 # Empty leaves the cluster's default priority.
 agentPriorityClassName: ""
 
