@@ -126,14 +126,24 @@ func openWatch(log logr.Logger) (*watch, error) {
 		close(w.done)
 		return nil, fmt.Errorf("watching link state: %w", err)
 	}
-	if err := netlink.AddrSubscribeWithOptions(w.addrs, w.done, netlink.AddrSubscribeOptions{
+	if err := addrSubscribe(w.addrs, w.done, netlink.AddrSubscribeOptions{
 		ErrorCallback: onError, ReceiveBufferSize: watchBuffer, ReceiveBufferForceSize: true,
 	}); err != nil {
-		w.close()
+		// Only the link subscription has a reader to close its channel: a
+		// drainer of addrs would wait for ever, at each retry (every second
+		// while the agent is out of file descriptors, say).
+		close(w.done)
+		go func() {
+			for range w.links {
+			}
+		}()
 		return nil, fmt.Errorf("watching addresses: %w", err)
 	}
 	return w, nil
 }
+
+// addrSubscribe is netlink.AddrSubscribeWithOptions, which a test replaces.
+var addrSubscribe = netlink.AddrSubscribeWithOptions
 
 // close ends the subscriptions. Updates still queued are dropped.
 func (w *watch) close() {
