@@ -302,6 +302,7 @@ func (s *clusterSource) sync(ctx context.Context) {
 	}
 	backends := s.feedServicePorts(ctx, settings, &pair)
 	s.started(settings, false)
+	s.resolver.keepOnly(staticHosts(&pair.Spec))
 	if s.last != nil {
 		s.keep(newLastConfig(in, backends, s.resolver.answers()))
 	}

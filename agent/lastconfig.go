@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -67,15 +66,12 @@ func newLastConfig(in config.Inputs, backends map[string][]proxy.Backend, resolv
 	if in.Node != nil {
 		lc.Node = &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: in.Node.Name, Labels: in.Node.Labels}}
 	}
-	for _, p := range in.Pair.Spec.Ports {
-		for _, b := range p.Backend.Static {
-			host, _, err := net.SplitHostPort(b.Address)
-			if ips, ok := resolved[host]; ok && err == nil {
-				if lc.Resolved == nil {
-					lc.Resolved = map[string][]netip.Addr{}
-				}
-				lc.Resolved[host] = ips
+	for host := range staticHosts(&in.Pair.Spec) {
+		if ips, ok := resolved[host]; ok {
+			if lc.Resolved == nil {
+				lc.Resolved = map[string][]netip.Addr{}
 			}
+			lc.Resolved[host] = ips
 		}
 	}
 	if auth := in.Pair.Spec.Authentication; auth != nil {

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"maps"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/lbpair/lbpair/agent/config"
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
 )
 
 // lookupTimeout bounds one lookup of a static backend's host name. A cluster
@@ -85,4 +87,29 @@ func (r *heldResolver) hold(answers map[string][]netip.Addr) {
 			r.held[host] = ips
 		}
 	}
+}
+
+// keepOnly forgets the answers for host names no longer in use: a name taken
+// out of the spec and put back weeks later, while its lookups fail, must make
+// the spec invalid rather than bring back the addresses it had then.
+func (r *heldResolver) keepOnly(hosts map[string]bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	maps.DeleteFunc(r.held, func(host string, _ []netip.Addr) bool { return !hosts[host] })
+	maps.DeleteFunc(r.failing, func(host string, _ bool) bool { return !hosts[host] })
+}
+
+// staticHosts are the host names (not addresses) of the spec's static backends.
+func staticHosts(spec *lbv1.LoadBalancerPairSpec) map[string]bool {
+	hosts := map[string]bool{}
+	for _, p := range spec.Ports {
+		for _, b := range p.Backend.Static {
+			if host, _, err := net.SplitHostPort(b.Address); err == nil {
+				if _, err := netip.ParseAddr(host); err != nil {
+					hosts[host] = true
+				}
+			}
+		}
+	}
+	return hosts
 }

@@ -9,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/funcr"
+
+	lbv1 "github.com/lbpair/lbpair/api/v1alpha1"
 )
 
 // scriptedResolver answers each lookup with the next of its answers.
@@ -89,5 +92,39 @@ func TestHeldResolver(t *testing.T) {
 	r.hold(map[string][]netip.Addr{"web01.example": addrs("198.18.1.99"), "web02.example": addrs("198.18.1.21")})
 	if got := r.answers(); !slices.Equal(got["web01.example"], addrs("198.18.1.13")) || !slices.Equal(got["web02.example"], addrs("198.18.1.21")) {
 		t.Errorf("answers after hold: %v", got)
+	}
+}
+
+// A host name taken out of the spec is forgotten: put back while its lookups
+// fail, it makes the spec invalid rather than bring back its old addresses.
+func TestHeldResolverForgetsHostsOutOfTheSpec(t *testing.T) {
+	timeout := errors.New("i/o timeout")
+	live := &scriptedResolver{answers: []scriptedAnswer{
+		{ips: addrs("198.18.1.11")},
+		{ips: addrs("198.18.1.12")},
+		{err: timeout},
+		{err: timeout},
+	}}
+	r := newHeldResolver(live, logr.Discard())
+	ctx := context.Background()
+	for _, host := range []string{"web01.example", "web02.example"} {
+		if _, err := r.LookupNetIP(ctx, "ip", host); err != nil {
+			t.Fatal(err)
+		}
+	}
+	spec := &lbv1.LoadBalancerPairSpec{Ports: []lbv1.PortSpec{{Backend: lbv1.BackendSpec{Static: []lbv1.StaticBackend{
+		{Address: "web02.example:80"}, {Address: "198.18.1.20:80"}, {Address: "[fd00:198:18:1::20]:80"},
+	}}}}}
+	hosts := staticHosts(spec)
+	if len(hosts) != 1 || !hosts["web02.example"] {
+		t.Errorf("static hosts %v, want web02.example only", hosts)
+	}
+	r.keepOnly(hosts)
+
+	if got, err := r.LookupNetIP(ctx, "ip", "web02.example"); err != nil || !slices.Equal(got, addrs("198.18.1.12")) {
+		t.Errorf("web02.example, in the spec, failing: %v, %v; want its held address", got, err)
+	}
+	if got, err := r.LookupNetIP(ctx, "ip", "web01.example"); !errors.Is(err, timeout) {
+		t.Errorf("web01.example, put back while failing: %v, %v; want the failure, not its old addresses", got, err)
 	}
 }
