@@ -148,13 +148,26 @@ func decideVRID(pair *lbv1.LoadBalancerPair, all []lbv1.LoadBalancerPair) vridDe
 // one in conflict over the VRID its spec asks for now: its agents keep vrid
 // until it gets that other one, and a newcomer, however old, must not join
 // them. Between pairs that both run it, the holder (not in conflict) comes
-// first, then the older.
+// first; between two holders, the one whose spec asks for vrid, then the
+// older. Two pairs hold one VRID only after a race (two managers of other
+// namespaces, each reading before the other's pair existed): the one the
+// manager gave the VRID to can move to another without going against its
+// spec, the one that asks for it cannot.
 func wins(pair *lbv1.LoadBalancerPair, rivals []*lbv1.LoadBalancerPair, vrid int32, v6 bool) bool {
 	runs := func(p *lbv1.LoadBalancerPair) bool { return runsVRID(p, vrid, v6) }
 	holds := func(p *lbv1.LoadBalancerPair) bool { return runs(p) && holdsVRID(p, vrid) }
+	asks := func(p *lbv1.LoadBalancerPair) bool {
+		return p.Spec.VirtualRouterID != nil && *p.Spec.VirtualRouterID == vrid
+	}
 	for _, r := range rivals {
 		if runs(pair) != runs(r) {
 			if runs(r) {
+				return false
+			}
+			continue
+		}
+		if holds(pair) && holds(r) && asks(pair) != asks(r) {
+			if asks(r) {
 				return false
 			}
 			continue

@@ -67,6 +67,13 @@ func TestDecideVRID(t *testing.T) {
 		{"neither holds: the newer loses", pair("b", "198.18.0.2", v(9), 0, t1, false),
 			[]lbv1.LoadBalancerPair{pair("a", "198.18.0.1", v(9), 0, t0, false)},
 			vridDecision{ConflictWith: []string{"ns/a"}}},
+		// After a race between two managers of other namespaces, both run 1.
+		{"both hold it: the older, given it by the manager, moves", pair("a", "198.18.0.1", nil, 1, t0, false),
+			[]lbv1.LoadBalancerPair{pair("b", "198.18.0.2", v(1), 1, t1, false)},
+			vridDecision{VRID: 2, Allocated: true}},
+		{"both hold it: the newer, whose spec asks for it, stays", pair("b", "198.18.0.2", v(1), 1, t1, false),
+			[]lbv1.LoadBalancerPair{pair("a", "198.18.0.1", nil, 1, t0, false)},
+			vridDecision{VRID: 1}},
 		{"an allocated loser moves to a free VRID", pair("b", "198.18.0.2", nil, 9, t1, true),
 			[]lbv1.LoadBalancerPair{pair("a", "198.18.0.1", v(9), 9, t0, false)},
 			vridDecision{VRID: 1, Allocated: true}},
