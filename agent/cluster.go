@@ -243,7 +243,7 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 }
 
 // sync reads the current state from the cache and applies it. A pair that
-// is gone, or a node that no longer matches the pair's nodeSelector or is
+// is gone or being deleted, or a node that no longer matches the pair's nodeSelector or is
 // excluded from load balancers, stops the agent: it hands the virtual IPs
 // over and closes its listeners.
 func (s *clusterSource) sync(ctx context.Context) {
@@ -255,6 +255,11 @@ func (s *clusterSource) sync(ctx context.Context) {
 		return
 	case err != nil:
 		s.log.Error(err, "Reading the LoadBalancerPair from the cache")
+		return
+	case pair.DeletionTimestamp != nil:
+		// Another controller's finalizer may keep it for long; the manager
+		// gives its virtual IPs and VRID to other pairs meanwhile.
+		s.deactivate("the LoadBalancerPair is being deleted")
 		return
 	}
 	var node *corev1.Node

@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/funcr"
@@ -302,6 +303,25 @@ func TestSyncFollowsThePodsNodeSelector(t *testing.T) {
 				t.Errorf("running after the sync: %v, want %v", got, tt.wantRunning)
 			}
 		})
+	}
+}
+
+// A pair being deleted, kept by another controller's finalizer, stops its
+// agents: the manager gives its virtual IPs and VRID to other pairs.
+func TestSyncStopsForAPairBeingDeleted(t *testing.T) {
+	running := servicePair(t, [3]string{"web", "web", "http"})
+	pair := running.DeepCopy()
+	pair.Finalizers = []string{"example.com/backup"}
+	pair.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	s, _ := runningSource(t, logr.Discard(), running, append(httpService("web", "198.18.1.20"), pair)...)
+	s.servingKept = prometheus.NewGauge(prometheus.GaugeOpts{Name: "kept"})
+
+	s.sync(context.Background())
+	if s.isRunning() {
+		t.Error("the agent runs on after its pair began to be deleted")
+	}
+	if got := backendCounts(s.agent); len(got) != 0 {
+		t.Errorf("listeners %v after the sync, want none", got)
 	}
 }
 
