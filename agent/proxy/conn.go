@@ -55,7 +55,8 @@ type conn struct {
 	reason endReason
 	pair   *pair // set once handed to the loop
 	loop   *loop
-	// Seen by sweep: byte counts at the last sweep, and when they last moved.
+	// Seen by sweep: byte counts at the last sweep, and when they last moved (or the
+	// backend connection was established: the idle timeout starts there).
 	seenUp, seenDown       int64
 	flushedUp, flushedDown int64
 	lastActive             time.Time
@@ -187,7 +188,10 @@ func (c *conn) finish() {
 }
 
 // sweep adds the bytes moved since the last sweep to the metrics, and closes the
-// connection when nothing moved for its idle timeout.
+// connection when nothing moved for its idle timeout. A connection still connecting to
+// a backend is not idle, as with nginx's proxy_timeout: the connect timeout and attempts
+// bound it, and closing it would spare the client no wait but cut its retry on the next
+// backend short.
 func (c *conn) sweep(now time.Time) {
 	c.mu.Lock()
 	up, down := c.up.Load(), c.down.Load()
@@ -197,7 +201,7 @@ func (c *conn) sweep(now time.Time) {
 	c.l.m.bytesUp.Add(float64(up - c.flushedUp))
 	c.l.m.bytesDown.Add(float64(down - c.flushedDown))
 	c.flushedUp, c.flushedDown = up, down
-	idle := c.idle > 0 && now.Sub(c.lastActive) >= c.idle
+	idle := c.idle > 0 && c.be != nil && now.Sub(c.lastActive) >= c.idle
 	c.mu.Unlock()
 	if idle {
 		c.abort(endIdle)

@@ -148,6 +148,7 @@ func (lp *loop) connecting(p *pair, ev uint32) {
 	c := p.c
 	c.mu.Lock()
 	c.be = be
+	c.lastActive = time.Now() // the idle timeout starts now
 	c.mu.Unlock()
 	p.setup = nil
 	p.canWrite[1] = true

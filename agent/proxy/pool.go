@@ -32,6 +32,9 @@ type backend struct {
 	mu      sync.Mutex
 	passive health.Passive
 	active  health.Active
+	// single: the backend is its listener's only one, which passive checks never mark
+	// down (see connectFailed).
+	single bool
 
 	// prober runs the active check. Written with both the listener's s.mu and mu held,
 	// read under either: probe results are recorded only for the current prober.
@@ -64,13 +67,17 @@ func (b *backend) usable(now int64) bool {
 	return b.activeUp.Load() && now >= b.passiveDownUntil.Load()
 }
 
-// configure applies a listener's check settings, keeping the state.
-func (b *backend) configure(p PassiveCheck, a *ActiveCheck) {
+// configure applies a listener's check settings, keeping the state; single says that b
+// is the listener's only backend.
+func (b *backend) configure(p PassiveCheck, a *ActiveCheck, single bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.passive.MaxFails, b.passive.FailTimeout = p.MaxFails, p.FailTimeout
-	if p.MaxFails == 0 {
-		b.passive = health.Passive{}
+	b.single = single
+	if p.MaxFails == 0 || single {
+		// The backend left alone by a set that shrank is usable at once, and takes no
+		// count of old failures along should the set grow again.
+		b.passive = health.Passive{MaxFails: p.MaxFails, FailTimeout: p.FailTimeout}
 		b.passiveDownUntil.Store(0)
 	}
 	if a == nil {
@@ -93,6 +100,14 @@ func (b *backend) connectFailed(err error, now time.Time) bool {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.single {
+		// As nginx with an upstream of one server: marking the only backend down refuses
+		// every client for the fail timeout, and makes the proxy unhealthy, even when it
+		// refused one connect while restarting and is back at once. Nothing is counted,
+		// so that the set growing starts it with a clean record. Active checks still
+		// take it out.
+		return false
+	}
 	down := b.passive.Failure(now)
 	if down {
 		b.passiveDownUntil.Store(b.passive.DownUntil().UnixNano())

@@ -580,7 +580,7 @@ func (l *listener) publish(cfg ListenerConfig, backends []Backend, pending bool)
 		if !ok {
 			be = newBackend(b.Addr, l.name, l.s.metrics)
 		}
-		be.configure(cfg.Passive, cfg.Active)
+		be.configure(cfg.Passive, cfg.Active, len(backends) == 1)
 		be.check(l, cfg.Active)
 		keep[b.Addr] = be
 		bs[i] = be

@@ -2,13 +2,17 @@ package proxy
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr/testr"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // loopbackListener is a listener configuration on a free loopback port, so that Apply
@@ -271,7 +275,7 @@ func TestLateProbeResultIgnored(t *testing.T) {
 		pr := prober(s, be)
 		// Apply's steps for a backend whose check goes, with the result in between.
 		s.mu.Lock()
-		be.configure(PassiveCheck{}, nil)
+		be.configure(PassiveCheck{}, nil, true)
 		be.probed(pr, false)
 		be.check(s.listeners["svc"], nil)
 		s.mu.Unlock()
@@ -292,4 +296,239 @@ func TestLateProbeResultIgnored(t *testing.T) {
 		be.probed(pr, false)
 		usable(t, be)
 	})
+}
+
+// greeter accepts on ln and greets each connection with "ok", as a server that speaks
+// first, so that a client sees whether it was proxied without sending anything.
+func greeter(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		_, _ = c.Write([]byte("ok"))
+		c.Close()
+	}
+}
+
+// greeted connects to addr and reads the greeting of the backend it was proxied to.
+func greeted(addr netip.AddrPort) error {
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	// A bound on a hang, not a timed assertion.
+	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+	got := make([]byte, 2)
+	if _, err := io.ReadFull(c, got); err != nil {
+		return err
+	}
+	if string(got) != "ok" {
+		return fmt.Errorf("read %q, want the greeting", got)
+	}
+	return nil
+}
+
+// unlistened binds a loopback port without listening on it, so that connects to it are
+// refused, as to a backend restarting; listen makes it accept and greet.
+func unlistened(t *testing.T) (addr netip.AddrPort, listen func()) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "backend")
+	t.Cleanup(func() { f.Close() })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))
+	return addr, func() {
+		t.Helper()
+		if err := unix.Listen(fd, 16); err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.FileListener(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go greeter(ln)
+	}
+}
+
+// TestPassiveSparesOnlyBackend: a listener's only backend refuses one connect, as while
+// it restarts, and is back at once. As nginx with an upstream of one server, passive
+// checks do not take it out: the next client is served and the proxy stays healthy,
+// where taking it out would refuse every client for the fail timeout and give up the
+// VIP. With a second backend, the refusing one is taken out as before.
+func TestPassiveSparesOnlyBackend(t *testing.T) {
+	passive := PassiveCheck{MaxFails: 1, FailTimeout: time.Hour}
+	t.Run("only backend", func(t *testing.T) {
+		reporter := newHealthRecorder()
+		s := newTestServer(t, WithHealthReporter(reporter))
+		addr, listen := unlistened(t)
+		lc := loopbackListener(t, "db", addr.String())
+		lc.Passive = passive
+		if err := s.Apply(Config{Listeners: []ListenerConfig{lc}}); err != nil {
+			t.Fatal(err)
+		}
+		reporter.wait(t, true)
+		if err := greeted(lc.Addrs[0]); !isRefused(err) {
+			t.Fatalf("connection while the backend refuses: %v, want a refusal", err)
+		}
+		// Counted once the failed connect has been recorded.
+		refused := s.metrics.refused.WithLabelValues("db", refusedNoBackend)
+		waitFor(t, "the refusal to be counted", func() bool { return testutil.ToFloat64(refused) == 1 })
+
+		listen()
+		if err := greeted(lc.Addrs[0]); err != nil {
+			t.Errorf("connection once the backend is back: %v, want it served", err)
+		}
+		if st := s.Status(); st[0].HealthyBackends != 1 {
+			t.Errorf("Status = %+v, want the only backend healthy", st)
+		}
+		reporter.mu.Lock()
+		defer reporter.mu.Unlock()
+		for _, r := range reporter.reports {
+			if !r.healthy {
+				t.Errorf("the proxy reported itself unhealthy: %+v", r)
+			}
+		}
+	})
+	t.Run("two backends", func(t *testing.T) {
+		s := newTestServer(t)
+		down, _ := unlistened(t)
+		ln, up := loopbackBackend(t)
+		go greeter(ln)
+		lc := loopbackListener(t, "web", down.String(), up.String())
+		lc.Passive = passive
+		if err := s.Apply(Config{Listeners: []ListenerConfig{lc}}); err != nil {
+			t.Fatal(err)
+		}
+		// Round robin tries the refusing backend for one of the two; it retries on the
+		// other, having recorded the failure.
+		for i := range 2 {
+			if err := greeted(lc.Addrs[0]); err != nil {
+				t.Fatalf("connection %d: %v", i, err)
+			}
+		}
+		if n := testutil.ToFloat64(s.metrics.connectErrs.WithLabelValues("web", down.String(), "refused")); n != 1 {
+			t.Fatalf("refused connects to %v = %v, want 1", down, n)
+		}
+		if st := s.Status(); st[0].HealthyBackends != 1 || st[0].Backends != 2 {
+			t.Errorf("Status = %+v, want the refusing backend down", st)
+		}
+	})
+}
+
+// TestPassiveOnlyBackendAfterChanges: a backend passively down that becomes its
+// listener's only one is usable at once, and takes no failure count along when a second
+// backend comes back.
+func TestPassiveOnlyBackendAfterChanges(t *testing.T) {
+	s := newTestServer(t)
+	a, b := netip.MustParseAddrPort("127.0.0.1:1"), netip.MustParseAddrPort("127.0.0.1:2")
+	lc := loopbackListener(t, "svc")
+	lc.Passive = PassiveCheck{MaxFails: 2, FailTimeout: time.Hour}
+	if err := s.Apply(Config{Listeners: []ListenerConfig{lc}}); err != nil {
+		t.Fatal(err)
+	}
+	set := func(addrs ...netip.AddrPort) {
+		t.Helper()
+		var bs []Backend
+		for _, a := range addrs {
+			bs = append(bs, Backend{Addr: a, Weight: 1})
+		}
+		if err := s.SetBackends("svc", bs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	backend := func(addr netip.AddrPort) *backend {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.listeners["svc"].backends[addr]
+	}
+	healthy := func() int { return s.Status()[0].HealthyBackends }
+
+	set(a, b)
+	now := time.Now()
+	backend(a).connectFailed(errConnectTimeout, now)
+	if !backend(a).connectFailed(errConnectTimeout, now) || healthy() != 1 {
+		t.Fatalf("two failures did not take %v out", a)
+	}
+	set(a)
+	if healthy() != 1 {
+		t.Errorf("the only backend left is still down")
+	}
+	if backend(a).connectFailed(errConnectTimeout, now) {
+		t.Errorf("a failure took out the only backend")
+	}
+	set(a, b)
+	if backend(a).connectFailed(errConnectTimeout, now) || healthy() != 2 {
+		t.Errorf("one failure after the set grew took %v out; want it to start a new count", a)
+	}
+}
+
+// TestIdleTimeoutStartsWhenConnected: the idle timeout does not run while a backend is
+// being connected (nginx's proxy_timeout neither): a client whose first backend does not
+// answer is served by the retry on the next after the connect timeout, even when that is
+// longer than the idle timeout.
+func TestIdleTimeoutStartsWhenConnected(t *testing.T) {
+	// A backend whose accept queue is full drops SYNs: connects to it hang.
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hole := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))
+	full := false
+	for range 8 {
+		c, err := net.DialTimeout("tcp", hole.String(), 200*time.Millisecond)
+		if err != nil {
+			full = true
+			break
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	if !full {
+		t.Fatal("could not fill the accept queue of the black-holed backend")
+	}
+	ln, good := loopbackBackend(t)
+	go greeter(ln)
+
+	s := newTestServer(t)
+	lc := loopbackListener(t, "slow", hole.String(), good.String())
+	lc.ConnectTimeout = 4 * time.Second
+	lc.IdleTimeout = time.Second
+	if err := s.Apply(Config{Listeners: []ListenerConfig{lc}}); err != nil {
+		t.Fatal(err)
+	}
+	// Two clients at once: round robin sends one of them to the black hole first.
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() { errs <- greeted(lc.Addrs[0]) }()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Errorf("client: %v, want it served by the retry", err)
+		}
+	}
+	if n := testutil.ToFloat64(s.metrics.connectErrs.WithLabelValues("slow", hole.String(), "timeout")); n != 1 {
+		t.Errorf("connect timeouts towards the black hole = %v, want 1", n)
+	}
 }

@@ -7,9 +7,11 @@ package health
 import "time"
 
 // Passive marks a backend down after MaxFails failures within FailTimeout, for
-// FailTimeout. When that time is up the backend is tried again, on probation: the next
-// failure takes it down at once, and a success clears the record. The zero value with
-// MaxFails 0 never marks a backend down.
+// FailTimeout. Successes in between do not clear the failures of a window, which count
+// until it ends (as nginx's): under concurrent load a backend that fails one connect in
+// three still has successes between its failures. When the down time is up the backend
+// is tried again, on probation: the next failure takes it down at once, and a success
+// ends the probation. The zero value with MaxFails 0 never marks a backend down.
 type Passive struct {
 	// MaxFails is the failures within FailTimeout that mark the backend down; 0 disables.
 	MaxFails int
@@ -47,9 +49,9 @@ func (p *Passive) markDown(now time.Time) bool {
 	return true
 }
 
-// Success records a successful attempt: it clears the failures and ends probation.
+// Success records a successful attempt: it ends probation. The failures of the current
+// window stay counted; Failure starts a new count once the window has passed.
 func (p *Passive) Success() {
-	p.fails = 0
 	p.probation = false
 }
 

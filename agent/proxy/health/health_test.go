@@ -41,8 +41,12 @@ func TestPassive(t *testing.T) {
 			{0, false, false, true}, {5, false, false, true}, {10, false, false, true}, {15, false, false, true},
 			{19, false, true, false},
 		}},
-		{"success clears the count", 2, 10 * time.Second, []event{
-			{0, false, false, true}, {1, true, false, true}, {2, false, false, true}, {3, false, true, false},
+		{"successes within the window do not clear the count", 3, 10 * time.Second, []event{
+			{0, false, false, true}, {0.1, true, false, true}, {0.2, false, false, true},
+			{0.3, true, false, true}, {0.4, false, true, false},
+		}},
+		{"a success after the window, then a new count", 2, 10 * time.Second, []event{
+			{0, false, false, true}, {11, true, false, true}, {12, false, false, true}, {13, false, true, false},
 		}},
 		{"probation: one failure after coming back", 3, 10 * time.Second, []event{
 			{0, false, false, true}, {1, false, false, true}, {2, false, true, false},
