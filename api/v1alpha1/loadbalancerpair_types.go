@@ -468,7 +468,8 @@ type HealthCheckSpec struct {
 // PassiveHealthCheck marks a backend down after failures seen on real connections.
 type PassiveHealthCheck struct {
 	// maxFails is how many failed attempts within failTimeout mark the backend down for
-	// failTimeout; 0 turns passive checks off.
+	// failTimeout, whatever succeeds in between; 0 turns passive checks off. As in nginx,
+	// a port's only backend is never marked down by them (active checks still apply).
 	// +optional
 	// +kubebuilder:default=1
 	// +kubebuilder:validation:Minimum=0
@@ -542,8 +543,8 @@ type TimeoutsSpec struct {
 	// +kubebuilder:validation:Maximum=16
 	ConnectAttempts int32 `json:"connectAttempts,omitempty"`
 
-	// idle closes a connection on which neither side sent anything for this long, as
-	// nginx's proxy_timeout.
+	// idle closes a connection on which neither side sent anything for this long, from
+	// when its backend connection is established, as nginx's proxy_timeout.
 	// +optional
 	// +kubebuilder:default="10m"
 	// +kubebuilder:validation:Type=string
