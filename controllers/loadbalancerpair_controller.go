@@ -443,10 +443,17 @@ func (r *LoadBalancerPairReconciler) removeAgentEntries(ctx context.Context, pai
 	}
 	var ops []map[string]any
 	// Remove from the end so earlier indexes stay valid.
+	// Each removal tests that the entry is still the one found stale: an
+	// agent back from its outage, or a cache that lags, must not lose a fresh
+	// entry (the patch then fails as a whole, and the next reconcile looks
+	// again).
 	for i := len(pair.Status.Agents) - 1; i >= 0; i-- {
-		if n := pair.Status.Agents[i].Node; stale[n] {
+		if e := pair.Status.Agents[i]; stale[e.Node] {
 			path := fmt.Sprintf("/status/agents/%d", i)
-			ops = append(ops, map[string]any{"op": "test", "path": path + "/node", "value": n}, map[string]any{"op": "remove", "path": path})
+			ops = append(ops,
+				map[string]any{"op": "test", "path": path + "/node", "value": e.Node},
+				map[string]any{"op": "test", "path": path + "/lastUpdateTime", "value": e.LastUpdateTime},
+				map[string]any{"op": "remove", "path": path})
 		}
 	}
 	patch, err := json.Marshal(ops)

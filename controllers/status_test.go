@@ -208,3 +208,36 @@ func TestFailoverThroughNoHolderNamesBothHolders(t *testing.T) {
 		return nil
 	})
 }
+
+// TestStaleEntryRemovalSparesAFreshOne: the manager decides from its cached
+// copy that an agent's entry is stale; the agent writes a fresh one before
+// the removal lands (back from its outage, or a cache that lags): the fresh
+// entry stays.
+func TestStaleEntryRemovalSparesAFreshOne(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	if err := k8s.Create(ctx, newPair(ns, "web", ptrTo(int32(62)), "198.18.0.100")); err != nil {
+		t.Fatal(err)
+	}
+	// Not stale by the clock, so that the suite's manager leaves it alone:
+	// removeAgentEntries removes what it is given.
+	old := metav1.NewMicroTime(time.Now().Add(-time.Second).Truncate(time.Microsecond))
+	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: "lb1", State: lbv1.StateBackup, Priority: 90, Since: old, LastUpdateTime: old})
+	stale := getPair(t, ns, "web")
+	reportAgent(t, ns, "web", lbv1.AgentStatus{Node: "lb1", State: lbv1.StateBackup, Priority: 90, Since: old, LastUpdateTime: metav1.NewMicroTime(time.Now())})
+
+	r := &LoadBalancerPairReconciler{Client: k8s, Recorder: testRecorder}
+	if err := r.removeAgentEntries(ctx, stale, []string{"lb1"}); err == nil {
+		t.Error("removing the entry found stale succeeded, though the agent wrote a fresh one since")
+	}
+	if p := getPair(t, ns, "web"); len(p.Status.Agents) != 1 {
+		t.Errorf("agents %+v after the removal, want lb1's fresh entry", p.Status.Agents)
+	}
+	// The entry as it is now, stale or not, is removed.
+	if err := r.removeAgentEntries(ctx, getPair(t, ns, "web"), []string{"lb1"}); err != nil {
+		t.Fatal(err)
+	}
+	if p := getPair(t, ns, "web"); len(p.Status.Agents) != 0 {
+		t.Errorf("agents %+v, want none", p.Status.Agents)
+	}
+}
