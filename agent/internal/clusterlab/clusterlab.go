@@ -558,13 +558,13 @@ func (l *Lab) node(name string) *Node {
 	return nil
 }
 
-// RecreateLink deletes the node's link and makes it again with the node's
-// addresses, as a network manager that restarts it does: the same name, a
-// new interface index.
+// DeleteLink deletes the node's link; RecreateLink makes it again with the
+// node's addresses, as a network manager that restarts it does: the same
+// name, a new interface index.
+func (n *Node) DeleteLink() error { return n.Host.DeleteLink() }
+
+// RecreateLink makes the link DeleteLink deleted again.
 func (n *Node) RecreateLink() error {
-	if err := n.Host.DeleteLink(); err != nil {
-		return err
-	}
 	cidrs := []string{n.IP + "/24"}
 	if n.IP6 != "" {
 		cidrs = append(cidrs, n.IP6+"/64")

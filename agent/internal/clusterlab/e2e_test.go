@@ -147,7 +147,10 @@ func TestClusterE2E(t *testing.T) {
 		// again under the same name with a new index. The agent, with only
 		// its container's capabilities, opens its sockets on the new one and
 		// takes the VIP back, without a restart.
-		failover("interface made again", func() { must(t, lb1.RecreateLink()) }, lb2)
+		// The link comes back once the status has followed the VIP to lb2:
+		// lb1, of the higher priority, may otherwise take it back before.
+		failover("interface made again", func() { must(t, lb1.DeleteLink()) }, lb2)
+		must(t, lb1.RecreateLink())
 		waitHolder(t, l, "lb1 back on its new interface", lb1.Name, 30*time.Second)
 		netlab.Eventually(t, "the VIP on lb1 alone", 15*time.Second, func() error { return onlyOn(l, VIP, lb1) })
 	})
