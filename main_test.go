@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -523,26 +524,29 @@ func startManagerAs(t *testing.T, user *syscall.Credential, args ...string) (sto
 		}
 	}
 	cmd := exec.Command(bin)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: user}
+	// SIGKILL when the test binary dies without running its cleanups (-timeout, Ctrl-C).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: user, Pdeathsig: syscall.SIGKILL}
 	cmd.Env = append(os.Environ(), mainArgsEnv+"="+strings.Join(append([]string{"manager"}, args...), "\n"))
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
+	// Linux sends the parent-death signal when the thread that forked the child exits,
+	// and Go ends a thread whose locked goroutine exits: the goroutine that starts the
+	// manager stays on its thread until the manager is reaped, so that thread outlives it.
+	started := make(chan error, 1)
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		done <- cmd.Wait()
+	}()
+	if err := <-started; err != nil {
 		t.Fatal(err)
 	}
-	if user != nil {
-		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, want := range []string{fmt.Sprintf("Uid:\t%d\t", user.Uid), "CapEff:\t0000000000000000"} {
-			if !strings.Contains(string(status), want) {
-				t.Fatalf("the manager does not run as the image's user without capabilities: no %q in its status:\n%s", want, status)
-			}
-		}
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
 	stopped := false
 	stop = func() {
 		if stopped {
@@ -564,7 +568,19 @@ func startManagerAs(t *testing.T, user *syscall.Credential, args ...string) (sto
 			t.Logf("manager output:\n%s", out.String())
 		}
 	}
+	// Before anything that can fail the test, so that a failure stops the manager too.
 	t.Cleanup(stop)
+	if user != nil {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{fmt.Sprintf("Uid:\t%d\t", user.Uid), "CapEff:\t0000000000000000"} {
+			if !strings.Contains(string(status), want) {
+				t.Fatalf("the manager does not run as the image's user without capabilities: no %q in its status:\n%s", want, status)
+			}
+		}
+	}
 	return stop
 }
 

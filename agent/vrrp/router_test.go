@@ -17,6 +17,8 @@ import (
 
 	"github.com/go-logr/logr/testr"
 	"github.com/mdlayher/arp"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 
 	"github.com/lbpair/lbpair/agent/internal/netlab"
 	"github.com/lbpair/lbpair/agent/track"
@@ -117,6 +119,80 @@ func waitFor(t *testing.T, what string, vip netip.Addr, want map[*node]State) ti
 			t.Fatalf("%s: %s", what, strings.Join(bad, "; "))
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// watchSteady watches nodes from now until the check it returns is called, which fails
+// the test if any of them moved in between: a transition, even one undone at once, or
+// the VIP taken off a master's link or put on another's, however briefly, as the
+// kernel's address events tell. waitFor cannot tell: it only sees the wanted state
+// come back.
+func watchSteady(t *testing.T, vip netip.Addr, nodes ...*node) (check func(what string)) {
+	t.Helper()
+	type watched struct {
+		n      *node
+		before Status
+		moved  chan error
+	}
+	start, done := time.Now(), make(chan struct{})
+	var closeOnce sync.Once
+	closeWatch := func() { closeOnce.Do(func() { close(done) }) }
+	t.Cleanup(closeWatch) // when the test ends before its check
+	lost := make(chan error, len(nodes))
+	var ws []watched
+	for _, n := range nodes {
+		ns, err := netns.GetFromName(n.host.NS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		updates := make(chan netlink.AddrUpdate)
+		err = netlink.AddrSubscribeWithOptions(updates, done, netlink.AddrSubscribeOptions{Namespace: &ns, ErrorCallback: func(err error) {
+			select {
+			case <-done:
+				return // the check closed the watch
+			default:
+			}
+			select {
+			case lost <- fmt.Errorf("watching %s's addresses: %w", n.host.Name, err):
+			default: // one is enough
+			}
+		}})
+		ns.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := watched{n, n.router.Status(), make(chan error, 1)}
+		go func() {
+			var first error
+			for u := range updates { // until the check closes the watch
+				if ip, _ := netip.AddrFromSlice(u.LinkAddress.IP); first == nil && ip.Unmap() == vip && u.NewAddr != (w.before.State == Master) {
+					how := map[bool]string{true: "added to", false: "removed from"}[u.NewAddr]
+					first = fmt.Errorf("the VIP was %s %s, a %v, %v after the watch began", how, n.host.Name, w.before.State, time.Since(start))
+				}
+			}
+			w.moved <- first
+		}()
+		ws = append(ws, w)
+		if has := hasVIP(t, n.host, vip); has != (w.before.State == Master) {
+			t.Fatalf("%s is %v, and has the VIP: %v", n.host.Name, w.before.State, has)
+		}
+	}
+	return func(what string) {
+		t.Helper()
+		closeWatch()
+		for _, w := range ws {
+			if err := <-w.moved; err != nil {
+				t.Errorf("%s: %v", what, err)
+			}
+			if st := w.n.router.Status(); st.State != w.before.State || !st.Since.Equal(w.before.Since) {
+				t.Errorf("%s: %s was %v, and is %v since a transition %v after the watch began", what, w.n.host.Name, w.before.State, st.State, st.Since.Sub(start))
+			}
+		}
+		select {
+		case err := <-lost:
+			t.Errorf("%s: %v", what, err)
+		default:
+		}
 	}
 }
 
@@ -380,6 +456,7 @@ func TestReconfigureLive(t *testing.T) {
 	}
 	waitFor(t, "lb2 preempts", testVIP, map[*node]State{lb1: Backup, lb2: Master})
 
+	steady := watchSteady(t, testVIP, lb1, lb2)
 	restart := map[string]func(*Config){
 		"IPv6 virtual IPs":  func(c *Config) { c.VIPs = []netip.Addr{netip.MustParseAddr("fd00:198:18::100")} },
 		"another VRID":      func(c *Config) { c.VRID = 52 },
@@ -398,8 +475,8 @@ func TestReconfigureLive(t *testing.T) {
 	if err := lb2.router.Reconfigure(bad); err == nil || errors.Is(err, ErrRestartRequired) || !strings.Contains(err.Error(), "advertisementInterval") {
 		t.Errorf("an interval of 5ms: %v, want an error naming advertisementInterval", err)
 	}
-	time.Sleep(10 * testInterval)
-	waitFor(t, "unchanged after the refused changes", testVIP, map[*node]State{lb1: Backup, lb2: Master})
+	time.Sleep(10 * testInterval) // the time a flap would take to show
+	steady("unchanged after the refused changes")
 	if p := lb2.router.Status().EffectivePriority; p != 200 {
 		t.Errorf("effective priority %d after the refused changes, want 200", p)
 	}
@@ -531,26 +608,51 @@ func TestAnnouncementBursts(t *testing.T) {
 		waitFor(t, "lb1 alone", testVIP, map[*node]State{lb1: Master})
 		return lb1, seen
 	}
+	// seenAtLeast waits until the peer has seen n announcements.
+	seenAtLeast := func(t *testing.T, seen *arpCounter, n int) []time.Time {
+		t.Helper()
+		var at []time.Time
+		netlab.Eventually(t, fmt.Sprint(n, " announcements"), 5*time.Second, func() error {
+			if at = seen.times(); len(at) < n {
+				return fmt.Errorf("the peer saw %d", len(at))
+			}
+			return nil
+		})
+		return at
+	}
+	// Times are when the peer read an announcement, never before it was sent: a lower
+	// bound from the takeover holds however late the peer reads.
 	t.Run("second burst after the delay", func(t *testing.T) {
-		_, seen := master(t, Announce{Repeat: 3, Delay: 500 * time.Millisecond})
-		time.Sleep(1500 * time.Millisecond)
-		at := seen.times()
-		if len(at) != 6 {
-			t.Fatalf("the peer saw %d announcements, want 3 at takeover and 3 after the delay", len(at))
+		delay := 500 * time.Millisecond
+		lb1, seen := master(t, Announce{Repeat: 3, Delay: delay})
+		takeover := lb1.router.Status().Since
+		at := seenAtLeast(t, seen, 6)
+		if d := at[3].Sub(takeover); d < delay {
+			t.Errorf("the second burst came %v after the takeover, want the %v delay", d, delay)
 		}
-		if gap := at[3].Sub(at[2]); gap < 400*time.Millisecond {
-			t.Errorf("the second burst came %v after the first, want about the 500ms delay", gap)
+		// No third burst: none is due without a refresh, and one would come within
+		// another delay.
+		time.Sleep(2 * delay)
+		if n := len(seen.times()); n != 6 {
+			t.Errorf("the peer saw %d announcements, want 3 at takeover and 3 after the delay", n)
 		}
 	})
 	t.Run("a burst every refresh", func(t *testing.T) {
-		lb1, seen := master(t, Announce{Repeat: 2, Refresh: 200 * time.Millisecond})
-		time.Sleep(time.Second)
-		lb1.stop() // a stopped master announces no more, and no burst is left half sent
-		time.Sleep(100 * time.Millisecond)
-		n := len(seen.times())
-		if n < 2+3*2 || n%2 != 0 {
-			t.Errorf("the peer saw %d announcements in about a second, want bursts of 2 at takeover and every 200ms", n)
+		refresh := 200 * time.Millisecond
+		lb1, seen := master(t, Announce{Repeat: 2, Refresh: refresh})
+		takeover := lb1.router.Status().Since
+		at := seenAtLeast(t, seen, 2+3*2)
+		if d := at[6].Sub(takeover); d < 3*refresh {
+			t.Errorf("the third refresh came %v after the takeover, want bursts every %v", d, refresh)
 		}
+		lb1.stop() // a stopped master announces no more, and no burst is left half sent
+		// Odd while the peer is still reading the last burst; for good if one was cut short.
+		netlab.Eventually(t, "whole bursts of 2", 2*time.Second, func() error {
+			if n := len(seen.times()); n%2 != 0 {
+				return fmt.Errorf("the peer saw %d announcements, want bursts of 2 at takeover and every %v", n, refresh)
+			}
+			return nil
+		})
 	})
 }
 
@@ -601,24 +703,8 @@ func TestVirtualIPsChangeWithoutFailover(t *testing.T) {
 			lb1 := startRouter(t, h[0], cfg(150, fam.vip))
 			lb2 := startRouter(t, h[1], cfg(100, fam.vip))
 			waitFor(t, "lb1 elected", fam.vip, map[*node]State{lb1: Master, lb2: Backup})
-			since := lb1.router.Status().Since
-
-			// Watch the master's address the whole time.
-			stop := make(chan struct{})
-			lost := make(chan bool, 1)
-			go func() {
-				gone := false
-				for {
-					select {
-					case <-stop:
-						lost <- gone
-						return
-					case <-time.After(5 * time.Millisecond):
-					}
-					out, err := h[0].Exec("ip", "-o", "addr", "show", "dev", netlab.HostLink)
-					gone = gone || (err == nil && !strings.Contains(out, " "+fam.vip.String()+"/"))
-				}
-			}()
+			// Watch the group the whole time.
+			steady := watchSteady(t, fam.vip, lb1, lb2)
 
 			for _, c := range []struct {
 				what string
@@ -646,20 +732,16 @@ func TestVirtualIPsChangeWithoutFailover(t *testing.T) {
 					t.Errorf("%s: lb2 holds %s", c.what, fam.second)
 				}
 			}
-			close(stop)
-			if <-lost {
-				t.Error("lb1 lost " + fam.vip.String() + " while the list changed")
-			}
-			if st := lb1.router.Status(); st.State != Master || !st.Since.Equal(since) {
-				t.Errorf("lb1 is %v since %v, want Master since %v: no transition", st.State, st.Since, since)
-			}
+			steady("while the list changed")
 
 			// The node's own address is refused, and the group runs on as it was.
+			steady = watchSteady(t, fam.vip, lb1, lb2)
 			err := lb1.router.Reconfigure(cfg(150, fam.vip, netip.MustParseAddr(fam.own)))
 			if err == nil || !strings.Contains(err.Error(), "is this node's own address") {
 				t.Errorf("reconfiguring with the node's address: %v, want a refusal", err)
 			}
-			waitFor(t, "after the refused list", fam.vip, map[*node]State{lb1: Master, lb2: Backup})
+			time.Sleep(10 * testInterval) // the time a flap would take to show
+			steady("after the refused list")
 		})
 	}
 }

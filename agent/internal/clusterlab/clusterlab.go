@@ -290,7 +290,8 @@ func (l *Lab) startManager(quiet bool) error {
 		w := &lineWriter{logf: func(s string) { l.logf("manager: %s", s) }}
 		cmd.Stdout, cmd.Stderr = io2(f, w), io2(f, w)
 	}
-	if err := cmd.Start(); err != nil {
+	// Killed with the process running the lab, even one that dies before Close.
+	if err := netlab.StartCmd(cmd); err != nil {
 		return fmt.Errorf("starting the manager: %w", err)
 	}
 	l.manager = cmd

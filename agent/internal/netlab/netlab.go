@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,6 +72,7 @@ func New() (*Lab, error) {
 		return nil, fmt.Errorf("finding the ip command (Debian package iproute2): %w", err)
 	}
 	removeStale()
+	starterOnce.Do(startStarter) // now, not amid a test that counts its goroutines
 	l := &Lab{id: fmt.Sprintf("%d-%d", os.Getpid(), labSeq.Add(1))}
 	l.switchNS = namePrefix + l.id + "-sw"
 	if err := l.addNS(l.switchNS); err != nil {
@@ -272,7 +274,7 @@ func (h *Host) Start(logw func(string), name string, args ...string) (*Proc, err
 	// Own process group, so a Ctrl-C meant for the test runner does not reach it first
 	// and Close decides the order things stop in.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	if err := StartCmd(cmd); err != nil {
 		return nil, fmt.Errorf("starting %s in %s: %w", name, h.NS, err)
 	}
 	go func() { p.err = cmd.Wait(); close(p.done) }()
@@ -280,6 +282,43 @@ func (h *Host) Start(logw func(string), name string, args ...string) (*Proc, err
 	h.lab.procs = append(h.lab.procs, p)
 	h.lab.mu.Unlock()
 	return p, nil
+}
+
+// StartCmd starts cmd so that the kernel kills it (SIGKILL) when the process that
+// started it dies, however it dies: a test's -timeout or a Ctrl-C ends the test binary
+// without running its cleanups, and lab processes would otherwise outlive it. It sets
+// Pdeathsig in cmd.SysProcAttr (making one if nil) and starts cmd from starter's thread;
+// the caller waits for cmd as usual.
+func StartCmd(cmd *exec.Cmd) error {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	starterOnce.Do(startStarter)
+	errc := make(chan error, 1)
+	starts <- func() { errc <- cmd.Start() }
+	return <-errc
+}
+
+var (
+	starterOnce sync.Once
+	starts      chan func()
+)
+
+// startStarter runs the goroutine that starts every lab process, locked to its OS thread
+// for the life of the process. Linux sends the parent-death signal when the *thread* that
+// forked the child exits, not the process, and Go ends a thread when a goroutine locked to
+// it exits without unlocking (nsexec.Do throws away a thread it cannot switch back that
+// way). Any thread a test's goroutine forks from could end so, killing a lab process
+// mid-test; this one never does.
+func startStarter() {
+	starts = make(chan func())
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread must outlive every child
+		for start := range starts {
+			start()
+		}
+	}()
 }
 
 // StartWithCapabilities is Start with the process limited to the given capabilities

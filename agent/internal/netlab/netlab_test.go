@@ -1,11 +1,17 @@
 package netlab
 
 import (
+	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -142,4 +148,152 @@ func TestProcessesAreStoppedAndNamespacesRemoved(t *testing.T) {
 	if _, err := os.Stat("/run/netns/" + h.NS); !os.IsNotExist(err) {
 		t.Errorf("namespace %s still exists after Close (stat: %v)", h.NS, err)
 	}
+}
+
+// orphanHelperEnv makes TestProcessesDieWithTheTestProcess, in a copy of the test
+// binary, the test process that is killed.
+const orphanHelperEnv = "NETLAB_TEST_ORPHAN_HELPER"
+
+// TestProcessesDieWithTheTestProcess: a test binary killed before its cleanups run, as a
+// -timeout or a Ctrl-C kills it, takes its lab's processes with it; and a process started
+// from a goroutine whose OS thread then ends (as nsexec.Do ends a thread it cannot switch
+// back) lives on until then.
+func TestProcessesDieWithTheTestProcess(t *testing.T) {
+	if os.Getenv(orphanHelperEnv) != "" {
+		orphanHelper()
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skipf("skipping: %v", ErrNotRoot)
+	}
+	helper := exec.Command(os.Args[0], "-test.run=^TestProcessesDieWithTheTestProcess$")
+	helper.Env = append(os.Environ(), orphanHelperEnv+"=1")
+	helper.Stderr = os.Stderr
+	stdout, err := helper.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := helper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	t.Cleanup(func() {
+		_ = helper.Process.Kill()
+		_ = helper.Wait()
+		for _, pid := range pids { // only if the test failed: they should be gone
+			if running(pid) {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		removeStale() // the killed helper's namespaces
+	})
+	lines := bufio.NewScanner(stdout)
+	for len(pids) == 0 && lines.Scan() {
+		if rest, ok := strings.CutPrefix(lines.Text(), "PIDS "); ok {
+			for _, f := range strings.Fields(rest) {
+				pid, err := strconv.Atoi(f)
+				if err != nil {
+					t.Fatalf("helper said %q", lines.Text())
+				}
+				pids = append(pids, pid)
+			}
+		} else {
+			t.Logf("helper: %s", lines.Text())
+		}
+	}
+	if len(pids) != 2 {
+		t.Fatalf("the helper gave no pids: %v", lines.Err())
+	}
+	if !running(pids[1]) {
+		t.Errorf("process %d died with the thread that started it, while its test process runs", pids[1])
+	}
+	if err := helper.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = helper.Wait()
+	Eventually(t, "the lab's processes killed with their test process", 5*time.Second, func() error {
+		for _, pid := range pids {
+			if running(pid) {
+				return fmt.Errorf("process %d still runs", pid)
+			}
+		}
+		return nil
+	})
+}
+
+// orphanHelper builds a lab, starts two processes in it (the second from a goroutine
+// whose thread then ends), prints their pids and waits to be killed, cleaning up nothing.
+func orphanHelper() {
+	fail := func(err error) { fmt.Println("helper:", err); os.Exit(1) }
+	lab, err := New()
+	if err != nil {
+		fail(err)
+	}
+	h, err := lab.AddHost("orphan")
+	if err != nil {
+		fail(err)
+	}
+	first, err := h.Start(nil, "sleep", "600")
+	if err != nil {
+		fail(err)
+	}
+	type started struct {
+		p   *Proc
+		tid int
+		err error
+	}
+	c := make(chan started)
+	second := started{tid: os.Getpid()}
+	for second.tid == os.Getpid() {
+		go func() {
+			runtime.LockOSThread() // never unlocked: Go ends the thread when this goroutine returns
+			if tid := syscall.Gettid(); tid == os.Getpid() {
+				// Go never ends the main thread: hold it, so that the next try gets another.
+				c <- started{tid: tid}
+				select {}
+			}
+			p, err := h.Start(nil, "sleep", "600")
+			c <- started{p, syscall.Gettid(), err}
+		}()
+		second = <-c
+	}
+	if second.err != nil {
+		fail(second.err)
+	}
+	// Linux sends the parent-death signal as the thread exits, before its task entry goes.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", second.tid)); os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			fail(fmt.Errorf("thread %d did not end", second.tid))
+		}
+	}
+	fmt.Printf("PIDS %d %d\n", first.Cmd.Process.Pid, second.p.Cmd.Process.Pid)
+	time.Sleep(time.Minute) // killed long before
+	fail(errors.New("not killed"))
+}
+
+// running tells whether pid is a live process with no SIGKILL pending: not gone, not a
+// zombie, and not about to be either.
+func running(pid int) bool {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return false
+	}
+	const sigkill = 1 << (syscall.SIGKILL - 1)
+	for _, line := range strings.Split(string(status), "\n") {
+		key, value, _ := strings.Cut(line, ":\t")
+		switch key {
+		case "State":
+			if strings.HasPrefix(value, "Z") || strings.HasPrefix(value, "X") {
+				return false
+			}
+		case "SigPnd", "ShdPnd":
+			if mask, err := strconv.ParseUint(value, 16, 64); err == nil && mask&sigkill != 0 {
+				return false
+			}
+		}
+	}
+	return true
 }
