@@ -70,7 +70,7 @@ func runBench(args []string) error {
 	skipMem := fs.Bool("skip-memory", false, "skip the idle-connection memory figure")
 	compare := fs.String("compare", "", "another proxybench binary whose lbpair proxy runs as a fourth proxy, lbpair-b: another build for an A/B comparison of a change, or this one for the noise floor")
 	verbose := fs.Bool("v", false, "print every sample")
-	pin := fs.Bool("pin", false, "run the proxies on CPU 1, and wrk and the backends on CPU 0, so that latency reflects the proxies more than how the scheduler places them (needs 2 CPUs)")
+	pin := fs.Bool("pin", false, "run the proxies on the last CPU, and wrk and the backends on the others, so that latency reflects the proxies more than how the scheduler places them (needs 2 CPUs or more)")
 	peerBuf := fs.Int("peer-bufsize", 0, "buffer size of nginx (proxy_buffer_size) and HAProxy (tune.bufsize) in bytes; 0 keeps their defaults, 16 KiB, where lbpair reads 64 KiB at a time")
 	_ = fs.Parse(args)
 
@@ -125,16 +125,22 @@ func runBench(args []string) error {
 	if err != nil {
 		return err
 	}
-	// onCPU runs a command on one CPU when asked (-pin); taskset execs it, so its pid,
-	// whose CPU time and switches the figures read, is the command's.
+	// onCPU runs a command on the given CPUs when asked (-pin); taskset execs it, so its
+	// pid, whose CPU time and switches the figures read, is the command's. The proxies
+	// get the last CPU, the load (wrk and the backends) the others.
+	cpus := runtimeCPUs()
+	if *pin && cpus < 2 {
+		return fmt.Errorf("-pin needs 2 CPUs or more, one for the proxies and the others for the load; this machine has %d", cpus)
+	}
+	loadCPUs, proxyCPU := pinnedCPUs(cpus)
 	onCPU := func(cpu string, cmd ...string) []string {
 		if !*pin {
 			return cmd
 		}
 		return append([]string{"taskset", "-c", cpu}, cmd...)
 	}
-	wrkCmd := onCPU("0", bins["wrk"])
-	if err := startBackends(lab, dir, onCPU("0", bins["nginx"])); err != nil {
+	wrkCmd := onCPU(loadCPUs, bins["wrk"])
+	if err := startBackends(lab, dir, onCPU(loadCPUs, bins["nginx"])); err != nil {
 		return err
 	}
 
@@ -147,22 +153,22 @@ func runBench(args []string) error {
 	for _, b := range backends {
 		ourArgs = append(ourArgs, "-backend", b)
 	}
-	proxies[0].cmd = onCPU("1", append([]string{self}, ourArgs...)...)
+	proxies[0].cmd = onCPU(proxyCPU, append([]string{self}, ourArgs...)...)
 	nginxConf, err := writeNginxStream(dir, proxies[1].port, backends, *peerBuf)
 	if err != nil {
 		return err
 	}
-	proxies[1].cmd = onCPU("1", bins["nginx"], "-p", dir, "-c", nginxConf, "-e", "stderr")
+	proxies[1].cmd = onCPU(proxyCPU, bins["nginx"], "-p", dir, "-c", nginxConf, "-e", "stderr")
 	haproxyConf, err := writeHAProxy(dir, proxies[2].port, backends, *peerBuf)
 	if err != nil {
 		return err
 	}
-	proxies[2].cmd = onCPU("1", bins["haproxy"], "-db", "-f", haproxyConf)
+	proxies[2].cmd = onCPU(proxyCPU, bins["haproxy"], "-db", "-f", haproxyConf)
 	if *compare != "" {
 		b := &benchProxy{name: "lbpair-b", port: 8004}
 		bArgs := slices.Clone(ourArgs)
 		bArgs[2] = fmt.Sprintf("%s:%d", proxyIP, b.port)
-		b.cmd = onCPU("1", append([]string{*compare}, bArgs...)...)
+		b.cmd = onCPU(proxyCPU, append([]string{*compare}, bArgs...)...)
 		proxies = append(proxies, b)
 	}
 	for _, p := range proxies {
@@ -175,7 +181,7 @@ func runBench(args []string) error {
 		*rounds, *duration, *procs)
 	fmt.Printf("CPU: %d cores shared with the client, the backends and anything else on the machine; ratios are the figures to read.\n", runtimeCPUs())
 	if *pin {
-		fmt.Println("Pinned: the proxies on CPU 1, wrk and the backends on CPU 0.")
+		fmt.Printf("Pinned: the proxies on CPU %s, wrk and the backends on CPU %s.\n", proxyCPU, loadCPUs)
 	}
 	if *peerBuf > 0 {
 		fmt.Printf("nginx and HAProxy buffers: %d bytes (proxy_buffer_size, tune.bufsize).\n", *peerBuf)
@@ -276,6 +282,16 @@ func (p *benchProxy) start(h, client *netlab.Host) error {
 		return fmt.Errorf("%s not answering: %w", p.name, err)
 	}
 	return nil
+}
+
+// pinnedCPUs splits n CPUs for -pin, as taskset lists: the load's, and the
+// proxies' (the last one).
+func pinnedCPUs(n int) (load, proxies string) {
+	load = "0"
+	if n > 2 {
+		load = fmt.Sprintf("0-%d", n-2)
+	}
+	return load, strconv.Itoa(n - 1)
 }
 
 func runtimeCPUs() int {

@@ -108,3 +108,18 @@ func TestPeerBufferSize(t *testing.T) {
 		}
 	}
 }
+
+func TestPinnedCPUs(t *testing.T) {
+	for _, tt := range []struct {
+		n             int
+		load, proxies string
+	}{
+		{2, "0", "1"},
+		{4, "0-2", "3"},
+		{16, "0-14", "15"},
+	} {
+		if load, proxies := pinnedCPUs(tt.n); load != tt.load || proxies != tt.proxies {
+			t.Errorf("pinnedCPUs(%d) = %q, %q; want %q, %q", tt.n, load, proxies, tt.load, tt.proxies)
+		}
+	}
+}
