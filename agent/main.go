@@ -41,6 +41,10 @@ type Options struct {
 	// LastConfigWait is how long a starting cluster agent waits for the
 	// apiserver before it serves with the configuration kept in StateDir.
 	LastConfigWait time.Duration
+	// Check, in standalone mode, loads ConfigFile as a start or a reload
+	// would and exits: the systemd unit's reload runs it first, so that
+	// `systemctl reload` fails on a file the agent would refuse.
+	Check bool
 	// Log configures the logger.
 	Log zap.Options
 }
@@ -60,6 +64,7 @@ func ParseOptions(args []string, output io.Writer) (Options, error) {
 	fs.StringVar(&o.HealthAddr, "health-addr", ":9440", "address serving /healthz, /readyz and /metrics")
 	fs.StringVar(&o.StateDir, "state-dir", "", "cluster mode: directory that keeps the last applied configuration across restarts of the agent, so that one restarted while the apiserver is unreachable serves with it; empty keeps nothing")
 	fs.DurationVar(&o.LastConfigWait, "last-config-wait", 10*time.Second, "cluster mode: how long a starting agent waits for the apiserver before it serves with the configuration kept in --state-dir")
+	fs.BoolVar(&o.Check, "check", false, "standalone mode: load --config as a start or a reload would, print what is wrong, and exit (0 when it loads); run it before sending SIGHUP")
 	o.Log.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -72,6 +77,9 @@ func ParseOptions(args []string, output io.Writer) (Options, error) {
 	}
 	if o.ConfigFile == "" && (o.Namespace == "" || o.Pair == "") {
 		return o, errors.New("give --config FILE for standalone mode, or --namespace and --pair for cluster mode")
+	}
+	if o.Check && o.ConfigFile == "" {
+		return o, errors.New("--check checks a standalone file: give --config FILE")
 	}
 	if o.ConfigFile != "" && o.StateDir != "" {
 		return o, errors.New("--state-dir is for cluster mode; a standalone agent reads its configuration from --config")
@@ -93,5 +101,12 @@ func Main(ctx context.Context, args []string) error {
 	// The watch cache and client-go's reflectors log through controller-runtime's
 	// logger: without one they drop their messages and print a stack trace.
 	ctrllog.SetLogger(log)
+	if o.Check {
+		if _, err := loadStandalone(ctx, o, log); err != nil {
+			return err
+		}
+		fmt.Printf("%s: the configuration loads\n", o.ConfigFile)
+		return nil
+	}
 	return run(ctx, o, log)
 }

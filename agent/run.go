@@ -3,8 +3,10 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/lbpair/lbpair/agent/config"
@@ -52,31 +55,7 @@ func run(ctx context.Context, o Options, log logr.Logger) error {
 // reloading the file on SIGHUP. A file that does not load is reported and
 // the agent keeps its running settings, as `nginx -s reload` does.
 func runStandalone(ctx context.Context, o Options, a *Agent, log logr.Logger) error {
-	load := func() (*config.Settings, error) {
-		f, err := config.ReadFile(o.ConfigFile)
-		if err != nil {
-			return nil, err
-		}
-		s, err := config.Build(ctx, config.Inputs{
-			Pair:    f.Pair,
-			Node:    f.Node(o.NodeName),
-			Peers:   peerAddresses(f.Nodes, o.NodeName),
-			Secrets: f.Secrets,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", o.ConfigFile, err)
-		}
-		for _, w := range s.Warnings {
-			log.Info("Configuration warning", "warning", w)
-		}
-		if len(s.Services) > 0 {
-			return nil, fmt.Errorf("%s: port %q has a Service backend, which needs cluster mode; give static backends in standalone mode", o.ConfigFile, s.Services[0].Listener)
-		}
-		if err := checkStandalone(f, o.NodeName, s); err != nil {
-			return nil, fmt.Errorf("%s: %w", o.ConfigFile, err)
-		}
-		return s, nil
-	}
+	load := func() (*config.Settings, error) { return loadStandalone(ctx, o, log) }
 	// Before the first load, which may take seconds (DNS): a SIGHUP not
 	// asked for ends the process, and a reload sent just after a start
 	// (systemctl enable --now, then reload) must not stop the agent.
@@ -115,6 +94,34 @@ func runStandalone(ctx context.Context, o Options, a *Agent, log logr.Logger) er
 	}
 }
 
+// loadStandalone reads the options' file and builds its settings for the
+// options' node, as a start or a reload does.
+func loadStandalone(ctx context.Context, o Options, log logr.Logger) (*config.Settings, error) {
+	f, err := config.ReadFile(o.ConfigFile)
+	if err != nil {
+		return nil, err
+	}
+	s, err := config.Build(ctx, config.Inputs{
+		Pair:    f.Pair,
+		Node:    f.Node(o.NodeName),
+		Peers:   peerAddresses(f.Nodes, o.NodeName),
+		Secrets: f.Secrets,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", o.ConfigFile, err)
+	}
+	for _, w := range s.Warnings {
+		log.Info("Configuration warning", "warning", w)
+	}
+	if len(s.Services) > 0 {
+		return nil, fmt.Errorf("%s: port %q has a Service backend, which needs cluster mode; give static backends in standalone mode", o.ConfigFile, s.Services[0].Listener)
+	}
+	if err := checkStandalone(f, o.NodeName, s); err != nil {
+		return nil, fmt.Errorf("%s: %w", o.ConfigFile, err)
+	}
+	return s, nil
+}
+
 // checkStandalone refuses what a file may say that would leave the agent
 // running, but not as its pair: a node name the file's Nodes do not know
 // (the agent would run at the default priority, silently out of the order
@@ -129,8 +136,23 @@ func checkStandalone(f *config.File, nodeName string, s *config.Settings) error 
 		}
 		return fmt.Errorf("--node-name %q is none of the file's Nodes (%s): set --node-name to this node's metadata.name, or name its Node so", nodeName, strings.Join(names, ", "))
 	}
-	if u := f.Pair.Spec.Unicast; u != nil && u.Enabled && len(s.VRRP.Peers) == 0 {
-		return fmt.Errorf("spec.unicast.enabled: no peer to send to: give the other nodes' Nodes an InternalIP in status.addresses, or list spec.unicast.peers")
+	if u := f.Pair.Spec.Unicast; u != nil && u.Enabled {
+		if len(s.VRRP.Peers) == 0 {
+			return fmt.Errorf("spec.unicast.enabled: no peer to send to: give the other nodes' Nodes an InternalIP in status.addresses, or list spec.unicast.peers")
+		}
+		// Each other Node is an agent of the pair that must hear this one: one
+		// without an address to send to would take the virtual IPs as well.
+		v4 := s.VRRP.VIPs[0].Is4()
+		for _, n := range f.Nodes {
+			if n.Name == nodeName || slices.ContainsFunc(peerAddresses([]corev1.Node{n}, ""), func(a netip.Addr) bool { return a.Is4() == v4 }) {
+				continue
+			}
+			family := "IPv4"
+			if !v4 {
+				family = "IPv6"
+			}
+			return fmt.Errorf("the Node %q: spec.unicast.enabled needs the address its agent hears adverts on: give it an %s address of type InternalIP in status.addresses (it has %v)", n.Name, family, n.Status.Addresses)
+		}
 	}
 	return nil
 }

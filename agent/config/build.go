@@ -393,8 +393,10 @@ func password(spec *lbv1.LoadBalancerPairSpec, secrets []corev1.Secret) (string,
 		if s.Name != ref.Name {
 			continue
 		}
+		// stringData, a write-only convenience of the API, is merged over
+		// data when a Secret is written: a file that has both means it.
 		v, ok := s.Data[ref.Key]
-		if sv, found := s.StringData[ref.Key]; !ok && found {
+		if sv, found := s.StringData[ref.Key]; found {
 			v, ok = []byte(sv), true
 		}
 		if !ok {

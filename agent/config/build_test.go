@@ -300,6 +300,18 @@ func TestBuild(t *testing.T) {
 			},
 		},
 		{
+			name: "stringData wins over data, as the apiserver merges them",
+			edit: func(f *File) {
+				f.Secrets[0].Data = map[string][]byte{"password": []byte("old")}
+				f.Secrets[0].StringData["password"] = "new"
+			},
+			check: func(t *testing.T, s *Settings) {
+				if s.VRRP.AuthPassword != "new" {
+					t.Errorf("password %q, want %q", s.VRRP.AuthPassword, "new")
+				}
+			},
+		},
+		{
 			name:    "password too long for VRRPv2",
 			edit:    func(f *File) { f.Secrets[0].StringData["password"] = "123456789" },
 			wantErr: "must be 1 to 8 bytes",
