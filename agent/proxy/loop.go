@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"sync"
@@ -72,6 +73,10 @@ type pair struct {
 	// canRead and canWrite track edge-triggered readiness per side.
 	canRead, canWrite, rdhup [2]bool
 	dir                      [2]flow // 0: client to backend, 1: backend to client
+	// reset closes a side with a reset, for a failure of the other (see finish); fault
+	// is why the pair ends once the first side failed (endClosed: none did).
+	reset [2]bool
+	fault endReason
 }
 
 // flow is one direction: data read but not yet written, and whether the source ended.
@@ -79,7 +84,7 @@ type flow struct {
 	buf      []byte
 	off, end int
 	eof      bool // source sent FIN
-	shut     bool // FIN passed on to the destination
+	shut     bool // FIN passed on to the destination, or the destination failed
 }
 
 const epollEvents = 256
@@ -285,12 +290,12 @@ func (lp *loop) added(p *pair) bool {
 func (lp *loop) pump(p *pair) {
 	for d := range 2 {
 		if reason, ok := lp.flow(p, d); !ok {
-			lp.finish(p, reason)
+			lp.finish(p, cmp.Or(p.fault, reason))
 			return
 		}
 	}
 	if p.dir[0].shut && p.dir[1].shut {
-		lp.finish(p, endClosed)
+		lp.finish(p, p.fault)
 	}
 }
 
@@ -318,7 +323,7 @@ func (lp *loop) flow(p *pair, d int) (endReason, bool) {
 				return 0, true
 			}
 			if err != nil {
-				return dstFault, false
+				return lp.writeFailed(p, d, dstFault)
 			}
 			if p.header > 0 {
 				k := min(p.header, n)
@@ -359,6 +364,11 @@ func (lp *loop) flow(p *pair, d int) (endReason, bool) {
 			return 0, true
 		case err != nil:
 			lp.put(buf)
+			// A reset (or another failure) of src reaches dst as one: an end of stream
+			// would pass a truncated transfer for complete to a protocol that ends its
+			// messages by closing. What src sent before has been written: a read
+			// comes only once the buffer is.
+			p.reset[dst] = true
 			return srcFault, false
 		case n == 0:
 			f.eof = true
@@ -371,6 +381,31 @@ func (lp *loop) flow(p *pair, d int) (endReason, bool) {
 			p.canRead[src] = false
 		}
 	}
+}
+
+// writeFailed ends direction d, whose destination failed: reset, mostly, by a peer
+// that answered early (an HTTP 413 to an upload) and closed with this direction's data
+// unread. What was buffered for it is dropped and its source no longer read; but its
+// answer may still wait in its socket, so the other direction goes on until that read
+// ends, bounded by the socket's receive queue and the idle timeout. The source gets a
+// reset then, as it would from the failed peer directly. It returns flow's result.
+func (lp *loop) writeFailed(p *pair, d int, reason endReason) (endReason, bool) {
+	f, dst := &p.dir[d], 1-d
+	if f.buf != nil {
+		lp.release(f)
+	}
+	f.eof, f.shut = true, true
+	p.reset[d] = true
+	if p.fault == endClosed {
+		p.fault = reason
+	}
+	if p.dir[dst].shut {
+		return reason, false // nothing more comes from dst
+	}
+	// The failed socket returns what it holds, then an end or an error; the edge that
+	// reported its failure may have been consumed already.
+	p.canRead[dst], p.rdhup[dst] = true, true
+	return lp.flow(p, dst)
 }
 
 func (lp *loop) take() []byte {
@@ -398,6 +433,10 @@ func (lp *loop) put(b []byte) {
 // finish closes a pair and completes its connection. The pair may not have been added
 // yet (an abort that came before its setup): it has no slot to free then, and its setup,
 // when it comes, finds it closed.
+//
+// A side is closed with a reset only for a failure of the other (see reset). The
+// deliberate ends (idle timeout, drain deadline, shutdown, abort) close both sides
+// normally, as nginx's proxy_timeout does: the peers see an end of stream.
 func (lp *loop) finish(p *pair, reason endReason) {
 	if p.closed {
 		return
@@ -426,8 +465,11 @@ func (lp *loop) finish(p *pair, reason endReason) {
 			st.be.conns.Add(-1)
 		}
 	}
-	for _, fd := range p.fd {
+	for side, fd := range p.fd {
 		if fd >= 0 {
+			if p.reset[side] {
+				_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+			}
 			unix.Close(fd)
 		}
 	}
