@@ -12,12 +12,16 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	schedulingv1 "k8s.io/api/scheduling/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/client/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -120,6 +124,15 @@ func runManager(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("finding the apiserver: %w", err)
 	}
+	if priorityClass != "" {
+		c, err := client.New(cfg, client.Options{Scheme: scheme})
+		if err != nil {
+			return fmt.Errorf("creating a client: %w", err)
+		}
+		if err := checkPriorityClass(ctx, c, priorityClass); err != nil {
+			return err
+		}
+	}
 	opts := ctrl.Options{
 		Scheme:                  scheme,
 		Cache:                   controllers.CacheOptions(watchNamespace),
@@ -160,6 +173,29 @@ func runManager(ctx context.Context, args []string) error {
 	}
 	ctrl.Log.Info("Starting the manager", "watchNamespace", watchNamespace, "agentImage", agentImage, "leaderElection", leaderElect)
 	return mgr.Start(ctx)
+}
+
+// checkPriorityClass refuses an --agent-priority-class that names no
+// PriorityClass: the apiserver would refuse every agent pod of it, and as the
+// agents' DaemonSets roll by deleting a running agent before creating its
+// replacement, every pair would lose an agent on the next rollout. When the
+// manager may not read PriorityClasses (the RBAC of an older install), it
+// warns and goes on rather than refusing a class that may well exist.
+func checkPriorityClass(ctx context.Context, c client.Reader, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	err := c.Get(ctx, client.ObjectKey{Name: name}, &schedulingv1.PriorityClass{})
+	switch {
+	case err == nil:
+		return nil
+	case apierrors.IsNotFound(err):
+		return fmt.Errorf("--agent-priority-class %q (the chart's agentPriorityClassName): the cluster has no PriorityClass of that name, and the apiserver would refuse the agents' pods; `kubectl get priorityclasses` lists them", name)
+	case apierrors.IsForbidden(err):
+		ctrl.Log.Info("Warning: cannot check that the agents' priority class exists, as the manager may not read PriorityClasses: upgrade its RBAC", "priorityClass", name, "error", err.Error())
+		return nil
+	default:
+		return fmt.Errorf("looking up --agent-priority-class %q: %w", name, err)
+	}
 }
 
 // newScheme holds the Kubernetes types the manager reads and writes, and ours.

@@ -48,6 +48,11 @@ func TestManagerRefusesBadFlagsNamingThem(t *testing.T) {
 		{[]string{"--agent-image", "x", "--agent-image-pull-policy", "Sometimes"}, `--agent-image-pull-policy "Sometimes": use Always, IfNotPresent or Never`},
 		{[]string{"--agent-image", "x", "--agent-resources", `{"limits":`}, "--agent-resources"},
 		{[]string{"--agent-image", "x", "--agent-priority-class", "Node_Critical"}, `--agent-priority-class "Node_Critical" is not a priority class name`},
+		// What the chart renders from agentResources.limits.memory: 512. The
+		// kubeconfig keeps a manager that took it from reaching any cluster.
+		{[]string{"--kubeconfig", "/nonexistent", "--agent-image", "x", "--agent-resources", `{"limits":{"memory":512}}`}, "--agent-resources: limits.memory is 512 bytes, below the 32Mi an agent needs: did you mean 512Mi?"},
+		{[]string{"--kubeconfig", "/nonexistent", "--agent-image", "x", "--agent-resources", `{"requests":{"memory":"1Ki"}}`}, "--agent-resources: requests.memory (1Ki) is below the 32Mi an agent needs"},
+		{[]string{"--kubeconfig", "/nonexistent", "--agent-image", "x", "--agent-resources", `{"limits":{"cpu":"1m"}}`}, "--agent-resources: limits.cpu (1m) is below the 10m an agent needs"},
 		{[]string{"--no-such-flag"}, "flag provided but not defined: -no-such-flag"},
 	} {
 		t.Setenv("AGENT_IMAGE", "")
@@ -55,6 +60,84 @@ func TestManagerRefusesBadFlagsNamingThem(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("runManager(%q) = %v, want an error containing %q", tc.args, err, tc.want)
 		}
+	}
+}
+
+// TestManagerAcceptsSmallButWorkableAgentResources: the floors refuse
+// mistakes, not lean settings: a bare "1" CPU is a whole core, and a zero
+// memory request asks for nothing, as Kubernetes allows.
+func TestManagerAcceptsSmallButWorkableAgentResources(t *testing.T) {
+	for _, s := range []string{
+		`{"requests":{"cpu":"1m","memory":"0"},"limits":{"cpu":"1","memory":"32Mi"}}`,
+		`{"limits":{"cpu":0.01,"memory":33554432}}`,
+	} {
+		err := runManager(context.Background(), []string{"--kubeconfig", "/nonexistent", "--agent-image", "x", "--agent-resources", s})
+		if err == nil || !strings.Contains(err.Error(), "finding the apiserver") {
+			t.Errorf("--agent-resources=%s: %v, want the flags accepted and the apiserver looked for", s, err)
+		}
+	}
+}
+
+// TestManagerRefusesAPriorityClassThatDoesNotExist: a typo in
+// --agent-priority-class would have the apiserver refuse every agent pod,
+// after the DaemonSets' rollout deleted a running one; the manager refuses
+// to start instead, naming the flag and the chart's value. A manager whose
+// RBAC may not read PriorityClasses (an older install) goes on.
+func TestManagerRefusesAPriorityClassThatDoesNotExist(t *testing.T) {
+	env, _ := startAPIServer(t)
+	kubeconfig := writeKubeconfig(t, env.KubeConfig)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	probes := freeLocalAddress(t)
+	errc := make(chan error, 1)
+	go func() {
+		errc <- runManager(ctx, []string{"--kubeconfig", kubeconfig, "--agent-image", "x", "--agent-priority-class", "system-node-critcal",
+			"--metrics-bind-address", "0", "--health-probe-bind-address", probes})
+	}()
+	// Either the manager returns, or its probes answer: it started.
+	for {
+		select {
+		case err := <-errc:
+			want := `--agent-priority-class "system-node-critcal" (the chart's agentPriorityClassName): the cluster has no PriorityClass of that name`
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("runManager = %v, want an error containing %q", err, want)
+			}
+		default:
+			resp, err := http.Get("http://" + probes + "/healthz")
+			if err != nil {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			resp.Body.Close()
+			cancel()
+			<-errc
+			t.Error("the manager started with --agent-priority-class naming no PriorityClass")
+		}
+		break
+	}
+
+	scheme, err := newScheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := client.New(env.Config, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The apiserver creates the system classes itself.
+	if err := checkPriorityClass(context.Background(), admin, "system-node-critical"); err != nil {
+		t.Errorf("system-node-critical: %v", err)
+	}
+	nobody, err := env.AddUser(envtest.User{Name: "nobody"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forbidden, err := client.New(nobody.Config(), client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkPriorityClass(context.Background(), forbidden, "system-node-critcal"); err != nil {
+		t.Errorf("a manager that may not read PriorityClasses: %v, want it to go on", err)
 	}
 }
 
@@ -265,6 +348,19 @@ func TestManagerRunsAsInstalled(t *testing.T) {
 	kubeconfig, err := user.KubeConfig()
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The manifest lets the manager check --agent-priority-class: a class
+	// that does not exist is found missing, not hidden by a Forbidden.
+	scheme, err := newScheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	asManager, err := client.New(user.Config(), client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkPriorityClass(ctx, asManager, "no-such-class"); err == nil || !strings.Contains(err.Error(), "no PriorityClass of that name") {
+		t.Errorf("checking a missing priority class as the installed manager: %v, want it found missing", err)
 	}
 	// In a Pod the election's namespace comes from the ServiceAccount's
 	// mount; here it is given. The metrics and probes move off the ports the

@@ -308,6 +308,54 @@ func TestChartPassesAgentSettingsToTheManager(t *testing.T) {
 	}
 }
 
+// Values the chart would render into a manager that runs wrong are refused
+// at render time, saying which value; a numeric image tag from --set renders
+// as the tag, not as Go's %!s(int64=2).
+func TestChartRefusesValuesItWouldRenderWrong(t *testing.T) {
+	floatTag := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(floatTag, []byte("image:\n  tag: 1.10\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		set  []string
+		want string
+	}{
+		{"a float image tag", []string{"-f", floatTag}, `image.tag 1.1 is a number in YAML`},
+		{"replicas without leader election", []string{"--set", "leaderElection=false"}, "replicas is 2 with leaderElection false"},
+		{"the metrics on the probes' port", []string{"--set", "metrics.port=8081"}, "metrics.port 8081 is the manager's health probe port"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"template", "lbpair", filepath.Join(root, "charts", "lbpair"), "--namespace", "lbpair-system"}, tt.set...)
+			out, err := exec.Command(filepath.Join(root, "bin", "helm"), args...).CombinedOutput()
+			if err == nil {
+				t.Errorf("helm template %v renders, want a failure saying %q", tt.set, tt.want)
+			} else if !strings.Contains(string(out), tt.want) {
+				t.Errorf("helm template %v: %v, want a failure saying %q:\n%s", tt.set, err, tt.want, out)
+			}
+		})
+	}
+
+	for _, set := range [][]string{
+		{"--set", "leaderElection=false", "--set", "replicas=1"},
+		{"--set", "metrics.enabled=false", "--set", "metrics.port=8081"},
+	} {
+		parseManifest(t, "helm template", helmTemplate(t, set...))
+	}
+
+	spec, _, _ := unstructured.NestedMap(managerDeployment(t, "helm template", parseManifest(t, "helm template", helmTemplate(t, "--set", "image.tag=2"))), "spec", "template", "spec")
+	containers, _, _ := unstructured.NestedSlice(spec, "containers")
+	if len(containers) != 1 {
+		t.Fatalf("the manager's pod has %d containers, want 1", len(containers))
+	}
+	c := containers[0].(map[string]any)
+	env, _, _ := unstructured.NestedSlice(c, "env")
+	const want = "ghcr.io/lbpair/lbpair:2"
+	if c["image"] != want || len(env) != 1 || env[0].(map[string]any)["value"] != want {
+		t.Errorf("with --set image.tag=2, the manager's image is %v and its env %v, want %s in both", c["image"], env, want)
+	}
+}
+
 func TestInstallManifestAppliesWithServerSideDryRun(t *testing.T) {
 	manifest, err := os.ReadFile(filepath.Join(root, "dist", "install.yaml"))
 	if err != nil {

@@ -83,12 +83,24 @@ func DefaultAgentResources() corev1.ResourceRequirements {
 	}
 }
 
+// Floors of the agents' resources that ParseAgentResources holds to, well
+// under the defaults (a 64Mi memory request) and under what a Go process
+// watching the API and proxying can be expected to run in: a value below them
+// is a mistake, most often a bare number such as 512, which Kubernetes reads
+// as bytes. The DaemonSet rolls by removing a running agent before its
+// replacement starts, so such a value would cost every pair an agent.
+var (
+	minAgentMemory   = resource.MustParse("32Mi")
+	minAgentCPULimit = resource.MustParse("10m")
+)
+
 // ParseAgentResources reads the agents' resources from the JSON form of a
 // container's resources, {"requests": {...}, "limits": {...}}, as the
 // manager's --agent-resources flag takes them. An empty string means
-// DefaultAgentResources. A request above its limit, a negative quantity or an
-// unknown key is refused here, naming it, rather than by the apiserver on
-// every DaemonSet the manager writes.
+// DefaultAgentResources. A request above its limit, a negative quantity, a
+// memory quantity (other than a zero request) below 32Mi, a CPU limit below
+// 10m or an unknown key is refused here, naming it, rather than by the
+// apiserver on every DaemonSet the manager writes or by agents that cannot run.
 func ParseAgentResources(s string) (corev1.ResourceRequirements, error) {
 	if strings.TrimSpace(s) == "" {
 		return DefaultAgentResources(), nil
@@ -110,6 +122,9 @@ func ParseAgentResources(s string) (corev1.ResourceRequirements, error) {
 			if q.Sign() < 0 {
 				return corev1.ResourceRequirements{}, fmt.Errorf("%s.%s is negative (%s)", l.name, name, q.String())
 			}
+			if err := checkAgentFloor(l.name, name, q); err != nil {
+				return corev1.ResourceRequirements{}, err
+			}
 		}
 	}
 	for name, req := range r.Requests {
@@ -118,6 +133,33 @@ func ParseAgentResources(s string) (corev1.ResourceRequirements, error) {
 		}
 	}
 	return r, nil
+}
+
+// checkAgentFloor refuses a quantity of the agents' resources too small for
+// an agent to run under (see minAgentMemory), with the likely intent when it
+// is a bare number.
+func checkAgentFloor(list string, name corev1.ResourceName, q resource.Quantity) error {
+	var floor resource.Quantity
+	switch {
+	case name == corev1.ResourceMemory && !(list == "requests" && q.IsZero()):
+		floor = minAgentMemory
+	case name == corev1.ResourceCPU && list == "limits":
+		floor = minAgentCPULimit
+	default:
+		return nil
+	}
+	if q.Cmp(floor) >= 0 {
+		return nil
+	}
+	s := q.String()
+	if name == corev1.ResourceMemory && isDigits(s) {
+		return fmt.Errorf("%s.%s is %s bytes, below the %s an agent needs: did you mean %sMi?", list, name, s, floor.String(), s)
+	}
+	return fmt.Errorf("%s.%s (%s) is below the %s an agent needs", list, name, s, floor.String())
+}
+
+func isDigits(s string) bool {
+	return s != "" && strings.Trim(s, "0123456789") == ""
 }
 
 // daemonSetName names a pair's DaemonSet, shortened with a hash when the

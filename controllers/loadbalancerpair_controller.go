@@ -74,8 +74,9 @@ type LoadBalancerPairReconciler struct {
 // The manager writes by server-side apply (create and patch) and patches the
 // status (a merge patch, and a JSON patch to remove stale agents' entries);
 // it never updates or deletes: garbage collection removes the children. It
-// reads only pairs, DaemonSets, Nodes and the pairs' Namespaces (get, to own
-// the agents' ClusterRoleBinding). rbac_test.go reconciles with
+// reads only pairs, DaemonSets, Nodes, the pairs' Namespaces (get, to own
+// the agents' ClusterRoleBinding) and, at startup, the agents' PriorityClass
+// (get, to refuse an --agent-priority-class that names none). rbac_test.go reconciles with
 // exactly these permissions, under the OwnerReferencesPermissionEnforcement
 // admission plugin (on in OpenShift), which asks for two more: update on
 // loadbalancerpairs/finalizers to set blockOwnerDeletion on the DaemonSet's
@@ -94,6 +95,7 @@ type LoadBalancerPairReconciler struct {
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=scheduling.k8s.io,resources=priorityclasses,verbs=get
 
 // Reconcile brings one pair's DaemonSet and status in line with its spec and
 // its agents' reports.
