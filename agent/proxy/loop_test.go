@@ -240,14 +240,7 @@ func TestLoopAbortBeforeSetup(t *testing.T) {
 				_ = s.Shutdown(t.Context())
 			}
 		})
-		lp, err := newLoop(s.newSocket) // not run: the test handles its commands
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = lp.file.Close()
-			unix.Close(lp.wake)
-		})
+		lp := stoppedLoop(t, s.newSocket) // the test handles its commands
 		c, client, _ := handOver(t, newListener(s, "loop"), lp)
 		c.abort(endDrained)
 		lp.post(command{p: c.pair, kind: cmdSetup})
@@ -283,16 +276,15 @@ type connectFixture struct {
 	client *net.UnixConn
 }
 
-// newConnectFixture starts connecting a client to backends, tried in order.
-func newConnectFixture(t *testing.T, backends ...netip.AddrPort) *connectFixture {
+// stoppedLoop is a loop that does not run: the test hands it its commands and
+// events. Its pairs are closed at the end, before the server's shutdown (registered
+// earlier), which waits for their connections.
+func stoppedLoop(t *testing.T, socket socketFunc) *loop {
 	t.Helper()
-	s := New(testr.New(t))
-	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
-	lp, err := newLoop(unix.Socket)
+	lp, err := newLoop(socket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Before the server's shutdown, which waits for the connection.
 	t.Cleanup(func() {
 		for _, p := range lp.pairs {
 			if p != nil {
@@ -302,6 +294,15 @@ func newConnectFixture(t *testing.T, backends ...netip.AddrPort) *connectFixture
 		_ = lp.file.Close()
 		unix.Close(lp.wake)
 	})
+	return lp
+}
+
+// newConnectFixture starts connecting a client to backends, tried in order.
+func newConnectFixture(t *testing.T, backends ...netip.AddrPort) *connectFixture {
+	t.Helper()
+	s := New(testr.New(t))
+	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+	lp := stoppedLoop(t, unix.Socket)
 	l := newListener(s, "connect")
 	lc := ListenerConfig{Name: "connect", Addrs: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:1")}}
 	for _, b := range backends {

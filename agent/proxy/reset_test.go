@@ -158,19 +158,7 @@ func TestLastWordsOfAGoneClient(t *testing.T) {
 			_ = s.Shutdown(t.Context())
 		}
 	})
-	lp, err := newLoop(s.newSocket) // not run: the test hands it its events
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for _, p := range lp.pairs {
-			if p != nil {
-				lp.finish(p, endShutdown)
-			}
-		}
-		_ = lp.file.Close()
-		unix.Close(lp.wake)
-	})
+	lp := stoppedLoop(t, s.newSocket) // the test hands it its events
 	c, client, backend := handOver(t, newListener(s, "loop"), lp)
 	lp.post(command{p: c.pair, kind: cmdSetup})
 	lp.commands()
