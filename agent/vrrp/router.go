@@ -753,9 +753,9 @@ func (r *Router) check(p received) *Packet {
 	}
 	// TTL 255 proves a multicast advert came from the link; checked once the
 	// VRID is known, so that a low TTL of this group's adverts is logged as
-	// a mismatch. Unicast adverts are not held to it: keepalived sends its IPv6 ones with the kernel's
-	// default hop limit (64) and checks none itself, and dropping them all
-	// would make both routers masters.
+	// a mismatch. Unicast adverts from a peer are not held to it: keepalived
+	// sends its IPv6 ones with the kernel's default hop limit (64) and checks
+	// none itself, and dropping them all would make both routers masters.
 	if p.ttl != 255 && !r.unicast(p) {
 		r.mismatch("ttl", p.src, fmt.Errorf("TTL %d, want 255: it crossed a router", p.ttl), 255, p.ttl)
 		return nil
@@ -787,10 +787,13 @@ func (r *Router) check(p received) *Packet {
 	return pkt
 }
 
-// unicast tells whether p came to one of our addresses, rather than to the
-// multicast group, and this router is in unicast mode.
+// unicast tells whether p came from one of the router's peers to one of our
+// addresses, rather than to the multicast group. Only a listed peer is spared
+// the TTL check, as keepalived's check_unicast_src does: without it, any host
+// that can route a packet to the node could take the virtual IPs with an
+// advert of priority 255.
 func (r *Router) unicast(p received) bool {
-	return len(r.cfg.Peers) > 0 && p.dst.IsValid() && !p.dst.IsMulticast()
+	return p.dst.IsValid() && !p.dst.IsMulticast() && slices.Contains(r.cfg.Peers, p.src)
 }
 
 // authName names VRRPv2 authentication for logs, never the password.

@@ -94,6 +94,7 @@ func TestCheck(t *testing.T) {
 		{name: "TTL below 255 crossed a router", config: v3, packet: pkt(3, nil), ttl: 254, drop: "ttl"},
 		{name: "unicast advert with keepalived's default hop limit", config: unicast, packet: pkt(3, nil), dst: self, ttl: 64},
 		{name: "multicast advert below 255 to a unicast router", config: unicast, packet: pkt(3, nil), ttl: 64, drop: "ttl"},
+		{name: "unicast advert below 255 from a host that is no peer", config: unicast, packet: pkt(3, nil), src: other, dst: self, ttl: 64, drop: "ttl"},
 		{name: "unicast advert below 255 to a multicast router", config: v3, packet: pkt(3, nil), dst: self, ttl: 64, drop: "ttl"},
 		{name: "VRRPv2 advert to a VRRPv3 group", config: v3, packet: pkt(2, nil), drop: "version"},
 		{name: "VRRPv3 advert to a VRRPv2 group", config: v2, packet: pkt(3, nil), drop: "version"},
