@@ -112,7 +112,10 @@ type Router struct {
 	// stale says that b is bound to an interface that is gone, or sends from
 	// an address the interface no longer has; retryAt, when set, is the
 	// next attempt to open a new binding or watch.
-	stale        bool
+	stale bool
+	// preferred says that the binding serves but from an address the
+	// router should leave (see outranked), and a move to it failed.
+	preferred    bool
 	retryAt      time.Time
 	nextAnnounce time.Time
 	// lastLog rate-limits logs by key (see logEvery).
@@ -567,8 +570,8 @@ func (r *Router) retry() {
 		// Changes made while nobody watched are read now.
 		r.stale = true
 	}
-	if r.stale {
-		r.rebind() // which sets the fault, either way
+	if r.stale || r.preferred {
+		r.rebind() // which sets the fault, either way, when stale
 		return
 	}
 	r.setLinkFault(r.readLinkFault())
@@ -592,8 +595,9 @@ func (r *Router) rebind() {
 	})
 	if err != nil && !r.stale {
 		// The binding still serves, from an address less preferred (see
-		// outranked): keep it rather than leave the group.
-		r.logLimited("rebind-preferred", 0, "Cannot open the VRRP sockets on the interface's preferred address; keeping the current one",
+		// outranked): keep it rather than leave the group, and try again.
+		r.preferred, r.retryAt = true, time.Now().Add(rebindRetry)
+		r.logLimited("rebind-preferred", 0, "Cannot open the VRRP sockets on the interface's preferred address; keeping the current one, retrying",
 			"interface", r.cfg.Interface, "address", r.b.self, "error", err.Error())
 		return
 	}
@@ -603,7 +607,7 @@ func (r *Router) rebind() {
 		r.setLinkFault(cmp.Or(r.readLinkFault(), err.Error()))
 		return
 	}
-	r.stale, r.retryAt = false, time.Time{}
+	r.stale, r.preferred, r.retryAt = false, false, time.Time{}
 	if nb == nil {
 		r.setLinkFault(r.readLinkFault())
 		return
