@@ -75,8 +75,6 @@ func (lp *loop) nextAttempt(p *pair) {
 		})
 		return
 	}
-	// No backend could take it: a reset, so the client sees the refusal at once.
-	_ = unix.SetsockoptLinger(p.fd[0], unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	if st.outOfResources {
 		c.l.m.refusedOutOfResources.Inc()
 		c.l.s.log.V(1).Info("Refused a connection: out of local resources", "listener", c.l.name, "client", c.clientAddr)
@@ -88,10 +86,11 @@ func (lp *loop) nextAttempt(p *pair) {
 	lp.refuse(p, endNoBackend)
 }
 
-// refuse closes a pair that was never proxied. As for one refused over maxConnections,
-// its time in setup is no proxied connection's duration: the histogram does not see it.
+// refuse closes a pair that was never proxied, the client with a reset, so that it sees
+// the refusal at once. As for one refused over maxConnections, its time in setup is no
+// proxied connection's duration: the histogram does not see it.
 func (lp *loop) refuse(p *pair, reason endReason) {
-	p.c.refused = true
+	p.c.refused, p.reset[0] = true, true
 	lp.finish(p, reason)
 }
 
