@@ -360,6 +360,23 @@ func loopbackBackend(t *testing.T) (*net.TCPListener, netip.AddrPort) {
 	return ln.(*net.TCPListener), ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
+// serveLoopback is a loopback backend that runs handle on each connection it
+// accepts, until the test ends.
+func serveLoopback(t *testing.T, handle func(net.Conn)) netip.AddrPort {
+	t.Helper()
+	ln, addr := loopbackBackend(t)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go handle(c)
+		}
+	}()
+	return addr
+}
+
 // TestConnectEventCarriesBanner makes the event that completes the backend connect also
 // carry the backend's first bytes (and, in one case, its FIN), as it does when a
 // server-first protocol's banner arrives before the loop looks: the client must get the

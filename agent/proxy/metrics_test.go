@@ -17,24 +17,10 @@ import (
 // client closes them.
 func holdingBackend(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				_, _ = io.Copy(io.Discard, c)
-				c.Close()
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return serveLoopback(t, func(c net.Conn) {
+		_, _ = io.Copy(io.Discard, c)
+		c.Close()
+	}).String()
 }
 
 // backendSeries lists the metric names of the series labelled with backend.

@@ -44,21 +44,12 @@ func dialProxy(t *testing.T, addr netip.AddrPort) *net.TCPConn {
 // the backend socket, must still reach the client. It used to be dropped with the pair.
 func TestEarlyAnswerReachesUploadingClient(t *testing.T) {
 	answer := bytes.Repeat([]byte("413 "), 750)
-	ln, be := loopbackBackend(t)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close() // upload unread: a reset
-				if _, err := io.ReadFull(c, make([]byte, 100)); err == nil {
-					_, _ = c.Write(answer)
-				}
-			}()
+	be := serveLoopback(t, func(c net.Conn) {
+		defer c.Close() // upload unread: a reset
+		if _, err := io.ReadFull(c, make([]byte, 100)); err == nil {
+			_, _ = c.Write(answer)
 		}
-	}()
+	})
 	px := loopbackProxy(t, be)
 	for i := range 30 {
 		c := dialProxy(t, px)
