@@ -61,8 +61,13 @@ func (r *LoadBalancerPairReconciler) checkPriorityLabels(ctx context.Context, pa
 	if err := r.List(ctx, &nodes, client.MatchingLabelsSelector{Selector: labels.SelectorFromSet(pair.Spec.NodeSelector)}); err != nil {
 		return "", fmt.Errorf("listing nodes for their priority labels: %w", err)
 	}
+	key := types.NamespacedName{Namespace: pair.Namespace, Name: pair.Name}
+	if tooManyNodes(pair, nodes.Items) != "" {
+		// The pair does not run on these nodes: TooManyNodes says so.
+		r.priorityWarnings.Delete(key)
+		return "", nil
+	}
 	p := prioritySpec(pair)
-	var running int
 	ignored := map[string]string{} // node to the Event's note
 	var names []string             // the nodes, as `node ("value")`
 	for i := range nodes.Items {
@@ -70,17 +75,10 @@ func (r *LoadBalancerPairReconciler) checkPriorityLabels(ctx context.Context, pa
 		if !runsAgentOn(pair, n) {
 			continue
 		}
-		running++
 		if v, bad := ignoredPriorityLabel(p, n); bad {
 			ignored[n.Name] = fmt.Sprintf("node %s label %s=%q is not a priority from 1 to 254; its agent runs at spec.priority.default %d", n.Name, p.NodeLabel, v, p.Default)
 			names = append(names, fmt.Sprintf("%s (%q)", n.Name, v))
 		}
-	}
-	key := types.NamespacedName{Namespace: pair.Namespace, Name: pair.Name}
-	if running > lbv1.MaxAgents {
-		// The pair does not run on these nodes: TooManyNodes says so.
-		r.priorityWarnings.Delete(key)
-		return "", nil
 	}
 	warned := map[string]string{}
 	if v, ok := r.priorityWarnings.Load(key); ok {
